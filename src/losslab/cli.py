@@ -1,0 +1,70 @@
+"""Console entry points. A user mistake (UserError) prints one sentence and exits non-zero;
+`HYDRA_FULL_ERROR=1` shows the traceback instead."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from losslab.config import CONF_DIR, register
+from losslab.errors import UserError
+
+
+def _fail(prog: str, error: UserError) -> None:
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise error
+    print(f"{prog}: error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def _train(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from losslab.log import hparams_of
+    from losslab.train import fit
+
+    hc = HydraConfig.get()
+    try:
+        summary = fit(cfg, Path(hc.runtime.output_dir), hparams_of(cfg, dict(hc.runtime.choices), list(hc.overrides.task)))
+    except UserError as e:
+        _fail("losslab-train", e)
+    return summary["final"].get("val/loss")
+
+
+def train() -> None:
+    """`losslab-train [overrides]` (Hydra main; `-m` for a multirun)."""
+    register()
+    _train()
+
+
+def compose(overrides: list[str] = (), config_name: str = "train") -> DictConfig:
+    """The composed config for `overrides`, as `losslab-train` would see it (for tests and notebooks)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    register()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # so ${hydra:...} interpolations resolve
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def evaluate() -> None:
+    """`losslab-eval <run dir or checkpoint> [split=test]`."""
+    from losslab.evaluate import main
+
+    try:
+        main(sys.argv[1:])
+    except UserError as e:
+        _fail("losslab-eval", e)

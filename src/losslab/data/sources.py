@@ -1,0 +1,247 @@
+"""Source datasets read from their real on-disk formats through torchvision's own classes.
+
+Each reader returns a :class:`Source`: uint8 images (N, C, H, W) and int64 labels for train and test.
+The arrays are cached once under ``<root>/cache/`` keyed by a hash of the source files (name, size,
+mtime) and the reader version, written to a temp file and renamed so concurrent runs never see half a
+cache; a cache that fails to load is rebuilt from the source files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+import pickle
+import shutil
+import struct
+from dataclasses import dataclass
+from math import prod
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from losslab.errors import DataError
+from losslab.fileio import atomic_write
+
+log = logging.getLogger(__name__)
+READER_VERSION = 1
+
+
+@dataclass
+class Source:
+    train_x: torch.Tensor  # uint8 (N, C, H, W)
+    train_y: torch.Tensor  # int64 (N,)
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+# ---------------------------------------------------------------- IDX (MNIST, EMNIST)
+def check_idx(path: Path, ndim: int) -> None:
+    """Check an IDX file of uint8 data: magic number, number of dimensions, and size against its header."""
+    header_len = 4 + 4 * ndim
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        header = f.read(header_len)
+    if len(header) < 4 or header[:3] != b"\x00\x00\x08" or header[3] != ndim:
+        raise DataError(
+            f"{path} has magic number 0x{header[:4].hex() or '(none)'} but a {ndim}-d uint8 IDX file needs "
+            f"0x0000080{ndim}; the file is corrupt or not the right file, replace it with the original."
+        )
+    if len(header) < header_len:
+        raise DataError(f"{path} is truncated inside its header ({size} bytes); replace it with the original.")
+    dims = struct.unpack(f">{ndim}I", header[4:])
+    expected = header_len + prod(dims)
+    if size != expected:
+        raise DataError(
+            f"{path} is {size} bytes but its header {tuple(dims)} needs {expected}: the file is truncated "
+            f"or corrupt; replace it with the original."
+        )
+
+
+def _unpack_gz(raw: Path, names: list[str]) -> None:
+    """Unpack `<name>.gz` beside it where only the .gz is present (MNIST ships gzipped in the repo)."""
+    for name in names:
+        target, packed = raw / name, raw / f"{name}.gz"
+        if target.exists() or not packed.exists():
+            continue
+
+        def unpack(tmp: Path, packed: Path = packed) -> None:
+            with gzip.open(packed, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+
+        try:
+            atomic_write(target, unpack)
+        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            raise DataError(f"{packed} is not a readable gzip file ({e}); replace it with the original.") from e
+
+
+def _check_labels(y: torch.Tensor, lo: int, hi: int, path: Path) -> None:
+    bad = y[(y < lo) | (y > hi)]
+    if bad.numel():
+        raise DataError(
+            f"{path} holds label {int(bad[0])}, outside the range {lo}..{hi} of this dataset; "
+            f"the file is corrupt or belongs to another dataset."
+        )
+
+
+def _check_pair(x: torch.Tensor, y: torch.Tensor, images: Path, labels: Path) -> None:
+    if len(x) != len(y):
+        raise DataError(f"{images} has {len(x)} images but {labels} has {len(y)} labels; replace both files.")
+
+
+def _missing(name: str, folder: Path, files: list[str], how: str) -> DataError:
+    return DataError(
+        f"{name} is missing {', '.join(files)} in {folder}; {how}, or point dataset.root "
+        f"(or $LOSSLAB_DATA_DIR) at a folder that has them."
+    )
+
+
+def _download(name: str, folder: Path, make: Callable[[], object], how: str) -> None:
+    try:
+        make()
+    except Exception as e:  # torchvision raises URLError, RuntimeError, OSError ... when offline
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"could not download {name} into {folder} ({reason}); {how}.") from e
+
+
+MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+
+
+def read_mnist(root: Path, download: bool) -> Source:
+    from torchvision.datasets import MNIST
+
+    raw = root / "MNIST" / "raw"
+    _unpack_gz(raw, MNIST_FILES)
+    missing = [f for f in MNIST_FILES if not (raw / f).exists()]
+    how = "the repo ships them gzipped under data/MNIST/raw/ (restore them with git checkout)"
+    if missing and not download:
+        raise _missing("MNIST", raw, missing, how + " or set dataset.download=true")
+    if missing:
+        _download("MNIST", raw, lambda: MNIST(root, train=True, download=True), how)
+    for f in MNIST_FILES:
+        check_idx(raw / f, 3 if "images" in f else 1)
+    train, test = MNIST(root, train=True), MNIST(root, train=False)
+    for split, prefix in ((train, "train"), (test, "t10k")):
+        images, labels = raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"
+        _check_pair(split.data, split.targets, images, labels)
+        _check_labels(split.targets, 0, 9, labels)
+    return Source(train.data[:, None], train.targets, test.data[:, None], test.targets)
+
+
+def read_emnist_letters(root: Path, download: bool) -> Source:
+    """EMNIST letters; labels 1..26 are kept here (the task maps them to 0..25), images are transposed upright."""
+    from torchvision.datasets import EMNIST
+
+    raw = root / "EMNIST" / "raw"
+    files = [f"emnist-letters-{s}-{k}-idx{3 if k == 'images' else 1}-ubyte" for s in ("train", "test") for k in ("images", "labels")]
+    _unpack_gz(raw, files)
+    missing = [f for f in files if not (raw / f).exists()]
+    how = "download the EMNIST 'gzip.zip' from NIST and unpack the emnist-letters-* files there"
+    if missing and not download:
+        raise _missing("EMNIST letters", raw, missing, how + " or set dataset.download=true")
+    if missing:
+        _download("EMNIST", raw, lambda: EMNIST(root, split="letters", train=True, download=True), how)
+    for f in files:
+        check_idx(raw / f, 3 if "images" in f else 1)
+    train, test = EMNIST(root, split="letters", train=True), EMNIST(root, split="letters", train=False)
+    for split, ds in (("train", train), ("test", test)):
+        _check_pair(ds.data, ds.targets, Path(ds.images_file), Path(ds.labels_file))
+        _check_labels(ds.targets, 1, 26, Path(ds.labels_file))
+    return Source(
+        train.data.transpose(1, 2)[:, None].contiguous(), train.targets,
+        test.data.transpose(1, 2)[:, None].contiguous(), test.targets,
+    )
+
+
+CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
+
+
+def read_cifar10(root: Path, download: bool) -> Source:
+    from torchvision.datasets import CIFAR10
+
+    folder = root / "cifar-10-batches-py"
+    missing = [f for f in CIFAR10_FILES if not (folder / f).exists()]
+    how = "download cifar-10-python.tar.gz from the CIFAR-10 page and unpack it in " + str(root)
+    if missing and not download:
+        raise _missing("CIFAR-10", folder, missing, how + " or set dataset.download=true")
+    if missing:
+        _download("CIFAR-10", folder, lambda: CIFAR10(root, train=True, download=True), how)
+    splits = []
+    for train in (True, False):
+        try:
+            ds = CIFAR10(root, train=train)
+        except RuntimeError as e:
+            raise DataError(
+                f"CIFAR-10 files in {folder} failed torchvision's checksum check ({e}); "
+                f"delete the folder and download it again."
+            ) from e
+        except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as e:
+            raise DataError(f"a CIFAR-10 batch in {folder} cannot be unpickled ({e}); download it again.") from e
+        x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
+        y = torch.tensor(ds.targets, dtype=torch.int64)
+        _check_labels(y, 0, 9, folder / ("data_batch_*" if train else "test_batch"))
+        splits += [x, y]
+    return Source(*splits)
+
+
+READERS: dict[str, tuple[Callable[[Path, bool], Source], list[str]]] = {
+    "mnist": (read_mnist, [f"MNIST/raw/{f}" for f in MNIST_FILES]),
+    "emnist_letters": (
+        read_emnist_letters,
+        [f"EMNIST/raw/emnist-letters-{s}-{k}-idx{3 if k == 'images' else 1}-ubyte"
+         for s in ("train", "test") for k in ("images", "labels")],
+    ),
+    "cifar10": (read_cifar10, [f"cifar-10-batches-py/{f}" for f in CIFAR10_FILES]),
+}
+
+
+def _fingerprint(root: Path, name: str, files: list[str]) -> str | None:
+    """Hash of what produced the cache: reader version and each source file's size and mtime."""
+    stats = []
+    for rel in files:
+        path = root / rel
+        if not path.exists():
+            return None  # not there (or not unpacked) yet: read the source first, then cache
+        st = path.stat()
+        stats.append((rel, st.st_size, st.st_mtime_ns))
+    blob = json.dumps({"name": name, "version": READER_VERSION, "files": stats})
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def _valid(obj: object) -> bool:
+    if not isinstance(obj, dict) or set(obj) != {"train_x", "train_y", "test_x", "test_y"}:
+        return False
+    xs, ys = (obj["train_x"], obj["test_x"]), (obj["train_y"], obj["test_y"])
+    return all(
+        isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.ndim == 4
+        and isinstance(y, torch.Tensor) and y.dtype == torch.int64 and y.shape == (len(x),)
+        for x, y in zip(xs, ys)
+    )
+
+
+def read_source(name: str, root: Path, download: bool) -> Source:
+    """The source arrays of `name`, from the cache when it matches the files, else through torchvision."""
+    reader, files = READERS[name]
+    key = _fingerprint(root, name, files)
+    cache = root / "cache" / f"{name}-{key}.pt"
+    if key is not None and cache.exists():
+        try:
+            obj = torch.load(cache, weights_only=True)
+        except Exception as e:  # any unreadable cache is rebuilt, never trusted
+            obj = e
+        if _valid(obj):
+            return Source(**obj)
+        log.warning("cache %s is corrupt (%s); rebuilding it from the source files", cache, type(obj).__name__)
+    source = reader(root, download)
+    key = _fingerprint(root, name, files)
+    if key is not None:
+        cache = root / "cache" / f"{name}-{key}.pt"
+        try:
+            atomic_write(cache, lambda tmp: torch.save(source.__dict__, tmp))
+        except OSError as e:
+            log.warning("could not write the cache %s (%s); going on without it", cache, e)
+    return source

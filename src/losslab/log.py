@@ -1,0 +1,92 @@
+"""What a run writes: TensorBoard events, metrics.csv (one row per evaluation) and summary.json.
+
+TensorBoard is imported on first use, so a run that fails its checks never pays for the import.
+HParams go into the run's own event file (not a child run) so a sweep opens as one run per job.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from losslab.fileio import write_json
+
+SPLITS = ("train", "val", "test")
+METRICS = ("loss", "acc")
+COLUMNS = ["step", "epoch", "lr"] + [f"{s}/{m}" for s in SPLITS for m in METRICS]
+HPARAM_METRICS = ("val/loss", "val/acc", "test/loss", "test/acc")
+
+
+GROUPS = ("experiment", "dataset", "model", "loss", "optimizer", "scheduler", "trainer")
+CORE_HPARAMS = ("seed", "optimizer.lr", "optimizer.weight_decay", "trainer.l2", "trainer.batch_size", "trainer.epochs")
+
+
+def hparams_of(cfg: DictConfig, choices: dict[str, str | None], overrides: list[str]) -> dict:
+    """HParams with the same key set for every job of a sweep: the group choices, the usual numeric
+    knobs, and every key the command line overrides (values that are not scalars become strings)."""
+    hp: dict[str, Any] = {g: str(choices.get(g)) for g in GROUPS}
+    for key in (*CORE_HPARAMS, *(o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o)):
+        if key not in hp:
+            value = OmegaConf.select(cfg, key, default=None)
+            if OmegaConf.is_config(value):
+                value = OmegaConf.to_container(value)
+            hp[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return hp
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path, cfg: DictConfig, hparams: dict):
+        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        self.run_dir = run_dir
+        self.writer = SummaryWriter(log_dir=str(run_dir), max_queue=1000)
+        self.writer.add_text("config", "```yaml\n" + OmegaConf.to_yaml(cfg, resolve=True) + "```", 0)
+        for summary in hparams_summary(hparams, {tag: math.nan for tag in HPARAM_METRICS}):
+            self.writer.file_writer.add_summary(summary)
+        self.csv_path = run_dir / "metrics.csv"
+        if not self.csv_path.exists():
+            self._append(COLUMNS)
+
+    def _append(self, values: list) -> None:
+        line = io.StringIO()
+        csv.writer(line).writerow(values)
+        with open(self.csv_path, "a") as f:  # one write per row: a row is whole or absent
+            f.write(line.getvalue())
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def row(self, values: dict[str, float]) -> None:
+        self._append(["" if values.get(c) is None else values[c] for c in COLUMNS])
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        self.writer.add_text(tag, text, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    import losslab
+
+    return {
+        "losslab": losslab.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    write_json(run_dir / "summary.json", summary)

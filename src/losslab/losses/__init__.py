@@ -1,0 +1,7 @@
+"""Losses: each decides its head size (`head_size(K)`) and its prediction rule (`probs`, argmax)."""
+
+from losslab.losses.bce import BinaryCrossEntropy
+from losslab.losses.ce import CrossEntropy
+from losslab.losses.mbce import MultiBinaryCrossEntropy
+
+__all__ = ["BinaryCrossEntropy", "CrossEntropy", "MultiBinaryCrossEntropy"]

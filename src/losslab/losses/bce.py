@@ -1,0 +1,29 @@
+"""Binary cross-entropy on a single logit s (binary tasks only).
+
+    L = -[t log σ(s) + (1 - t) log(1 - σ(s))]    (batch mean), t ∈ {0, 1} the class index
+
+Head: 1 output. Prediction: class 1 iff σ(s) > 0.5; confidences: (1 - σ(s), σ(s)).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def binary_cross_entropy(logit: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logit.squeeze(-1), t.to(logit.dtype))
+
+
+class BinaryCrossEntropy(nn.Module):
+    binary_only = True
+
+    @staticmethod
+    def head_size(num_classes: int) -> int:
+        return 1
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return binary_cross_entropy(logits, y)
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        p1 = torch.sigmoid(logits.squeeze(-1))
+        return torch.stack((1 - p1, p1), dim=-1)

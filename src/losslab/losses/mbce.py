@@ -1,0 +1,31 @@
+"""Multi-binary cross-entropy: one independent sigmoid per class, a one-vs-rest BCE on each.
+
+    L = -(1/K) Σ_k [e_{y,k} log σ(z_k) + (1 - e_{y,k}) log(1 - σ(z_k))]    (batch mean)
+
+Head: K outputs. Prediction: argmax_k σ(z_k) (= argmax_k z_k); confidences: σ(z) / Σ_k σ(z_k), the
+per-class sigmoids normalised to sum to one.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def multi_binary_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    targets = F.one_hot(y, logits.shape[-1]).to(logits.dtype)
+    return F.binary_cross_entropy_with_logits(logits, targets)
+
+
+class MultiBinaryCrossEntropy(nn.Module):
+    binary_only = False
+
+    @staticmethod
+    def head_size(num_classes: int) -> int:
+        return num_classes
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return multi_binary_cross_entropy(logits, y)
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        s = torch.sigmoid(logits)
+        return s / s.sum(-1, keepdim=True)
