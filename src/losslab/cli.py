@@ -13,12 +13,21 @@ from omegaconf import DictConfig
 from losslab.config import CONF_DIR, register
 from losslab.errors import UserError
 
+_FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
 
-def _fail(prog: str, error: UserError) -> None:
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        raise error
-    print(f"{prog}: error: {error}", file=sys.stderr)
+
+def _fail(prog: str, message: str) -> None:
+    print(f"{prog}: error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def _one_sentence(error: BaseException) -> str:
+    """Hydra's and OmegaConf's multi-line compose errors as one line (the key, what is wrong, options)."""
+    skip = ("full_key:", "object_type=", "reference_type=", "To append to your config", "Set the environment",
+            "Config search path", "provider=")
+    lines = [line.strip() for e in (error, error.__cause__) if e is not None for line in str(e).splitlines()]
+    text = " ".join(line for line in lines if line and not line.startswith(skip) and not line.endswith("_schema"))
+    return text + " (`losslab-train --cfg job` prints the composed config with every key.)"
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
@@ -30,16 +39,30 @@ def _train(cfg: DictConfig) -> float | None:
 
     hc = HydraConfig.get()
     try:
-        summary = fit(cfg, Path(hc.runtime.output_dir), hparams_of(cfg, dict(hc.runtime.choices), list(hc.overrides.task)))
+        hparams = hparams_of(cfg, dict(hc.runtime.choices), list(hc.overrides.task))
+        summary = fit(cfg, Path(hc.runtime.output_dir), hparams)
     except UserError as e:
-        _fail("losslab-train", e)
+        if _FULL_ERROR:
+            raise
+        _fail("losslab-train", str(e))
     return summary["final"].get("val/loss")
 
 
 def train() -> None:
     """`losslab-train [overrides]` (Hydra main; `-m` for a multirun)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    global _FULL_ERROR
     register()
-    _train()
+    _FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let compose errors reach this function, which prints them as one line
+    try:
+        _train()
+    except (HydraException, OmegaConfBaseException) as e:
+        if _FULL_ERROR:
+            raise
+        _fail("losslab-train", _one_sentence(e))
 
 
 def compose(overrides: list[str] = (), config_name: str = "train") -> DictConfig:
@@ -67,4 +90,6 @@ def evaluate() -> None:
     try:
         main(sys.argv[1:])
     except UserError as e:
-        _fail("losslab-eval", e)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        _fail("losslab-eval", str(e))

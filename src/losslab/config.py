@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
@@ -21,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO_ROOT / "conf"
 
 
-def data_root(root: Optional[str]) -> Path:
+def data_root(root: str | None) -> Path:
     """`dataset.root`, else $LOSSLAB_DATA_DIR, else the repo's `data/` (where MNIST ships)."""
     return Path(root or os.environ.get("LOSSLAB_DATA_DIR") or REPO_ROOT / "data").expanduser()
 
@@ -30,10 +30,10 @@ def data_root(root: Optional[str]) -> Path:
 @dataclass
 class DatasetConf:
     name: str = MISSING  # task id: mnist, mnist_even_odd, mnist_2v3, cifar10, emnist_letters, synthetic
-    root: Optional[str] = None
+    root: str | None = None
     download: bool = True
     # Subset of the source training set, taken before the task filters/relabels (course protocols).
-    train_size: Optional[int] = None
+    train_size: int | None = None
     train_pick: str = "random"  # random | first
     # Validation: carved from train (seeded) or taken from the test set (course protocols).
     val_size: int = 5000
@@ -41,8 +41,8 @@ class DatasetConf:
     val_pick: str = "random"  # random | first | last
     split_seed: int = 0  # fixed across training seeds, so seeds measure training noise only
     normalize: str = "unit"  # unit | symmetric | standard | per_pixel
-    mean: Optional[list[float]] = None  # for `standard`; null = computed on the train split
-    std: Optional[list[float]] = None
+    mean: list[float] | None = None  # for `standard`; null = computed on the train split
+    std: list[float] | None = None
     hflip: bool = False  # device-side augmentation of training batches
     crop_padding: int = 0
 
@@ -138,7 +138,7 @@ class AdamWConf(AdamConf):
 # ---------------------------------------------------------------- scheduler
 @dataclass
 class NoSchedulerConf:
-    _target_: Optional[str] = None
+    _target_: str | None = None
 
 
 @dataclass
@@ -179,9 +179,9 @@ class TrainerConf:
     batch_size: int = 128
     eval_every: float = 1.0  # evaluate every this fraction of an epoch
     eval_batch_size: int = 2048
-    limit_eval_batches: Optional[int] = None  # evaluate on the first N batches only (debug)
-    max_steps: Optional[int] = None  # stop after N optimiser steps (debug)
-    patience: Optional[int] = None  # early stopping after N evaluations without val-loss improvement
+    limit_eval_batches: int | None = None  # evaluate on the first N batches only (debug)
+    max_steps: int | None = None  # stop after N optimiser steps (debug)
+    patience: int | None = None  # early stopping after N evaluations without val-loss improvement
     l2: float = 0.0  # lambda * sum(w^2) over weight matrices, added to the objective
     shuffle: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -249,6 +249,11 @@ def check(cfg: DictConfig) -> None:
             ds[key] is None or ds.normalize == "standard",
             f"dataset.{key} is only used with dataset.normalize=standard; set it to null or use standard.",
         )
+    _require(
+        (ds.mean is None) == (ds.std is None),
+        "dataset.mean and dataset.std go together: set both (one value per channel) or neither "
+        "(then both are computed on the train split).",
+    )
     _require(ds.std is None or all(s > 0 for s in ds.std), f"dataset.std must be > 0, got {ds.std}.")
 
     _choice("model.init", model.init, ("default", "zeros", "normal"))
@@ -273,7 +278,7 @@ def check(cfg: DictConfig) -> None:
     _require(tr.epochs >= 1, f"trainer.epochs must be >= 1, got {tr.epochs}.")
     _require(tr.batch_size >= 1, f"trainer.batch_size must be >= 1, got {tr.batch_size}.")
     _require(tr.eval_batch_size >= 1, f"trainer.eval_batch_size must be >= 1, got {tr.eval_batch_size}.")
-    _require(0 < tr.eval_every <= 1, f"trainer.eval_every must be in (0, 1] (a fraction of an epoch), got {tr.eval_every}.")
+    _require(0 < tr.eval_every <= 1, f"trainer.eval_every must be in (0, 1] (of an epoch), got {tr.eval_every}.")
     _require(tr.patience is None or tr.patience >= 1, f"trainer.patience must be >= 1 or null, got {tr.patience}.")
     _require(tr.max_steps is None or tr.max_steps >= 1, f"trainer.max_steps must be >= 1 or null, got {tr.max_steps}.")
     _require(

@@ -121,12 +121,14 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None) -> dict:
     order_gen = torch.Generator(device=device).manual_seed(cfg.seed)
 
     # plain Python values: DictConfig lookups cost microseconds each, too much for the step loop
-    batch_size, shuffle, l2, precision = tr.batch_size, tr.shuffle, tr.l2, tr.precision
+    batch_size, eval_batch, shuffle, l2, precision = tr.batch_size, tr.eval_batch_size, tr.shuffle, tr.l2, tr.precision
     hflip, crop_padding = cfg.dataset.hflip, cfg.dataset.crop_padding
     n_train = len(data.train_y)
     steps_per_epoch = math.ceil(n_train / batch_size)
     eval_interval = max(1, round(tr.eval_every * steps_per_epoch))
-    total_steps = tr.epochs * steps_per_epoch if tr.max_steps is None else min(tr.max_steps, tr.epochs * steps_per_epoch)
+    total_steps = tr.epochs * steps_per_epoch
+    if tr.max_steps is not None:
+        total_steps = min(total_steps, tr.max_steps)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = run_dir / "checkpoints"
@@ -186,7 +188,7 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None) -> dict:
                 "train/acc": sum(step_hits) / sum(pending_sizes),
             }
             pending_losses, pending_hits, pending_sizes = [], [], []
-            val = evaluate(model, loss_fn, data.val_x, data.val_y, tr.eval_batch_size, tr.limit_eval_batches, tr.precision)
+            val = evaluate(model, loss_fn, data.val_x, data.val_y, eval_batch, tr.limit_eval_batches, precision)
             row.update({f"val/{k}": v for k, v in val.items()})
             logger.scalars({k: row[k] for k in ("val/loss", "val/acc", "lr")}, step)
             logger.row(row)
@@ -221,7 +223,7 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None) -> dict:
     final = {"step": step, "epoch": round(step / steps_per_epoch, 4), "lr": optimizer.param_groups[0]["lr"]}
     for split in ("train", "val", "test"):
         x, y = data.split(split)
-        metrics = evaluate(model, loss_fn, x, y, tr.eval_batch_size, tr.limit_eval_batches, tr.precision)
+        metrics = evaluate(model, loss_fn, x, y, eval_batch, tr.limit_eval_batches, precision)
         final.update({f"{split}/{k}": v for k, v in metrics.items()})
     logger.scalars({k: final[k] for k in ("test/loss", "test/acc")}, step)
     logger.row(final)

@@ -12,14 +12,13 @@ import gzip
 import hashlib
 import json
 import logging
-import os
 import pickle
 import shutil
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -63,10 +62,10 @@ def check_idx(path: Path, ndim: int) -> None:
 
 
 def _unpack_gz(raw: Path, names: list[str]) -> None:
-    """Unpack `<name>.gz` beside it where only the .gz is present (MNIST ships gzipped in the repo)."""
+    """Unpack `<name>.gz` beside it where the unpacked file is missing or older (MNIST ships gzipped)."""
     for name in names:
         target, packed = raw / name, raw / f"{name}.gz"
-        if target.exists() or not packed.exists():
+        if not packed.exists() or (target.exists() and target.stat().st_mtime_ns >= packed.stat().st_mtime_ns):
             continue
 
         def unpack(tmp: Path, packed: Path = packed) -> None:
@@ -132,12 +131,18 @@ def read_mnist(root: Path, download: bool) -> Source:
     return Source(train.data[:, None], train.targets, test.data[:, None], test.targets)
 
 
+EMNIST_LETTERS_FILES = [
+    f"emnist-letters-{split}-{kind}-ubyte"
+    for split in ("train", "test") for kind in ("images-idx3", "labels-idx1")
+]
+
+
 def read_emnist_letters(root: Path, download: bool) -> Source:
     """EMNIST letters; labels 1..26 are kept here (the task maps them to 0..25), images are transposed upright."""
     from torchvision.datasets import EMNIST
 
     raw = root / "EMNIST" / "raw"
-    files = [f"emnist-letters-{s}-{k}-idx{3 if k == 'images' else 1}-ubyte" for s in ("train", "test") for k in ("images", "labels")]
+    files = EMNIST_LETTERS_FILES
     _unpack_gz(raw, files)
     missing = [f for f in files if not (raw / f).exists()]
     how = "download the EMNIST 'gzip.zip' from NIST and unpack the emnist-letters-* files there"
@@ -148,7 +153,7 @@ def read_emnist_letters(root: Path, download: bool) -> Source:
     for f in files:
         check_idx(raw / f, 3 if "images" in f else 1)
     train, test = EMNIST(root, split="letters", train=True), EMNIST(root, split="letters", train=False)
-    for split, ds in (("train", train), ("test", test)):
+    for ds in (train, test):
         _check_pair(ds.data, ds.targets, Path(ds.images_file), Path(ds.labels_file))
         _check_labels(ds.targets, 1, 26, Path(ds.labels_file))
     return Source(
@@ -190,11 +195,7 @@ def read_cifar10(root: Path, download: bool) -> Source:
 
 READERS: dict[str, tuple[Callable[[Path, bool], Source], list[str]]] = {
     "mnist": (read_mnist, [f"MNIST/raw/{f}" for f in MNIST_FILES]),
-    "emnist_letters": (
-        read_emnist_letters,
-        [f"EMNIST/raw/emnist-letters-{s}-{k}-idx{3 if k == 'images' else 1}-ubyte"
-         for s in ("train", "test") for k in ("images", "labels")],
-    ),
+    "emnist_letters": (read_emnist_letters, [f"EMNIST/raw/{f}" for f in EMNIST_LETTERS_FILES]),
     "cifar10": (read_cifar10, [f"cifar-10-batches-py/{f}" for f in CIFAR10_FILES]),
 }
 

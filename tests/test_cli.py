@@ -1,0 +1,85 @@
+"""The console entry point as a user meets it: the main job, and user mistakes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tb_events import hparams, read_events
+
+from losslab.data.sources import MNIST_FILES
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def losslab_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "LOSSLAB_DATA_DIR")}
+    return subprocess.run(["losslab-train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_main_job_writes_a_complete_run(tmp_path):
+    """The README's main job: `losslab-train` with no arguments, from any directory, offline."""
+    result = losslab_train(cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["final"]["test/acc"] > 0.9  # softmax regression on real MNIST
+    for key in ("best", "final", "wall_s", "samples_per_s", "device"):
+        assert key in summary
+    tags = read_events(run_dir).Tags()["scalars"]
+    for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "lr"):
+        assert tag in tags
+    values, metrics = hparams(run_dir)
+    assert values["model"] == "linear" and values["optimizer.lr"] == pytest.approx(0.1)
+    assert set(metrics) >= {"val/loss", "val/acc", "test/acc"}
+    assert (run_dir / "checkpoints" / "last.pt").exists() and (run_dir / "checkpoints" / "best.pt").exists()
+    assert (run_dir / ".hydra" / "config.yaml").exists()
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,epoch,lr,train/loss") and len(rows) == 1 + 5 + 1  # 5 epochs + final
+
+
+def write_truncated_mnist(root: Path) -> Path:
+    """A copy of MNIST whose training images file is cut short."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    source = REPO / "data" / "MNIST" / "raw"
+    import gzip
+
+    for name in MNIST_FILES:
+        data = gzip.decompress((source / f"{name}.gz").read_bytes())
+        (raw / name).write_bytes(data[: len(data) // 2] if name == "train-images-idx3-ubyte" else data)
+    return raw / "train-images-idx3-ubyte"
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["unknown key", "wrong type", "negative lr", "bce on 10 classes", "missing data file", "truncated data file"],
+)
+def test_user_mistakes_get_one_sentence_and_nonzero_exit(case, tmp_path):
+    empty, broken = tmp_path / "empty", tmp_path / "broken"
+    empty.mkdir()
+    args, expected = {
+        "unknown key": (["optimizer.lrr=0.1"], "optimizer.lrr"),
+        "wrong type": (["trainer.epochs=five"], "trainer.epochs"),
+        "negative lr": (["optimizer.lr=-1"], "optimizer.lr must be > 0"),
+        "bce on 10 classes": (["loss=bce"], "10 classes"),
+        "missing data file": ([f"dataset.root={empty}", "dataset.download=false"], "train-images-idx3-ubyte"),
+        "truncated data file": ([f"dataset.root={broken}"], "truncated"),
+    }[case]
+    if case == "truncated data file":
+        expected = str(write_truncated_mnist(broken))
+    result = losslab_train(*args, "trainer=debug", cwd=tmp_path)
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert len(result.stderr.strip().splitlines()) <= 6, result.stderr
+
+
+def test_full_error_shows_the_traceback(tmp_path):
+    env = dict(os.environ, HYDRA_FULL_ERROR="1")
+    result = subprocess.run([sys.executable, "-m", "losslab", "optimizer.lr=-1"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "Traceback" in result.stderr and "optimizer.lr must be > 0" in result.stderr

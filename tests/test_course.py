@@ -1,0 +1,18 @@
+"""The two TDT4265 course protocols on the real MNIST shipped with the repo."""
+
+import pytest
+
+from losslab.cli import compose
+from losslab.train import fit
+
+
+@pytest.mark.parametrize("experiment, threshold", [("tdt4265_logistic", 0.975), ("tdt4265_softmax", 0.915)])
+def test_course_protocol_accuracy(experiment, threshold, tmp_path):
+    cfg = compose([f"experiment={experiment}", "trainer.progress=log"])
+    summary = fit(cfg, tmp_path)
+    assert summary["final"]["val/acc"] >= threshold
+    if experiment == "tdt4265_logistic":
+        assert summary["status"] == "early_stopped"  # patience 10 stops it before 50 epochs
+        assert summary["epochs"] < 50
+        # the first 20,000 training images filtered to 2s and 3s, and no shuffling
+        assert not cfg.trainer.shuffle and cfg.model.init == "zeros"

@@ -1,0 +1,127 @@
+"""The loop's contract: evaluation cadence, early stopping with best-weight restore, L2, schedulers,
+shuffle, checkpoints, summary."""
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from losslab.cli import compose
+from losslab.errors import ConfigError
+from losslab.train import build, fit, seed_everything
+
+SYNTH = ["dataset=synthetic", "trainer.progress=log", "trainer.device=cpu"]
+
+
+def rows(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_eval_every_fraction_of_an_epoch(tmp_path):
+    # synthetic: 2048 - 256 val = 1792 train images, batch 128 -> 14 steps/epoch; every 0.25 -> every 4 steps
+    summary = fit(compose([*SYNTH, "trainer.epochs=2", "trainer.eval_every=0.25"]), tmp_path)
+    steps = [int(r["step"]) for r in rows(tmp_path)]
+    assert steps == [4, 8, 12, 16, 20, 24, 28, 28]  # evaluations, the run's last step, then the final row
+    assert summary["steps"] == 28 and summary["status"] == "completed"
+    final = rows(tmp_path)[-1]
+    assert final["test/acc"] != "" and float(final["test/acc"]) == pytest.approx(summary["final"]["test/acc"])
+
+
+def test_early_stopping_restores_the_best_weights(tmp_path):
+    # 256 noisy training images and an FNN: it overfits within a few epochs
+    cfg = compose([*SYNTH, "model=fnn", "dataset.train_n=512", "dataset.noise=300", "optimizer.lr=0.3",
+                   "trainer.epochs=60", "trainer.eval_every=0.5", "trainer.patience=2"])
+    summary = fit(cfg, tmp_path)
+    assert summary["status"] == "early_stopped"
+    evals = rows(tmp_path)[:-1]
+    losses = [float(r["val/loss"]) for r in evals]
+    best = min(range(len(losses)), key=losses.__getitem__)
+    assert len(losses) - 1 - best == 2  # stopped after `patience` evaluations without improvement
+    assert summary["best"]["step"] == int(evals[best]["step"])
+    # the final evaluation runs on the restored best weights: same val loss as at the best evaluation
+    assert summary["final"]["val/loss"] == pytest.approx(losses[best], rel=1e-5)
+    best_ckpt = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
+    assert best_ckpt["step"] == summary["best"]["step"]
+
+
+def first_step_weights(overrides, tmp_path):
+    """Weights after one SGD step of `fit` and of an independent computation from the same init."""
+    cfg = compose([*SYNTH, "model=fnn", "trainer.max_steps=1", "trainer.shuffle=false", *overrides])
+    fit(cfg, tmp_path)
+    trained = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+    seed_everything(cfg.seed, False)
+    data, loss_fn, model, _, _ = build(cfg, torch.device("cpu"))
+    x, y = data.train_x[: cfg.trainer.batch_size], data.train_y[: cfg.trainer.batch_size]  # no shuffle
+    penalty = sum((p**2).sum() for name, p in model.named_parameters() if name.endswith("weight"))
+    (loss_fn(model(x), y) + cfg.trainer.l2 * penalty).backward()
+    expected = {name: p.detach() - cfg.optimizer.lr * p.grad for name, p in model.named_parameters()}
+    return trained, expected
+
+
+@pytest.mark.parametrize("l2", [0.0, 0.5])
+def test_l2_adds_2_lambda_w_to_weights_not_biases(l2, tmp_path):
+    trained, expected = first_step_weights([f"trainer.l2={l2}"], tmp_path)
+    for name, value in expected.items():
+        torch.testing.assert_close(trained[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_shuffle_changes_the_first_batch(tmp_path):
+    trained, expected = first_step_weights(["trainer.shuffle=true"], tmp_path)
+    assert not torch.allclose(trained["net.1.weight"], expected["net.1.weight"])
+
+
+@pytest.mark.parametrize("scheduler, expected", [
+    ("step", lambda e: 0.1 * 0.5 ** (e // 1)),
+    ("cosine", lambda e: 0.1 * (1 + math.cos(math.pi * e / 4)) / 2),
+])
+def test_epoch_schedulers(scheduler, expected, tmp_path):
+    extra = ["scheduler.step_size=1", "scheduler.gamma=0.5"] if scheduler == "step" else []
+    fit(compose([*SYNTH, f"scheduler={scheduler}", *extra, "trainer.epochs=4"]), tmp_path)
+    lrs = [float(r["lr"]) for r in rows(tmp_path)[:-1]]  # logged at each epoch's end, before the epoch step
+    assert lrs == pytest.approx([expected(e) for e in range(4)])
+
+
+def test_plateau_scheduler_decays_when_val_loss_stalls(tmp_path):
+    cfg = compose([*SYNTH, "scheduler=plateau", "scheduler.patience=0", "scheduler.factor=0.5", "model=fnn",
+                   "dataset.train_n=512", "dataset.noise=300", "optimizer.lr=0.3", "trainer.epochs=8",
+                   "trainer.eval_every=0.5"])
+    fit(cfg, tmp_path)
+    evals = rows(tmp_path)[:-1]
+    losses, lrs = [float(r["val/loss"]) for r in evals], [float(r["lr"]) for r in evals]
+    best = math.inf
+    for i, loss in enumerate(losses[:-1]):  # every stall halves the lr seen at the next evaluation
+        stalled = loss >= best * (1 - 1e-4)  # ReduceLROnPlateau's default relative threshold
+        best = best if stalled else loss
+        assert lrs[i + 1] == pytest.approx(lrs[i] * (0.5 if stalled else 1.0))
+    assert min(lrs) < 0.3
+
+
+def test_summary_and_checkpoints(tmp_path):
+    summary = fit(compose([*SYNTH, "model=lenet", "trainer.epochs=1"]), tmp_path)
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["status"] == summary["status"] == "completed"
+    assert set(on_disk["final"]) >= {f"{s}/{m}" for s in ("train", "val", "test") for m in ("loss", "acc")}
+    assert on_disk["device"] == "cpu" and on_disk["samples_per_s"] > 0 and on_disk["wall_s"] > 0
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    cfg = compose([*SYNTH, "model=lenet"])
+    _, _, model, optimizer, _ = build(cfg, torch.device("cpu"))
+    model.load_state_dict(last["model"])
+    optimizer.load_state_dict(last["optimizer"])
+    assert last["epoch"] == 1 and last["step"] == summary["steps"]
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_learns_synthetic_well_above_chance(tmp_path):
+    summary = fit(compose([*SYNTH, "model=fnn", "trainer.epochs=3"]), tmp_path)
+    assert summary["final"]["test/acc"] > 0.9  # 4 classes: chance is 0.25
+
+
+def test_explicit_device_must_exist(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        fit(compose([*SYNTH, "trainer.device=cuda"]), tmp_path)
