@@ -108,6 +108,33 @@ class MBCEConf:
     _target_: str = "losslab.losses.MultiBinaryCrossEntropy"
 
 
+@dataclass
+class EntropyLossConf:
+    """min_ent: beta1*CE_b1 + beta2*H_b2(p);  mix_ent: beta1*CE_b1 + beta2*RCE_b2 (SPEC section 4)."""
+
+    _target_: str = MISSING
+    beta1: float = 1.0
+    beta2: float = 0.1
+    base1: float = 2.718281828459045
+    base2: float = 2.718281828459045
+    coeffs: str = "fixed"  # fixed | learnable: beta = (beta1 + beta2) * softmax(theta)
+    bases: str = "fixed"  # fixed | learnable: b = clamp(1 + softplus(phi), base_min, base_max)
+    base_min: float = 1.01
+    base_max: float = 100.0
+    eps: float = 1e-6
+    param_lr: float = 0.01  # the loss parameters' own optimizer param group
+
+
+@dataclass
+class MinEntConf(EntropyLossConf):
+    _target_: str = "losslab.losses.MinEntropy"
+
+
+@dataclass
+class MixEntConf(EntropyLossConf):
+    _target_: str = "losslab.losses.MixEntropy"
+
+
 # ---------------------------------------------------------------- optimizer
 @dataclass
 class SGDConf:
@@ -210,7 +237,7 @@ def register() -> None:
     schemas = {
         "dataset": {"dataset": DatasetConf, "synthetic": SyntheticConf},
         "model": {"linear": LinearConf, "fnn": FNNConf, "lenet": LeNetConf, "vgg5": VGG5Conf},
-        "loss": {"ce": CEConf, "bce": BCEConf, "mbce": MBCEConf},
+        "loss": {"ce": CEConf, "bce": BCEConf, "mbce": MBCEConf, "min_ent": MinEntConf, "mix_ent": MixEntConf},
         "optimizer": {"sgd": SGDConf, "adam": AdamConf, "adamw": AdamWConf},
         "scheduler": {"none": NoSchedulerConf, "plateau": PlateauConf, "step": StepConf, "cosine": CosineConf},
         "trainer": {"trainer": TrainerConf},
