@@ -92,6 +92,13 @@ class VGG5Conf:
     init_std: float = 0.01
 
 
+@dataclass
+class DualLinearConf:
+    _target_: str = "losslab.models.DualLinear"
+    init: str = "normal"  # zeros would never move: ∂H/∂z = 0 at z = 0
+    init_std: float = 0.01
+
+
 # ---------------------------------------------------------------- loss
 @dataclass
 class CEConf:
@@ -106,6 +113,16 @@ class BCEConf:
 @dataclass
 class MBCEConf:
     _target_: str = "losslab.losses.MultiBinaryCrossEntropy"
+
+
+@dataclass
+class EntropyGradientConf:
+    """Label-free entropy-gradient rule; step scaled so max|Δz| <= max(delta_min, delta0 * gamma^epoch)."""
+
+    _target_: str = "losslab.losses.entropy_gradient.EntropyGradient"
+    delta0: float = 0.1
+    gamma: float = 0.9
+    delta_min: float = 0.01
 
 
 @dataclass
@@ -236,8 +253,10 @@ def register() -> None:
     cs.store(name="train_schema", node=TrainConf)
     schemas = {
         "dataset": {"dataset": DatasetConf, "synthetic": SyntheticConf},
-        "model": {"linear": LinearConf, "fnn": FNNConf, "lenet": LeNetConf, "vgg5": VGG5Conf},
-        "loss": {"ce": CEConf, "bce": BCEConf, "mbce": MBCEConf, "min_ent": MinEntConf, "mix_ent": MixEntConf},
+        "model": {"linear": LinearConf, "fnn": FNNConf, "lenet": LeNetConf, "vgg5": VGG5Conf,
+                  "dual_linear": DualLinearConf},
+        "loss": {"ce": CEConf, "bce": BCEConf, "mbce": MBCEConf, "min_ent": MinEntConf, "mix_ent": MixEntConf,
+                 "entropy_gradient": EntropyGradientConf},
         "optimizer": {"sgd": SGDConf, "adam": AdamConf, "adamw": AdamWConf},
         "scheduler": {"none": NoSchedulerConf, "plateau": PlateauConf, "step": StepConf, "cosine": CosineConf},
         "trainer": {"trainer": TrainerConf},

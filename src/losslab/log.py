@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from losslab.fileio import write_json
 
 SPLITS = ("train", "val", "test")
-METRICS = ("loss", "acc")
+METRICS = ("loss", "acc", "nll", "brier", "ece", "entropy")
 COLUMNS = ["step", "epoch", "lr"] + [f"{s}/{m}" for s in SPLITS for m in METRICS]
 HPARAM_METRICS = ("val/loss", "val/acc", "test/loss", "test/acc")
 

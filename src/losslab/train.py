@@ -24,6 +24,7 @@ from losslab.data import augment, load_splits
 from losslab.errors import ConfigError
 from losslab.fileio import atomic_write
 from losslab.log import RunLogger, versions, write_summary
+from losslab.metrics import SplitMetrics
 
 log = logging.getLogger("losslab")
 
@@ -66,7 +67,11 @@ def build(cfg: DictConfig, device: torch.device):
     ).to(device)
     if device.type == "cuda" and model_has_convs(model):
         model = model.to(memory_format=torch.channels_last)
-    optimizer = instantiate(cfg.optimizer, _convert_="all")(params=model.parameters())
+    groups = [{"params": list(model.parameters())}]
+    loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
+    if loss_params:  # learnable loss parts (min_ent / mix_ent) get their own lr and no weight decay
+        groups.append({"params": loss_params, "lr": loss_fn.param_lr, "weight_decay": 0.0})
+    optimizer = instantiate(cfg.optimizer, _convert_="all")(params=groups)
     scheduler = instantiate(cfg.scheduler)(optimizer) if cfg.scheduler._target_ else None
     return data, loss_fn, model, optimizer, scheduler
 
@@ -77,11 +82,10 @@ def model_has_convs(model: torch.nn.Module) -> bool:
 
 @torch.no_grad()
 def evaluate(model, loss_fn, x, y, batch_size: int, limit: int | None, precision: str) -> dict[str, float]:
-    """Mean loss and accuracy over a split (its first `limit` batches if set), in eval mode."""
+    """The metrics of losslab.metrics over a split (its first `limit` batches if set), in eval mode."""
     was_training = model.training
     model.eval()
-    total = torch.zeros(2, device=x.device)  # loss sum, hits
-    count = 0
+    metrics = SplitMetrics(x.device)
     for i, start in enumerate(range(0, len(y), batch_size)):
         if limit is not None and i >= limit:
             break
@@ -89,18 +93,21 @@ def evaluate(model, loss_fn, x, y, batch_size: int, limit: int | None, precision
         with autocast(x.device, precision):
             logits = model(xb)
         logits = logits.float()
-        total[0] += loss_fn(logits, yb) * len(yb)
-        total[1] += (loss_fn.probs(logits).argmax(-1) == yb).sum()
-        count += len(yb)
+        metrics.update(loss_fn.probs(logits), yb, loss_fn(logits, yb))
     model.train(was_training)
-    loss_sum, hits = total.tolist()
-    return {"loss": loss_sum / count, "acc": hits / count}
+    return metrics.result()
 
 
 def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def snapshot(model: torch.nn.Module, loss_fn: torch.nn.Module) -> dict:
+    """Copies of the model's and the loss's state (the loss holds learnable coefficients and bases)."""
+    return {name: {k: v.detach().clone() for k, v in module.state_dict().items()}
+            for name, module in (("model", model), ("loss", loss_fn))}
 
 
 def save_checkpoint(path: Path, **state) -> None:
@@ -143,7 +150,10 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None) -> dict:
     step, epoch, status = 0, 0, "completed"
     best = {"val/loss": math.inf}
     best_state, evals_since_best = None, 0
-    pending_losses, pending_hits, pending_sizes = [], [], []
+    # per-step values stay on the device until the next evaluation: loss, hits, then the loss's own (loss/...)
+    loss_tags = list(loss_fn.logged()) if hasattr(loss_fn, "logged") else []
+    constrained = hasattr(loss_fn, "constrain_step")  # the entropy-gradient rule scales each step
+    pending, pending_sizes = [], []
     train_started = time.perf_counter()
     samples = 0
     while step < total_steps and status == "completed":
@@ -158,14 +168,19 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None) -> dict:
                 logits = step_fn(x)
             logits = logits.float()
             loss = loss_fn(logits, y)
+            logged = loss_fn.logged().values() if loss_tags else ()  # the values this step's loss used
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if l2:  # d/dw of l2 * sum(w^2)
                 torch._foreach_add_([w.grad for w in weights], weights, alpha=2 * l2)
+            if constrained:
+                before = [p.detach().clone() for p in model.parameters()]
             optimizer.step()
+            if constrained:
+                loss_fn.constrain_step(model, x, logits.detach(), before, epoch)
 
-            pending_losses.append(loss.detach())
-            pending_hits.append((loss_fn.probs(logits.detach()).argmax(-1) == y).sum())
+            hits = (loss_fn.probs(logits.detach()).argmax(-1) == y).sum()
+            pending.append(torch.stack([loss.detach(), hits.float(), *logged]))
             pending_sizes.append(len(y))
             step += 1
             samples += len(y)
@@ -175,29 +190,30 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None) -> dict:
             if step % eval_interval and not last_of_run:
                 continue
 
-            # ---- evaluation: read the pending step metrics once, validate, early-stop
-            step_losses = torch.stack(pending_losses).tolist()
-            step_hits = torch.stack(pending_hits).tolist()
-            for i, (l_, h_, n_) in enumerate(zip(step_losses, step_hits, pending_sizes)):
-                logger.scalars({"train/loss": l_, "train/acc": h_ / n_}, step - len(step_losses) + 1 + i)
+            # ---- evaluation: read the pending step values once, validate, early-stop
+            per_step, first, seen = torch.stack(pending).tolist(), step - len(pending) + 1, sum(pending_sizes)
+            for i, (values, n) in enumerate(zip(per_step, pending_sizes)):
+                logger.scalars({"train/loss": values[0], "train/acc": values[1] / n,
+                                **dict(zip(loss_tags, values[2:]))}, first + i)
             row = {
                 "step": step,
                 "epoch": round(step / steps_per_epoch, 4),
                 "lr": optimizer.param_groups[0]["lr"],
-                "train/loss": sum(l_ * n_ for l_, n_ in zip(step_losses, pending_sizes)) / sum(pending_sizes),
-                "train/acc": sum(step_hits) / sum(pending_sizes),
+                "train/loss": sum(v[0] * n for v, n in zip(per_step, pending_sizes)) / seen,
+                "train/acc": sum(v[1] for v in per_step) / seen,
             }
-            pending_losses, pending_hits, pending_sizes = [], [], []
+            pending, pending_sizes = [], []
             val = evaluate(model, loss_fn, data.val_x, data.val_y, eval_batch, tr.limit_eval_batches, precision)
             row.update({f"val/{k}": v for k, v in val.items()})
-            logger.scalars({k: row[k] for k in ("val/loss", "val/acc", "lr")}, step)
+            logger.scalars({"lr": row["lr"], "pred/entropy": val["entropy"], **{f"val/{k}": v for k, v in val.items()}},
+                           step)
             logger.row(row)
             report(bar, row)
             if plateau:
                 scheduler.step(val["loss"])
             if val["loss"] < best["val/loss"]:
                 best, evals_since_best = dict(row), 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_state = snapshot(model, loss_fn)
             else:
                 evals_since_best += 1
                 if tr.patience is not None and evals_since_best >= tr.patience:
@@ -205,11 +221,13 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None) -> dict:
                     break
             if last_of_run:
                 break
+        if constrained:
+            logger.scalars(loss_fn.epoch_stats(epoch), step)
         epoch += 1
         if scheduler is not None and not plateau:
             scheduler.step()
         if tr.checkpoints:
-            save_checkpoint(ckpt_dir / "last.pt", model=model.state_dict(), optimizer=optimizer.state_dict(),
+            save_checkpoint(ckpt_dir / "last.pt", **snapshot(model, loss_fn), optimizer=optimizer.state_dict(),
                             scheduler=scheduler.state_dict() if scheduler else None, step=step, epoch=epoch)
     train_s = time.perf_counter() - train_started
     if bar is not None:
@@ -217,15 +235,18 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None) -> dict:
 
     # ---- test: with the best weights when early stopping is on, else the last ones
     if tr.patience is not None and best_state is not None:
-        model.load_state_dict(best_state)
+        model.load_state_dict(best_state["model"])
+        loss_fn.load_state_dict(best_state["loss"])
     if tr.checkpoints and best_state is not None:
-        save_checkpoint(ckpt_dir / "best.pt", model=best_state, step=best["step"], metrics=best)
+        save_checkpoint(ckpt_dir / "best.pt", **best_state, step=best["step"], metrics=best)
     final = {"step": step, "epoch": round(step / steps_per_epoch, 4), "lr": optimizer.param_groups[0]["lr"]}
+    if loss_tags:
+        final.update({k: v.item() for k, v in loss_fn.logged().items()})
     for split in ("train", "val", "test"):
         x, y = data.split(split)
         metrics = evaluate(model, loss_fn, x, y, eval_batch, tr.limit_eval_batches, precision)
         final.update({f"{split}/{k}": v for k, v in metrics.items()})
-    logger.scalars({k: final[k] for k in ("test/loss", "test/acc")}, step)
+    logger.scalars({k: v for k, v in final.items() if k.startswith("test/")}, step)
     logger.row(final)
     logger.close()
 

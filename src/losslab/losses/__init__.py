@@ -3,5 +3,7 @@
 from losslab.losses.bce import BinaryCrossEntropy
 from losslab.losses.ce import CrossEntropy
 from losslab.losses.mbce import MultiBinaryCrossEntropy
+from losslab.losses.min_ent import MinEntropy
+from losslab.losses.mix_ent import MixEntropy
 
-__all__ = ["BinaryCrossEntropy", "CrossEntropy", "MultiBinaryCrossEntropy"]
+__all__ = ["BinaryCrossEntropy", "CrossEntropy", "MinEntropy", "MixEntropy", "MultiBinaryCrossEntropy"]

@@ -1,0 +1,87 @@
+"""The entropy-gradient learning rule (binary tasks, with `model=dual_linear`), label-free.
+
+    D = σ(z),  H(D) = -D log2 D - (1 - D) log2(1 - D),   ∂H/∂z = -(1/ln 2) · z · D · (1 - D)
+
+The loss value is the batch-mean entropy H (bits); its gradient w.r.t. z is the hand-written ∂H/∂z / N, so
+plain SGD gives w1 and G1 the update -η·mean(∂H/∂z · x) and b1 the update -η·mean(∂H/∂z).
+
+z-constraint: after the tentative step, z is recomputed on the same batch; if max|Δz| > δ_e the whole
+step is scaled by δ_e / max|Δz| (exact for the linear model: Δz is linear in the step), with
+δ_e = max(δ_min, δ_0 · γ^epoch). The rule uses no label, so chance accuracy is the expected outcome.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from losslab.errors import ConfigError
+
+
+def entropy_bits(z: torch.Tensor) -> torch.Tensor:
+    """H(σ(z)) in bits, computed stably from the logit."""
+    d = torch.sigmoid(z)
+    return (nn.functional.softplus(-z) * d + nn.functional.softplus(z) * (1 - d)) / math.log(2)
+
+
+def entropy_gradient(z: torch.Tensor) -> torch.Tensor:
+    """∂H/∂z = -(1/ln 2) · z · D · (1 - D)."""
+    d = torch.sigmoid(z)
+    return -z * d * (1 - d) / math.log(2)
+
+
+def delta_schedule(epoch: int, delta0: float, gamma: float, delta_min: float) -> float:
+    return max(delta_min, delta0 * gamma**epoch)
+
+
+class EntropyGradient(nn.Module):
+    binary_only = True
+
+    def __init__(self, delta0: float = 0.1, gamma: float = 0.9, delta_min: float = 0.01):
+        super().__init__()
+        if not (delta0 > 0 and delta_min > 0 and 0 < gamma <= 1):
+            raise ConfigError(
+                f"loss.delta0 and loss.delta_min must be > 0 and loss.gamma in (0, 1], "
+                f"got {delta0}, {delta_min}, {gamma}."
+            )
+        self.delta0, self.gamma, self.delta_min = delta0, gamma, delta_min
+        self.stats = None
+
+    @staticmethod
+    def head_size(num_classes: int) -> int:
+        return 1
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        z = logits.squeeze(-1)
+        value = entropy_bits(z).mean()
+        surrogate = (z * entropy_gradient(z).detach()).mean()  # d/dz = ∂H/∂z / N
+        return value.detach() + surrogate - surrogate.detach()
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        d = torch.sigmoid(logits.squeeze(-1))
+        return torch.stack((1 - d, d), dim=-1)
+
+    @torch.no_grad()
+    def constrain_step(self, model: nn.Module, x: torch.Tensor, z_before: torch.Tensor,
+                       params_before: list[torch.Tensor], epoch: int) -> None:
+        """Scale the step just taken so that max|Δz| on this batch is at most δ_e."""
+        delta = delta_schedule(epoch, self.delta0, self.gamma, self.delta_min)
+        max_dz = (model(x) - z_before).abs().max()
+        scale = torch.clamp(delta / max_dz.clamp_min(1e-30), max=1.0)
+        for p, p0 in zip(model.parameters(), params_before):
+            p.copy_(p0 + (p - p0) * scale)
+        if self.stats is None:
+            self.stats = torch.zeros(4, device=x.device)  # steps, scaled steps, sum of scales, max|Δz|
+        self.stats += torch.stack([torch.ones_like(scale), (scale < 1).float(), scale, torch.zeros_like(scale)])
+        self.stats[3] = torch.maximum(self.stats[3], max_dz)
+
+    def epoch_stats(self, epoch: int) -> dict[str, float]:
+        """δ_e, fraction of scaled steps, mean scale and max|Δz| (before scaling) over the epoch; resets."""
+        steps, scaled, scale_sum, max_dz = self.stats.tolist() if self.stats is not None else (0, 0, 0, 0)
+        self.stats = None
+        return {
+            "entropy_gradient/delta": delta_schedule(epoch, self.delta0, self.gamma, self.delta_min),
+            "entropy_gradient/scaled_fraction": scaled / max(steps, 1),
+            "entropy_gradient/mean_scale": scale_sum / max(steps, 1),
+            "entropy_gradient/max_dz": max_dz,
+        }

@@ -1,0 +1,48 @@
+"""Metrics of one split, accumulated on the device batch by batch and read once at the end.
+
+All of them use the loss's own probabilities p (its `probs`: softmax for ce/min_ent/mix_ent,
+(1 - σ, σ) for bce, normalised per-class sigmoids for mbce) and its prediction argmax p:
+
+    acc      mean [argmax p = y]
+    nll      mean -ln p_y
+    brier    mean Σ_k (p_k - e_{y,k})²
+    entropy  mean -Σ_k p_k ln p_k                      (nats)
+    ece      Σ_b (n_b / N) |acc_b - conf_b|, top-label confidence max_k p_k in 15 equal-width bins
+    loss     the training loss itself (batch-size weighted mean)
+"""
+
+from __future__ import annotations
+
+import torch
+
+ECE_BINS = 15
+TINY = 1e-12
+
+
+class SplitMetrics:
+    def __init__(self, device: torch.device, bins: int = ECE_BINS):
+        self.bins = bins
+        self.sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, hits, nll, brier, entropy
+        self.per_bin = torch.zeros(2, bins, dtype=torch.float64, device=device)  # confidence, hits
+        self.count = 0
+
+    def update(self, probs: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
+        """Add a batch: probabilities (N, K), labels (N,), and the batch-mean loss."""
+        n = len(y)
+        confidence, prediction = probs.max(-1)
+        hits = (prediction == y).to(probs.dtype)
+        p_y = probs.gather(1, y[:, None]).squeeze(1)
+        brier = (probs.square().sum(-1) - 2 * p_y + 1).sum()  # Σ_k (p_k - e_yk)² without the one-hot
+        entropy = -(probs * probs.clamp_min(TINY).log()).sum()
+        batch = torch.stack([loss * n, hits.sum(), -p_y.clamp_min(TINY).log().sum(), brier, entropy])
+        self.sums += batch.to(torch.float64)
+        bin_index = (confidence * self.bins).ceil().long().clamp(1, self.bins) - 1  # (0, 1/15] is the first bin
+        for row, values in enumerate((confidence, hits)):
+            self.per_bin[row].index_add_(0, bin_index, values.to(torch.float64))
+        self.count += n
+
+    def result(self) -> dict[str, float]:
+        loss, hits, nll, brier, entropy = (self.sums / self.count).tolist()
+        confidence, bin_hits = self.per_bin
+        ece = ((bin_hits - confidence).abs().sum() / self.count).item()  # = Σ_b n_b/N |acc_b - conf_b|
+        return {"loss": loss, "acc": hits, "nll": nll, "brier": brier, "ece": ece, "entropy": entropy}
