@@ -38,7 +38,7 @@ def test_main_job_writes_a_complete_run(tmp_path):
     assert (run_dir / "checkpoints" / "last.pt").exists() and (run_dir / "checkpoints" / "best.pt").exists()
     assert (run_dir / ".hydra" / "config.yaml").exists()
     rows = (run_dir / "metrics.csv").read_text().splitlines()
-    assert rows[0].startswith("step,epoch,lr,train/loss") and len(rows) == 1 + 5 + 1  # 5 epochs + final
+    assert rows[0].startswith("step,epoch,lr,weights/sq_norm,train/loss") and len(rows) == 1 + 5 + 1  # 5 epochs + final
 
 
 def write_truncated_mnist(root: Path) -> Path:

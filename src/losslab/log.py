@@ -20,7 +20,7 @@ from losslab.fileio import write_json
 
 SPLITS = ("train", "val", "test")
 METRICS = ("loss", "acc", "nll", "brier", "ece", "entropy")
-COLUMNS = ["step", "epoch", "lr"] + [f"{s}/{m}" for s in SPLITS for m in METRICS]
+COLUMNS = ["step", "epoch", "lr", "weights/sq_norm"] + [f"{s}/{m}" for s in SPLITS for m in METRICS]
 HPARAM_METRICS = ("val/loss", "val/acc", "test/loss", "test/acc")
 
 

@@ -104,6 +104,11 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def squared_norm(weights: list[torch.Tensor]) -> float:
+    """‖w‖² over the weight matrices (the tensors trainer.l2 acts on)."""
+    return sum(w.detach().double().square().sum() for w in weights).item() if weights else 0.0
+
+
 def snapshot(model: torch.nn.Module, loss_fn: torch.nn.Module) -> dict:
     """Copies of the model's and the loss's state (the loss holds learnable coefficients and bases)."""
     return {name: {k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -199,14 +204,15 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None) -> dict:
                 "step": step,
                 "epoch": round(step / steps_per_epoch, 4),
                 "lr": optimizer.param_groups[0]["lr"],
+                "weights/sq_norm": squared_norm(weights),
                 "train/loss": sum(v[0] * n for v, n in zip(per_step, pending_sizes)) / seen,
                 "train/acc": sum(v[1] for v in per_step) / seen,
             }
             pending, pending_sizes = [], []
             val = evaluate(model, loss_fn, data.val_x, data.val_y, eval_batch, tr.limit_eval_batches, precision)
             row.update({f"val/{k}": v for k, v in val.items()})
-            logger.scalars({"lr": row["lr"], "pred/entropy": val["entropy"], **{f"val/{k}": v for k, v in val.items()}},
-                           step)
+            logger.scalars({"lr": row["lr"], "weights/sq_norm": row["weights/sq_norm"], "pred/entropy": val["entropy"],
+                            **{f"val/{k}": v for k, v in val.items()}}, step)
             logger.row(row)
             report(bar, row)
             if plateau:
@@ -239,14 +245,17 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None) -> dict:
         loss_fn.load_state_dict(best_state["loss"])
     if tr.checkpoints and best_state is not None:
         save_checkpoint(ckpt_dir / "best.pt", **best_state, step=best["step"], metrics=best)
-    final = {"step": step, "epoch": round(step / steps_per_epoch, 4), "lr": optimizer.param_groups[0]["lr"]}
+    final = {"step": step, "epoch": round(step / steps_per_epoch, 4), "lr": optimizer.param_groups[0]["lr"],
+             "weights/sq_norm": squared_norm(weights)}
     if loss_tags:
         final.update({k: v.item() for k, v in loss_fn.logged().items()})
     for split in ("train", "val", "test"):
         x, y = data.split(split)
         metrics = evaluate(model, loss_fn, x, y, eval_batch, tr.limit_eval_batches, precision)
         final.update({f"{split}/{k}": v for k, v in metrics.items()})
-    logger.scalars({k: v for k, v in final.items() if k.startswith("test/")}, step)
+    # train/loss and train/acc are per-step tags; the full train split's other metrics are logged once here
+    logger.scalars({k: v for k, v in final.items() if k.startswith("test/")
+                    or (k.startswith("train/") and k not in ("train/loss", "train/acc"))}, step)
     logger.row(final)
     logger.close()
 
