@@ -111,7 +111,7 @@ def test_summary_and_checkpoints(tmp_path):
     _, _, model, optimizer, _ = build(cfg, torch.device("cpu"))
     model.load_state_dict(last["model"])
     optimizer.load_state_dict(last["optimizer"])
-    assert last["epoch"] == 1 and last["step"] == summary["steps"]
+    assert last["progress"]["epoch"] == 1 and last["progress"]["step"] == summary["steps"]
     assert not list(tmp_path.rglob("*.tmp"))
 
 

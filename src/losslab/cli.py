@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from losslab.config import CONF_DIR, register
-from losslab.errors import UserError
+from losslab.errors import Interrupted, UserError
 
 _FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
 
@@ -39,13 +39,35 @@ def _train(cfg: DictConfig) -> float | None:
 
     hc = HydraConfig.get()
     try:
-        hparams = hparams_of(cfg, dict(hc.runtime.choices), list(hc.overrides.task))
-        summary = fit(cfg, Path(hc.runtime.output_dir), hparams)
+        if cfg.trainer.resume not in (None, False):
+            run_dir = resume_dir(cfg.trainer.resume)
+            summary = fit(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), run_dir, resume=True)
+        else:
+            hparams = hparams_of(cfg, dict(hc.runtime.choices), list(hc.overrides.task))
+            summary = fit(cfg, Path(hc.runtime.output_dir), hparams)
     except UserError as e:
         if _FULL_ERROR:
             raise
         _fail("losslab-train", str(e))
     return summary["final"].get("val/loss")
+
+
+def resume_dir(resume) -> Path:
+    """The run dir that `trainer.resume` names: `true` means the current directory."""
+    run_dir = Path.cwd() if resume is True or str(resume).lower() == "true" else Path(str(resume))
+    if not (run_dir / ".hydra" / "config.yaml").exists():
+        raise UserError(f"trainer.resume={resume}: {run_dir} is not a losslab run dir (it has no .hydra/config.yaml).")
+    return run_dir
+
+
+def _resume_arguments(argv: list[str]) -> list[str]:
+    """With trainer.resume=<dir>, Hydra runs inside that dir and keeps its .hydra/ (the original config)."""
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key == "trainer.resume" and value.lower() not in ("", "null", "false", "none"):
+            run_dir = Path.cwd() if value.lower() == "true" else Path(value).resolve()
+            return [f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
+    return []
 
 
 def train() -> None:
@@ -57,8 +79,11 @@ def train() -> None:
     register()
     _FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let compose errors reach this function, which prints them as one line
+    sys.argv += _resume_arguments(sys.argv[1:])
     try:
         _train()
+    except Interrupted as e:
+        sys.exit(128 + e.signum)
     except (HydraException, OmegaConfBaseException) as e:
         if _FULL_ERROR:
             raise

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from losslab.errors import ConfigError
 
@@ -227,6 +227,9 @@ class TrainerConf:
     max_steps: int | None = None  # stop after N optimiser steps (debug)
     patience: int | None = None  # early stopping after N evaluations without val-loss improvement
     l2: float = 0.0  # lambda * sum(w^2) over weight matrices, added to the objective
+    grad_clip: float | None = None  # clip the global gradient norm to this value
+    # a loss that is not finite, or larger than this, ends the run with status `diverged` (null: only non-finite)
+    divergence_threshold: float | None = 1.0e4
     shuffle: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "fp32"  # fp32 | bf16 (autocast)
@@ -234,6 +237,7 @@ class TrainerConf:
     deterministic: bool = False
     checkpoints: bool = True
     progress: str = "auto"  # auto (bar on a terminal, log lines otherwise) | bar | log
+    resume: Any = None  # null | true (the run dir is the cwd) | <run dir>: continue from checkpoints/last.pt
 
 
 @dataclass
@@ -249,6 +253,8 @@ class TrainConf:
 
 
 def register() -> None:
+    if not OmegaConf.has_resolver("pid"):
+        OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConf)
     schemas = {
@@ -332,6 +338,11 @@ def check(cfg: DictConfig) -> None:
         f"trainer.limit_eval_batches must be >= 1 or null, got {tr.limit_eval_batches}.",
     )
     _require(tr.l2 >= 0, f"trainer.l2 must be >= 0, got {tr.l2}.")
+    _require(
+        tr.divergence_threshold is None or tr.divergence_threshold > 0,
+        f"trainer.divergence_threshold must be > 0 or null, got {tr.divergence_threshold}.",
+    )
+    _require(tr.grad_clip is None or tr.grad_clip > 0, f"trainer.grad_clip must be > 0 or null, got {tr.grad_clip}.")
     _choice("trainer.precision", tr.precision, ("fp32", "bf16"))
     _choice("trainer.progress", tr.progress, ("auto", "bar", "log"))
     _require(

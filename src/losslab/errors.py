@@ -11,3 +11,13 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A data file that is missing, truncated, corrupt or does not match the task."""
+
+
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM stopped a run after it wrote last.pt and summary.json (status interrupted).
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` on the way swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by signal {signum}")
+        self.signum = signum

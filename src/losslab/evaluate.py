@@ -1,8 +1,10 @@
-"""`losslab-eval <run dir or checkpoint> [split=test]`: recompute a finished run's metrics on a split.
+"""`losslab-eval <run dir or checkpoint> [split=test]`: recompute a finished run's metrics and figures on a split.
 
-The config comes from the run's `.hydra/config.yaml`; the weights from the checkpoint given, else the
-run's final model (`best.pt` when early stopping was on, else `last.pt`). Results go to
-`<run dir>/eval/<split>.json`; the training results are never touched.
+The config comes from the run's `.hydra/config.yaml`; the model's and the loss's weights from the checkpoint
+given, else the run's final model (`best.pt` when early stopping was on, else `last.pt`). The metrics are
+computed as the run's own final evaluation computes them (same batches, trainer.limit_eval_batches and
+precision), so they reproduce its numbers; the figures use the whole split. Results go to
+`<run dir>/eval/<split>.json` and `<run dir>/eval/figures/`; the training results are never touched.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from omegaconf import OmegaConf
 
 from losslab.config import check
 from losslab.errors import UserError
+from losslab.figures import read_rows, write_figures
 from losslab.fileio import write_json
 from losslab.train import build, evaluate, pick_device
 
@@ -32,6 +35,25 @@ def locate(target: Path) -> tuple[Path, Path]:
     if not checkpoint.exists():
         raise UserError(f"{target} has no checkpoints/{name}; is it a losslab run dir of a finished run?")
     return target, checkpoint
+
+
+def load_weights(checkpoint: Path, model, loss_fn, config_file: Path, device) -> None:
+    try:
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+    except Exception as e:
+        raise UserError(f"{checkpoint} is not a readable checkpoint ({first_line(e)}).") from e
+    if not isinstance(state, dict) or not {"model", "loss"} <= state.keys():
+        raise UserError(f"{checkpoint} is not a losslab checkpoint: it lacks the model's or the loss's weights.")
+    try:
+        model.load_state_dict(state["model"])
+        loss_fn.load_state_dict(state["loss"])
+    except Exception as e:  # weights of another model or loss
+        raise UserError(f"{checkpoint} does not fit the model and loss of {config_file} ({first_line(e)}).") from e
+
+
+def first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def main(argv: list[str]) -> dict:
@@ -56,15 +78,14 @@ def main(argv: list[str]) -> dict:
     check(cfg)
     device = pick_device(options.get("device", "auto"))
     data, loss_fn, model, _, _ = build(cfg, device)
-    try:
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-    except Exception as e:  # unreadable file, or weights of another model
-        raise UserError(f"{checkpoint} does not fit the model of {config_file} ({str(e).splitlines()[0]}).") from e
+    load_weights(checkpoint, model, loss_fn, config_file, device)
 
-    x, y = data.split(split)
-    metrics = evaluate(model, loss_fn, x, y, cfg.trainer.eval_batch_size, None, cfg.trainer.precision)
+    tr, (x, y) = cfg.trainer, data.split(split)
+    metrics = evaluate(model, loss_fn, x, y, tr.eval_batch_size, tr.limit_eval_batches, tr.precision)
     result = {f"{split}/{k}": v for k, v in metrics.items()} | {"checkpoint": str(checkpoint)}
-    write_json(run_dir / "eval" / f"{split}.json", result)
+    out_dir = run_dir / "eval"
+    write_json(out_dir / f"{split}.json", result)
+    figures = write_figures(out_dir / "figures", model, loss_fn, data, read_rows(run_dir / "metrics.csv"), split=split)
     print(" ".join(f"{k} {v:.6g}" for k, v in result.items() if k != "checkpoint"))
+    print(f"wrote {out_dir / f'{split}.json'} and {len(figures)} figures in {out_dir / 'figures'}")
     return result

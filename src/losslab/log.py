@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from losslab.fileio import write_json
+from losslab.fileio import atomic_write, write_json
 
 SPLITS = ("train", "val", "test")
 METRICS = ("loss", "acc", "nll", "brier", "ece", "entropy")
@@ -42,37 +42,59 @@ def hparams_of(cfg: DictConfig, choices: dict[str, str | None], overrides: list[
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, cfg: DictConfig, hparams: dict):
+    def __init__(self, run_dir: Path, cfg: DictConfig, hparams: dict, resume_step: int | None = None):
+        """`resume_step`: continue a run whose checkpoint is at that step; TensorBoard events and metrics.csv
+        rows written after it (by the run that stopped) are dropped, so nothing appears twice."""
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
         self.run_dir = run_dir
+        self.csv_path = run_dir / "metrics.csv"
+        if resume_step is not None:
+            self.writer = SummaryWriter(log_dir=str(run_dir), max_queue=1000, purge_step=resume_step + 1)
+            self._truncate_csv(resume_step)
+            return
         self.writer = SummaryWriter(log_dir=str(run_dir), max_queue=1000)
         self.writer.add_text("config", "```yaml\n" + OmegaConf.to_yaml(cfg, resolve=True) + "```", 0)
         for summary in hparams_summary(hparams, {tag: math.nan for tag in HPARAM_METRICS}):
             self.writer.file_writer.add_summary(summary)
-        self.csv_path = run_dir / "metrics.csv"
-        if not self.csv_path.exists():
-            self._append(COLUMNS)
+        write_csv(self.csv_path, [COLUMNS])
 
-    def _append(self, values: list) -> None:
-        line = io.StringIO()
-        csv.writer(line).writerow(values)
-        with open(self.csv_path, "a") as f:  # one write per row: a row is whole or absent
-            f.write(line.getvalue())
+    def _truncate_csv(self, step: int) -> None:
+        """Keep the header and the complete rows up to `step` (rewritten atomically)."""
+        lines = self.csv_path.read_text().splitlines(keepends=True) if self.csv_path.exists() else []
+        rows = [r for r in csv.reader(line for line in lines[1:] if line.endswith("\n")) if int(r[0]) <= step]
+        write_csv(self.csv_path, [COLUMNS, *rows])
+
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
 
     def row(self, values: dict[str, float]) -> None:
-        self._append(["" if values.get(c) is None else values[c] for c in COLUMNS])
+        append_csv_row(self.csv_path, ["" if values.get(c) is None else values[c] for c in COLUMNS])
 
     def text(self, tag: str, text: str, step: int) -> None:
         self.writer.add_text(tag, text, step)
 
     def close(self) -> None:
         self.writer.close()
+
+
+def append_csv_row(path: Path, values: list) -> None:
+    """One write per row, so a crash leaves a row whole or absent."""
+    line = io.StringIO()
+    csv.writer(line).writerow(values)
+    with open(path, "a") as f:
+        f.write(line.getvalue())
+
+
+def write_csv(path: Path, rows: list[list]) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+
+    atomic_write(path, write)
 
 
 def versions() -> dict[str, str]:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import pickle
 import random
+import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +24,8 @@ from omegaconf import DictConfig
 
 from losslab import config
 from losslab.data import augment, load_splits
-from losslab.errors import ConfigError
-from losslab.fileio import atomic_write
+from losslab.errors import ConfigError, Interrupted, UserError
+from losslab.fileio import atomic_write, remove_stale_temp_files
 from losslab.log import RunLogger, versions, write_summary
 from losslab.metrics import SplitMetrics
 
@@ -119,8 +122,66 @@ def save_checkpoint(path: Path, **state) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None) -> dict:
-    """Train, validate and test one config; write events, metrics.csv, checkpoints and summary.json."""
+@dataclass
+class Progress:
+    """Everything the loop needs to continue exactly where it stopped (saved in last.pt)."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0  # batches done in the current epoch
+    order: torch.Tensor | None = None  # the current epoch's data order, while an epoch is under way
+    samples: int = 0
+    best: dict = field(default_factory=lambda: {"val/loss": math.inf})
+    best_state: dict | None = None  # model and loss state at the best evaluation
+    evals_since_best: int = 0
+    pending: list = field(default_factory=list)  # per-step device tensors not yet logged
+    pending_sizes: list = field(default_factory=list)
+    last_row: dict = field(default_factory=dict)  # the last evaluation (finite by construction)
+
+
+@contextlib.contextmanager
+def catch_stop_signals():
+    """Turn SIGINT/SIGTERM into a flag the loop checks between steps (main thread only)."""
+    received: list[int] = []
+    previous = {}
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, lambda n, _frame: received.append(n))
+    except ValueError:  # not the main thread: leave signals alone
+        pass
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def rng_states(order_gen: torch.Generator) -> dict:
+    """All RNG states, as types `torch.load(weights_only=True)` accepts."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {"python": random.getstate(), "numpy": (name, keys.tolist(), pos, has_gauss, cached),
+              "torch": torch.get_rng_state(), "order": order_gen.get_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict, order_gen: torch.Generator) -> None:
+    random.setstate(states["python"])
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    order_gen.set_state(states["order"])
+    if "cuda" in states:
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: bool = False) -> dict:
+    """Train, validate and test one config; write events, metrics.csv, checkpoints and summary.json.
+
+    `resume=True` continues the run in `run_dir` from checkpoints/last.pt: model, loss, optimizer,
+    scheduler, early-stopping state, RNG states and data order, so the result equals an uninterrupted run.
+    """
     started = time.perf_counter()
     config.check(cfg)
     tr = cfg.trainer
@@ -134,129 +195,154 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None) -> dict:
 
     # plain Python values: DictConfig lookups cost microseconds each, too much for the step loop
     batch_size, eval_batch, shuffle, l2, precision = tr.batch_size, tr.eval_batch_size, tr.shuffle, tr.l2, tr.precision
-    hflip, crop_padding = cfg.dataset.hflip, cfg.dataset.crop_padding
+    hflip, crop_padding, grad_clip = cfg.dataset.hflip, cfg.dataset.crop_padding, tr.grad_clip
+    loss_limit = math.inf if tr.divergence_threshold is None else tr.divergence_threshold
     n_train = len(data.train_y)
     steps_per_epoch = math.ceil(n_train / batch_size)
     eval_interval = max(1, round(tr.eval_every * steps_per_epoch))
     total_steps = tr.epochs * steps_per_epoch
     if tr.max_steps is not None:
         total_steps = min(total_steps, tr.max_steps)
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = run_dir / "checkpoints"
-    logger = RunLogger(run_dir, cfg, hparams or {})
-    log.info(
-        "%s: %d train / %d val / %d test images of shape %s, %d classes, on %s; %d steps of batch %d",
-        cfg.dataset.name, n_train, len(data.val_y), len(data.test_y), data.shape, data.num_classes,
-        device, total_steps, tr.batch_size,
-    )
-    bar = progress_bar(tr.progress, total_steps)
-
-    step, epoch, status = 0, 0, "completed"
-    best = {"val/loss": math.inf}
-    best_state, evals_since_best = None, 0
     # per-step values stay on the device until the next evaluation: loss, hits, then the loss's own (loss/...)
     loss_tags = list(loss_fn.logged()) if hasattr(loss_fn, "logged") else []
     constrained = hasattr(loss_fn, "constrain_step")  # the entropy-gradient rule scales each step
-    pending, pending_sizes = [], []
-    train_started = time.perf_counter()
-    samples = 0
-    while step < total_steps and status == "completed":
-        order = (torch.randperm(n_train, device=device, generator=order_gen) if shuffle
-                 else torch.arange(n_train, device=device))
-        for start in range(0, n_train, batch_size):
-            idx = order[start:start + batch_size]
-            x, y = data.train_x[idx], data.train_y[idx]
-            if hflip or crop_padding:
-                x = augment(x, hflip, crop_padding, order_gen)
-            with autocast(device, precision):
-                logits = step_fn(x)
-            logits = logits.float()
-            loss = loss_fn(logits, y)
-            logged = loss_fn.logged().values() if loss_tags else ()  # the values this step's loss used
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if l2:  # d/dw of l2 * sum(w^2)
-                torch._foreach_add_([w.grad for w in weights], weights, alpha=2 * l2)
-            if constrained:
-                before = [p.detach().clone() for p in model.parameters()]
-            optimizer.step()
-            if constrained:
-                loss_fn.constrain_step(model, x, logits.detach(), before, epoch)
 
-            hits = (loss_fn.probs(logits.detach()).argmax(-1) == y).sum()
-            pending.append(torch.stack([loss.detach(), hits.float(), *logged]))
-            pending_sizes.append(len(y))
-            step += 1
-            samples += len(y)
-            if bar is not None:
-                bar.update(1)
-            last_of_run = step == total_steps
-            if step % eval_interval and not last_of_run:
-                continue
+    ckpt_dir = run_dir / "checkpoints"
+    if resume:
+        for folder in (run_dir, ckpt_dir):
+            remove_stale_temp_files(folder)
+    p = (load_for_resume(ckpt_dir / "last.pt", model, loss_fn, optimizer, scheduler, order_gen, device) if resume
+         else Progress())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logger = RunLogger(run_dir, cfg, hparams or {}, resume_step=p.step if resume else None)
+    log.info(
+        "%s: %d train / %d val / %d test images of shape %s, %d classes, on %s; %d steps of batch %d%s",
+        cfg.dataset.name, n_train, len(data.val_y), len(data.test_y), data.shape, data.num_classes,
+        device, total_steps, batch_size, f", resuming at step {p.step}" if resume else "",
+    )
 
-            # ---- evaluation: read the pending step values once, validate, early-stop
-            per_step, first, seen = torch.stack(pending).tolist(), step - len(pending) + 1, sum(pending_sizes)
-            for i, (values, n) in enumerate(zip(per_step, pending_sizes)):
-                logger.scalars({"train/loss": values[0], "train/acc": values[1] / n,
-                                **dict(zip(loss_tags, values[2:]))}, first + i)
-            row = {
-                "step": step,
-                "epoch": round(step / steps_per_epoch, 4),
-                "lr": optimizer.param_groups[0]["lr"],
-                "weights/sq_norm": squared_norm(weights),
-                "train/loss": sum(v[0] * n for v, n in zip(per_step, pending_sizes)) / seen,
-                "train/acc": sum(v[1] for v in per_step) / seen,
-            }
-            pending, pending_sizes = [], []
-            val = evaluate(model, loss_fn, data.val_x, data.val_y, eval_batch, tr.limit_eval_batches, precision)
-            row.update({f"val/{k}": v for k, v in val.items()})
-            logger.scalars({"lr": row["lr"], "weights/sq_norm": row["weights/sq_norm"], "pred/entropy": val["entropy"],
-                            **{f"val/{k}": v for k, v in val.items()}}, step)
-            logger.row(row)
-            report(bar, row)
-            if plateau:
-                scheduler.step(val["loss"])
-            if val["loss"] < best["val/loss"]:
-                best, evals_since_best = dict(row), 0
-                best_state = snapshot(model, loss_fn)
-            else:
-                evals_since_best += 1
-                if tr.patience is not None and evals_since_best >= tr.patience:
-                    status = "early_stopped"
-                    break
-            if last_of_run:
-                break
-        if constrained:
-            logger.scalars(loss_fn.epoch_stats(epoch), step)
-        epoch += 1
-        if scheduler is not None and not plateau:
-            scheduler.step()
+    def save_last() -> None:
         if tr.checkpoints:
-            save_checkpoint(ckpt_dir / "last.pt", **snapshot(model, loss_fn), optimizer=optimizer.state_dict(),
-                            scheduler=scheduler.state_dict() if scheduler else None, step=step, epoch=epoch)
+            save_checkpoint(
+                ckpt_dir / "last.pt", **snapshot(model, loss_fn), optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict() if scheduler else None, rng=rng_states(order_gen),
+                progress=dict(vars(p)),
+            )
+
+    bar = progress_bar(tr.progress, total_steps, p.step)
+    status, diverged_at = "completed", None
+    blown_up = torch.zeros((), dtype=torch.bool, device=device)  # a step's loss was not finite or > loss_limit
+    train_started, samples_at_start = time.perf_counter(), p.samples
+    with catch_stop_signals() as stop_signals:
+        while p.step < total_steps and status == "completed":
+            if p.order is None:
+                p.order = (torch.randperm(n_train, device=device, generator=order_gen) if shuffle
+                           else torch.arange(n_train, device=device))
+            for start in range(p.batch * batch_size, n_train, batch_size):
+                idx = p.order[start:start + batch_size]
+                x, y = data.train_x[idx], data.train_y[idx]
+                if hflip or crop_padding:
+                    x = augment(x, hflip, crop_padding, order_gen)
+                with autocast(device, precision):
+                    logits = step_fn(x)
+                logits = logits.float()
+                loss = loss_fn(logits, y)
+                logged = loss_fn.logged().values() if loss_tags else ()  # the values this step's loss used
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if l2:  # d/dw of l2 * sum(w^2)
+                    torch._foreach_add_([w.grad for w in weights], weights, alpha=2 * l2)
+                if grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
+                if constrained:
+                    before = [q.detach().clone() for q in model.parameters()]
+                optimizer.step()
+                if constrained:
+                    loss_fn.constrain_step(model, x, logits.detach(), before, p.epoch)
+
+                hits = (loss_fn.probs(logits.detach()).argmax(-1) == y).sum()
+                p.pending.append(torch.stack([loss.detach(), hits.float(), *logged]))
+                p.pending_sizes.append(len(y))
+                blown_up |= ~(loss.detach().abs() <= loss_limit)  # NaN compares false
+                p.step += 1
+                p.batch += 1
+                p.samples += len(y)
+                if bar is not None:
+                    bar.update(1)
+                if stop_signals:
+                    raise interrupt(stop_signals[0], save_last, run_dir, cfg, p, logger, device, started)
+                last_of_run = p.step == total_steps
+                evaluating = p.step % eval_interval == 0 or last_of_run
+                if not evaluating and p.step % DIVERGENCE_CHECK_EVERY:
+                    continue
+                if blown_up.item():  # a host sync, at most every DIVERGENCE_CHECK_EVERY steps
+                    status, diverged_at = "diverged", log_pending(logger, p, loss_tags, loss_limit)
+                    break
+                if not evaluating:
+                    continue
+
+                # ---- evaluation: log the pending step values once, validate, early-stop
+                row = {"step": p.step, "epoch": round(p.step / steps_per_epoch, 4),
+                       "lr": optimizer.param_groups[0]["lr"], "weights/sq_norm": squared_norm(weights)}
+                row.update(log_pending(logger, p, loss_tags))
+                val = evaluate(model, loss_fn, data.val_x, data.val_y, eval_batch, tr.limit_eval_batches, precision)
+                row.update({f"val/{k}": v for k, v in val.items()})
+                if not abs(val["loss"]) <= loss_limit:
+                    status, diverged_at = "diverged", p.step
+                    break
+                logger.scalars({"lr": row["lr"], "weights/sq_norm": row["weights/sq_norm"],
+                                "pred/entropy": val["entropy"], **{f"val/{k}": v for k, v in val.items()}}, p.step)
+                logger.row(row)
+                p.last_row = row
+                report(bar, row)
+                if plateau:
+                    scheduler.step(val["loss"])
+                if val["loss"] < p.best["val/loss"]:
+                    p.best, p.best_state, p.evals_since_best = dict(row), snapshot(model, loss_fn), 0
+                else:
+                    p.evals_since_best += 1
+                    if tr.patience is not None and p.evals_since_best >= tr.patience:
+                        status = "early_stopped"
+                        break
+                if last_of_run:
+                    break
+            if status == "diverged":
+                break
+            if constrained:
+                logger.scalars(loss_fn.epoch_stats(p.epoch), p.step)
+            p.epoch, p.batch, p.order = p.epoch + 1, 0, None
+            if scheduler is not None and not plateau:
+                scheduler.step()
+            save_last()
     train_s = time.perf_counter() - train_started
     if bar is not None:
         bar.close()
 
-    # ---- test: with the best weights when early stopping is on, else the last ones
-    if tr.patience is not None and best_state is not None:
-        model.load_state_dict(best_state["model"])
-        loss_fn.load_state_dict(best_state["loss"])
-    if tr.checkpoints and best_state is not None:
-        save_checkpoint(ckpt_dir / "best.pt", **best_state, step=best["step"], metrics=best)
-    final = {"step": step, "epoch": round(step / steps_per_epoch, 4), "lr": optimizer.param_groups[0]["lr"],
-             "weights/sq_norm": squared_norm(weights)}
-    if loss_tags:
-        final.update({k: v.item() for k, v in loss_fn.logged().items()})
-    for split in ("train", "val", "test"):
-        x, y = data.split(split)
-        metrics = evaluate(model, loss_fn, x, y, eval_batch, tr.limit_eval_batches, precision)
-        final.update({f"{split}/{k}": v for k, v in metrics.items()})
-    # train/loss and train/acc are per-step tags; the full train split's other metrics are logged once here
-    logger.scalars({k: v for k, v in final.items() if k.startswith("test/")
-                    or (k.startswith("train/") and k not in ("train/loss", "train/acc"))}, step)
-    logger.row(final)
+    if status == "diverged":
+        final = dict(p.last_row)  # the last finite evaluation
+        message = (f"diverged: the loss at step {diverged_at} is not finite or above trainer.divergence_threshold="
+                   f"{tr.divergence_threshold}; `final` holds the last evaluation before it")
+        logger.text("status", message, diverged_at)
+        log.warning(message)
+    else:
+        # ---- test: with the best weights when early stopping is on, else the last ones
+        if tr.patience is not None and p.best_state is not None:
+            model.load_state_dict(p.best_state["model"])
+            loss_fn.load_state_dict(p.best_state["loss"])
+        final = {"step": p.step, "epoch": round(p.step / steps_per_epoch, 4), "lr": optimizer.param_groups[0]["lr"],
+                 "weights/sq_norm": squared_norm(weights)}
+        if loss_tags:
+            final.update({k: v.item() for k, v in loss_fn.logged().items()})
+        for split in ("train", "val", "test"):
+            x, y = data.split(split)
+            metrics = evaluate(model, loss_fn, x, y, eval_batch, tr.limit_eval_batches, precision)
+            final.update({f"{split}/{k}": v for k, v in metrics.items()})
+        # train/loss and train/acc are per-step tags; the full train split's other metrics are logged once here
+        logger.scalars({k: v for k, v in final.items() if k.startswith("test/")
+                        or (k.startswith("train/") and k not in ("train/loss", "train/acc"))}, p.step)
+        logger.row(final)
+    if tr.checkpoints and p.best_state is not None:
+        save_checkpoint(ckpt_dir / "best.pt", **p.best_state, step=p.best["step"], metrics=p.best)
     logger.close()
 
     summary = {
@@ -264,29 +350,86 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None) -> dict:
         "name": cfg.name,
         "seed": cfg.seed,
         "run_dir": str(run_dir),
-        "best": best if best_state is not None else {},
+        "best": p.best if p.best_state is not None else {},
         "final": final,
-        "steps": step,
-        "epochs": round(step / steps_per_epoch, 4),
+        "steps": p.step,
+        "epochs": round(p.step / steps_per_epoch, 4),
         "wall_s": time.perf_counter() - started,
         "train_s": train_s,
-        "samples_per_s": samples / train_s if train_s > 0 else None,
+        "samples_per_s": (p.samples - samples_at_start) / train_s if train_s > 0 else None,
         "device": str(device),
         "versions": versions(),
     }
+    if diverged_at is not None:
+        summary["diverged_at_step"] = diverged_at
     write_summary(run_dir, summary)
-    log.info("%s after %d steps: test/acc %.4f, test/loss %.4f (%s)", status, step, final["test/acc"],
-             final["test/loss"], run_dir)
+    log.info("%s after %d steps: test/acc %s (%s)", status, p.step, final.get("test/acc", "-"), run_dir)
     return summary
 
 
-def progress_bar(mode: str, total: int):
+DIVERGENCE_CHECK_EVERY = 50  # steps between reads of the divergence flag (besides every evaluation)
+
+
+def log_pending(logger: RunLogger, p: Progress, loss_tags: list[str], loss_limit: float | None = None):
+    """Log the per-step values held on the device since the last evaluation (one host sync).
+
+    Returns the train loss/acc averaged over those steps; with `loss_limit`, the first step whose loss is
+    not finite or above the limit (only the steps before it are logged)."""
+    per_step, first = torch.stack(p.pending).tolist(), p.step - len(p.pending) + 1
+    sizes = p.pending_sizes
+    p.pending, p.pending_sizes = [], []
+    if loss_limit is not None:
+        bad = next(i for i, values in enumerate(per_step) if not abs(values[0]) <= loss_limit)
+        per_step, sizes = per_step[:bad], sizes[:bad]
+    for i, (values, n) in enumerate(zip(per_step, sizes)):
+        logger.scalars({"train/loss": values[0], "train/acc": values[1] / n, **dict(zip(loss_tags, values[2:]))},
+                       first + i)
+    if loss_limit is not None:
+        return first + len(per_step)
+    seen = sum(sizes)
+    return {"train/loss": sum(v[0] * n for v, n in zip(per_step, sizes)) / seen,
+            "train/acc": sum(v[1] for v in per_step) / seen}
+
+
+def interrupt(signum, save_last, run_dir, cfg, p: Progress, logger: RunLogger, device, started) -> Interrupted:
+    """Write last.pt (mid-epoch) and summary.json with status interrupted; the caller raises the result."""
+    save_last()
+    logger.close()
+    write_summary(run_dir, {
+        "status": "interrupted", "name": cfg.name, "seed": cfg.seed, "run_dir": str(run_dir),
+        "best": p.best if p.best_state is not None else {}, "final": dict(p.last_row), "steps": p.step,
+        "wall_s": time.perf_counter() - started, "device": str(device), "versions": versions(),
+        "resume": f"losslab-train trainer.resume={run_dir}",
+    })
+    log.warning("interrupted by signal %d at step %d; resume with: losslab-train trainer.resume=%s",
+                signum, p.step, run_dir)
+    return Interrupted(signum)
+
+
+def load_for_resume(path: Path, model, loss_fn, optimizer, scheduler, order_gen, device) -> Progress:
+    if not path.exists():
+        raise UserError(f"{path} does not exist, so there is nothing to resume; start the run afresh.")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        loss_fn.load_state_dict(state["loss"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        restore_rng_states(state["rng"], order_gen)
+        return Progress(**state["progress"])
+    except (KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise UserError(f"{path} cannot be resumed from ({str(e).splitlines()[0]}); it is not a checkpoint of "
+                        f"this config, or it is damaged.") from e
+
+
+def progress_bar(mode: str, total: int, done: int = 0):
     """A tqdm bar on a terminal (or when asked for), else None and plain log lines per evaluation."""
     if mode == "log" or (mode == "auto" and not sys.stderr.isatty()):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="step", dynamic_ncols=True, leave=False)
+    return tqdm(total=total, initial=done, unit="step", dynamic_ncols=True, leave=False)
 
 
 def report(bar, row: dict) -> None:

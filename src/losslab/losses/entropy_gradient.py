@@ -45,7 +45,7 @@ class EntropyGradient(nn.Module):
                 f"got {delta0}, {delta_min}, {gamma}."
             )
         self.delta0, self.gamma, self.delta_min = delta0, gamma, delta_min
-        self.stats = None
+        self.register_buffer("stats", torch.zeros(4))  # this epoch: steps, scaled steps, sum of scales, max|Δz|
 
     @staticmethod
     def head_size(num_classes: int) -> int:
@@ -70,15 +70,13 @@ class EntropyGradient(nn.Module):
         scale = torch.clamp(delta / max_dz.clamp_min(1e-30), max=1.0)
         for p, p0 in zip(model.parameters(), params_before):
             p.copy_(p0 + (p - p0) * scale)
-        if self.stats is None:
-            self.stats = torch.zeros(4, device=x.device)  # steps, scaled steps, sum of scales, max|Δz|
         self.stats += torch.stack([torch.ones_like(scale), (scale < 1).float(), scale, torch.zeros_like(scale)])
         self.stats[3] = torch.maximum(self.stats[3], max_dz)
 
     def epoch_stats(self, epoch: int) -> dict[str, float]:
         """δ_e, fraction of scaled steps, mean scale and max|Δz| (before scaling) over the epoch; resets."""
-        steps, scaled, scale_sum, max_dz = self.stats.tolist() if self.stats is not None else (0, 0, 0, 0)
-        self.stats = None
+        steps, scaled, scale_sum, max_dz = self.stats.tolist()
+        self.stats.zero_()
         return {
             "entropy_gradient/delta": delta_schedule(epoch, self.delta0, self.gamma, self.delta_min),
             "entropy_gradient/scaled_fraction": scaled / max(steps, 1),

@@ -1,0 +1,131 @@
+"""SplitMetrics against an independent numpy computation on fixed inputs."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from losslab.metrics import SplitMetrics
+
+BINS = 15
+
+
+def numpy_metrics(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """The definitions in losslab.metrics, written out in numpy; ECE bins are the intervals (b/15, (b+1)/15]."""
+    n, k = probs.shape
+    confidence, prediction = probs.max(1), probs.argmax(1)
+    correct = prediction == y
+    onehot = np.eye(k)[y]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(probs > 0, probs * np.log(probs), 0.0)
+    ece = 0.0
+    for b in range(BINS):
+        lower, upper = b / BINS, (b + 1) / BINS
+        in_bin = (confidence > lower) & (confidence <= upper)
+        if in_bin.any():
+            ece += in_bin.sum() / n * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return {
+        "acc": correct.mean(),
+        "nll": -np.log(probs[np.arange(n), y]).mean(),
+        "brier": ((probs - onehot) ** 2).sum(1).mean(),
+        "entropy": -plogp.sum(1).mean(),
+        "ece": ece,
+    }
+
+
+def split_metrics(probs: np.ndarray, y: np.ndarray, *batches: int) -> dict[str, float]:
+    """SplitMetrics over `probs` fed in batches of the given sizes (one batch if none), loss = 0.5 per example."""
+    metrics = SplitMetrics(torch.device("cpu"))
+    probs_t, y_t = torch.from_numpy(probs), torch.from_numpy(y)
+    start = 0
+    for size in batches or (len(y),):
+        metrics.update(probs_t[start:start + size], y_t[start:start + size], torch.tensor(0.5, dtype=torch.float64))
+        start += size
+    assert start == len(y)
+    return metrics.result()
+
+
+def calibrated(confidences: list[float], per_bin: int, k: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """`per_bin` examples at each confidence c (top class first, the rest shared evenly), of which exactly
+    c * per_bin are correct: every bin's accuracy equals its confidence."""
+    probs, y = [], []
+    for c in confidences:
+        row = np.full(k, (1 - c) / (k - 1))
+        row[0] = c
+        hits = round(c * per_bin)
+        assert math.isclose(hits, c * per_bin)
+        probs += [row] * per_bin
+        y += [0] * hits + [1] * (per_bin - hits)
+    return np.array(probs), np.array(y)
+
+
+def test_a_small_case_by_hand():
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+    y = np.array([0, 1])
+    result = split_metrics(probs, y)
+    assert result["acc"] == pytest.approx(0.5)
+    assert result["nll"] == pytest.approx((-math.log(0.7) - math.log(0.3)) / 2)
+    assert result["brier"] == pytest.approx(((0.09 + 0.04 + 0.01) + (0.01 + 0.49 + 0.36)) / 2)
+    entropies = [-sum(p * math.log(p) for p in row) for row in probs]
+    assert result["entropy"] == pytest.approx(sum(entropies) / 2)
+    # confidence 0.7 right (|1 - 0.7|) and 0.6 wrong (|0 - 0.6|), in different bins, half the examples each
+    assert result["ece"] == pytest.approx(0.5 * 0.3 + 0.5 * 0.6)
+    assert result["loss"] == pytest.approx(0.5)
+
+
+def test_random_inputs_match_numpy():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.full(10, 0.3), size=1000)
+    y = np.where(rng.random(1000) < 0.7, probs.argmax(1), rng.integers(0, 10, 1000))
+    result, expected = split_metrics(probs, y), numpy_metrics(probs, y)
+    for key, value in expected.items():
+        assert result[key] == pytest.approx(value, rel=1e-10, abs=1e-12), key
+
+
+def test_perfectly_calibrated_predictions_have_zero_ece():
+    probs, y = calibrated([0.3, 0.5, 0.65, 0.85, 0.95, 1.0], per_bin=20)
+    assert numpy_metrics(probs, y)["ece"] == pytest.approx(0, abs=1e-12)
+    result = split_metrics(probs, y)
+    assert result["ece"] == pytest.approx(0, abs=1e-12)
+    assert result["acc"] == pytest.approx(y.tolist().count(0) / len(y))
+
+
+def test_over_confident_predictions():
+    # 0.9 confident but 60 % right, 0.99 confident but 80 % right: ECE = (0.3 + 0.19) / 2
+    probs = np.concatenate([np.tile([0.9, 0.05, 0.05], (100, 1)), np.tile([0.99, 0.005, 0.005], (100, 1))])
+    y = np.array(([0] * 60 + [1] * 40) + ([0] * 80 + [2] * 20))
+    result = split_metrics(probs, y)
+    assert result["ece"] == pytest.approx(0.5 * 0.3 + 0.5 * 0.19)
+    assert result["acc"] == pytest.approx(0.7)
+    expected_nll = (60 * -math.log(0.9) + 40 * -math.log(0.05) + 80 * -math.log(0.99) + 20 * -math.log(0.005)) / 200
+    assert result["nll"] == pytest.approx(expected_nll)
+    for key, value in numpy_metrics(probs, y).items():
+        assert result[key] == pytest.approx(value, rel=1e-10, abs=1e-12), key
+
+
+def test_one_hot_probabilities_have_zero_entropy_and_finite_nll():
+    probs = np.eye(3)[[0, 1, 2, 0]]
+    result = split_metrics(probs, np.array([0, 1, 2, 1]))
+    assert result["entropy"] == 0
+    assert result["acc"] == pytest.approx(0.75)
+    assert result["brier"] == pytest.approx(2 / 4)
+    assert math.isfinite(result["nll"]) and result["nll"] > 0
+    assert result["ece"] == pytest.approx(0.25)  # one bin (1.0): confidence 1, accuracy 0.75
+
+
+def test_batches_add_up_to_one_update():
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(5), size=100)
+    y = rng.integers(0, 5, 100)
+    whole = split_metrics(probs, y)
+    assert split_metrics(probs, y, 37, 63) == pytest.approx(whole, rel=1e-12)
+    assert split_metrics(probs, y, 1, 98, 1) == pytest.approx(whole, rel=1e-12)
+
+
+def test_the_loss_is_weighted_by_batch_size():
+    metrics = SplitMetrics(torch.device("cpu"))
+    probs = torch.full((4, 2), 0.5)
+    metrics.update(probs[:1], torch.tensor([0]), torch.tensor(1.0))
+    metrics.update(probs[1:], torch.tensor([0, 1, 1]), torch.tensor(3.0))
+    assert metrics.result()["loss"] == pytest.approx((1 * 1.0 + 3 * 3.0) / 4)

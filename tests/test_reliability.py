@@ -1,0 +1,162 @@
+"""No result is ever lost: divergence, interruption and resume, crash-safe files, concurrent runs,
+determinism."""
+
+import json
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tb_events import read_events
+
+from losslab.cli import compose
+from losslab.errors import UserError
+from losslab.fileio import write_json
+from losslab.log import append_csv_row
+from losslab.train import fit, save_checkpoint
+
+
+def losslab_train(*args, cwd, **popen):
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.Popen(["losslab-train", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_divergence_is_a_result_and_the_sweep_goes_on(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = losslab_train("-m", "optimizer.lr=0.1,1e6,0.05", "trainer.epochs=1", "dataset.train_size=5000",
+                         "trainer.progress=log", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    statuses = [summary(sweep / str(i))["status"] for i in range(3)]
+    assert statuses == ["completed", "diverged", "completed"]
+    diverged = summary(sweep / "1")
+    assert diverged["diverged_at_step"] >= 1 and diverged["final"] == {}  # no finite evaluation before it
+    text = read_events(sweep / "1").Tensors("status/text_summary")
+    assert b"diverged" in text[0].tensor_proto.string_val[0]
+
+
+def test_non_finite_loss_mid_run_keeps_the_last_finite_evaluation(tmp_path):
+    # a finite run first, then an lr that overflows: trainer.divergence_threshold=null counts only non-finite
+    cfg = compose(["dataset=synthetic", "trainer.progress=log", "trainer.epochs=3", "trainer.l2=1.0",
+                   "optimizer.lr=1e4", "trainer.divergence_threshold=null", "trainer.eval_every=0.25"])
+    result = fit(cfg, tmp_path)
+    assert result["status"] == "diverged"
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()[1:]
+    if rows:  # every logged evaluation is finite, and `final` is the last of them
+        assert "nan" not in "".join(rows) and result["final"]["step"] == int(rows[-1].split(",")[0])
+
+
+RESUMABLE = ["model=fnn", "model.dropout=0.2", "dataset.train_size=10000", "dataset.hflip=true",
+             "trainer.epochs=8", "trainer.eval_every=0.5", "trainer.patience=50", "trainer.deterministic=true",
+             "scheduler=step", "scheduler.step_size=3", "scheduler.gamma=0.5", "trainer.progress=log"]
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def test_resume_after_sigkill_and_after_sigterm_equals_an_uninterrupted_run(tmp_path):
+    runs = {name: tmp_path / name for name in ("uninterrupted", "killed", "terminated")}
+    procs = {name: losslab_train(*RESUMABLE, f"hydra.run.dir={d}", cwd=tmp_path) for name, d in runs.items()}
+    for name in ("killed", "terminated"):
+        wait_for(runs[name] / "checkpoints" / "last.pt", procs[name])
+        time.sleep(random.uniform(0.05, 0.3))  # somewhere inside a later epoch
+        procs[name].send_signal(signal.SIGKILL if name == "killed" else signal.SIGTERM)
+    for proc in procs.values():
+        proc.communicate(timeout=600)
+    assert procs["uninterrupted"].returncode == 0
+    assert procs["killed"].returncode == -signal.SIGKILL
+    assert procs["terminated"].returncode == 128 + signal.SIGTERM
+    assert summary(runs["terminated"])["status"] == "interrupted"
+    assert not (runs["killed"] / "summary.json").exists() or summary(runs["killed"])["status"] != "completed"
+
+    resumed = [losslab_train(f"trainer.resume={runs['killed']}", cwd=tmp_path),
+               losslab_train("trainer.resume=true", cwd=runs["terminated"])]  # from inside the run dir
+    for proc in resumed:
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out
+    reference = summary(runs["uninterrupted"])
+    reference_csv = (runs["uninterrupted"] / "metrics.csv").read_text()
+    for name in ("killed", "terminated"):
+        result = summary(runs[name])
+        assert result["status"] == "completed" and result["steps"] == reference["steps"]
+        for key, value in reference["final"].items():
+            assert result["final"][key] == pytest.approx(value, abs=1e-6), (name, key)
+        assert (runs[name] / "metrics.csv").read_text() == reference_csv  # every evaluation, once, identical
+        assert not list(runs[name].rglob(".*.tmp"))
+        assert len(list(runs[name].glob("outputs"))) == 0  # resuming made no new run dir
+
+
+def _write_forever(folder: str, payload: torch.Tensor) -> None:
+    path, step = Path(folder), 0
+    while True:
+        save_checkpoint(path / "checkpoints" / "last.pt", model={"w": payload}, step=step)
+        write_json(path / "summary.json", {"status": "running", "step": step, "padding": "x" * 200_000})
+        append_csv_row(path / "metrics.csv", [step, 0.5, "y" * 2000])
+        step += 1
+
+
+def test_crash_injection_leaves_every_file_complete_or_absent(tmp_path):
+    payload = torch.randn(1000, 1000)  # a 4 MB checkpoint: a kill lands inside a write most of the time
+    context = multiprocessing.get_context("fork")
+    for attempt in range(25):
+        folder = tmp_path / str(attempt)
+        writer = context.Process(target=_write_forever, args=(str(folder), payload))
+        writer.start()
+        time.sleep(random.uniform(0.0, 0.4))
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.join()
+        if (folder / "checkpoints" / "last.pt").exists():
+            state = torch.load(folder / "checkpoints" / "last.pt", weights_only=True)
+            assert torch.equal(state["model"]["w"], payload)
+        if (folder / "summary.json").exists():
+            assert json.loads((folder / "summary.json").read_text())["status"] == "running"
+        if (folder / "metrics.csv").exists():
+            for line in (folder / "metrics.csv").read_text().splitlines(keepends=True):
+                assert line.endswith("\n") and len(line.split(",")) == 3
+
+
+def test_eight_runs_started_at_once_get_eight_run_dirs(tmp_path):
+    procs = [losslab_train("dataset=synthetic", "trainer=debug", "trainer.progress=log", cwd=tmp_path)
+             for _ in range(8)]
+    for proc in procs:
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out
+    run_dirs = list((tmp_path / "outputs").glob("*/*"))
+    assert len(run_dirs) == 8
+    assert all(summary(d)["status"] == "completed" for d in run_dirs)
+
+
+def test_same_seed_deterministic_runs_write_identical_metrics(tmp_path):
+    overrides = ["dataset=synthetic", "model=fnn", "model.dropout=0.3", "dataset.hflip=true", "dataset.crop_padding=2",
+                 "trainer.epochs=3", "trainer.eval_every=0.5", "trainer.deterministic=true", "trainer.progress=log"]
+    for name in ("a", "b"):
+        fit(compose(overrides), tmp_path / name)
+    assert (tmp_path / "a" / "metrics.csv").read_bytes() == (tmp_path / "b" / "metrics.csv").read_bytes()
+    other = compose([*overrides, "seed=1"])
+    fit(other, tmp_path / "c")
+    assert (tmp_path / "c" / "metrics.csv").read_bytes() != (tmp_path / "a" / "metrics.csv").read_bytes()
+
+
+def test_resume_needs_a_readable_checkpoint(tmp_path):
+    cfg = compose(["dataset=synthetic", "trainer.progress=log"])
+    with pytest.raises(UserError, match="nothing to resume"):
+        fit(cfg, tmp_path, resume=True)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="cannot be resumed from"):
+        fit(cfg, tmp_path, resume=True)
