@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from losslab.config import CONF_DIR, register
 from losslab.errors import Interrupted, UserError
+
+log = logging.getLogger("losslab")
 
 _FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
 
@@ -33,22 +36,45 @@ def _one_sentence(error: BaseException) -> str:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _train(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from losslab.log import hparams_of
     from losslab.train import fit
 
     hc = HydraConfig.get()
+    run_dir, overrides = Path(hc.runtime.output_dir), list(hc.overrides.task)
+    if hc.mode == RunMode.MULTIRUN:
+        return _sweep_job(cfg, hc, run_dir, overrides)
     try:
         if cfg.trainer.resume not in (None, False):
             run_dir = resume_dir(cfg.trainer.resume)
             summary = fit(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), run_dir, resume=True)
         else:
-            hparams = hparams_of(cfg, dict(hc.runtime.choices), list(hc.overrides.task))
-            summary = fit(cfg, Path(hc.runtime.output_dir), hparams)
+            summary = fit(cfg, run_dir, hparams_of(cfg, dict(hc.runtime.choices), overrides), overrides=overrides)
     except UserError as e:
         if _FULL_ERROR:
             raise
         _fail("losslab-train", str(e))
+    return summary["final"].get("val/loss")
+
+
+def _sweep_job(cfg: DictConfig, hc, run_dir: Path, overrides: list[str]) -> float | None:
+    """One job of a multirun: reuse a finished result, resume a stopped one, and never stop the sweep."""
+    from losslab.log import hparams_of
+    from losslab.sweep import can_resume, previous_result, record_failure, share_resources
+    from losslab.train import fit
+
+    done = previous_result(run_dir, overrides)
+    if done is not None:
+        log.info("job %s already %s in %s: skipped", hc.job.num, done["status"], run_dir)
+        return done["final"].get("val/loss")
+    share_resources(cfg, hc.launcher, hc.job.num)
+    try:
+        summary = fit(cfg, run_dir, hparams_of(cfg, dict(hc.runtime.choices), overrides),
+                      resume=can_resume(run_dir, overrides), overrides=overrides)
+    except Exception as e:  # a user mistake or a bug in one job must not cost the other jobs
+        record_failure(run_dir, cfg, overrides, e)
+        return None
     return summary["final"].get("val/loss")
 
 

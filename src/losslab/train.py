@@ -176,7 +176,8 @@ def restore_rng_states(states: dict, order_gen: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: bool = False) -> dict:
+def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: bool = False,
+        overrides: list[str] | None = None) -> dict:
     """Train, validate and test one config; write events, metrics.csv, checkpoints and summary.json.
 
     `resume=True` continues the run in `run_dir` from checkpoints/last.pt: model, loss, optimizer,
@@ -270,7 +271,7 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: boo
                 if bar is not None:
                     bar.update(1)
                 if stop_signals:
-                    raise interrupt(stop_signals[0], save_last, run_dir, cfg, p, logger, device, started)
+                    raise interrupt(stop_signals[0], save_last, run_dir, cfg, overrides, p, logger, device, started)
                 last_of_run = p.step == total_steps
                 evaluating = p.step % eval_interval == 0 or last_of_run
                 if not evaluating and p.step % DIVERGENCE_CHECK_EVERY:
@@ -350,6 +351,7 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: boo
         "name": cfg.name,
         "seed": cfg.seed,
         "run_dir": str(run_dir),
+        "overrides": overrides,
         "best": p.best if p.best_state is not None else {},
         "final": final,
         "steps": p.step,
@@ -391,12 +393,12 @@ def log_pending(logger: RunLogger, p: Progress, loss_tags: list[str], loss_limit
             "train/acc": sum(v[1] for v in per_step) / seen}
 
 
-def interrupt(signum, save_last, run_dir, cfg, p: Progress, logger: RunLogger, device, started) -> Interrupted:
+def interrupt(signum, save_last, run_dir, cfg, overrides, p: Progress, logger, device, started) -> Interrupted:
     """Write last.pt (mid-epoch) and summary.json with status interrupted; the caller raises the result."""
     save_last()
     logger.close()
     write_summary(run_dir, {
-        "status": "interrupted", "name": cfg.name, "seed": cfg.seed, "run_dir": str(run_dir),
+        "status": "interrupted", "name": cfg.name, "seed": cfg.seed, "run_dir": str(run_dir), "overrides": overrides,
         "best": p.best if p.best_state is not None else {}, "final": dict(p.last_row), "steps": p.step,
         "wall_s": time.perf_counter() - started, "device": str(device), "versions": versions(),
         "resume": f"losslab-train trainer.resume={run_dir}",

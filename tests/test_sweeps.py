@@ -1,0 +1,100 @@
+"""Sweeps on the real Hydra launchers: grids, seeds, failures, relaunching into the same sweep dir."""
+
+import csv
+import json
+import os
+import signal
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+GRID = ["dataset=synthetic", "trainer.epochs=1", "trainer.progress=log", "optimizer.lr=0.5,0.05", "trainer.l2=0,0.1"]
+
+
+def sweep(*args, cwd: Path, wait: bool = True):
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen(["losslab-train", "-m", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    if wait:
+        proc.output = proc.communicate(timeout=600)[0]
+    return proc
+
+
+def report_rows(sweep_dir: Path) -> list[dict]:
+    with open(sweep_dir / "report.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def summaries(sweep_dir: Path) -> dict[int, dict]:
+    return {int(d.name): json.loads((d / "summary.json").read_text())
+            for d in sweep_dir.iterdir() if d.is_dir() and d.name.isdigit()}
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_two_by_two_grid_with_two_seeds(launcher, tmp_path):
+    extra = [] if launcher == "basic" else ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    proc = sweep(*GRID, "seed=0,1", *extra, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.output
+    runs = summaries(tmp_path / "s")
+    assert len(runs) == 8 and all(r["status"] == "completed" for r in runs.values())
+    assert "8 completed, 0 diverged, 0 failed" in proc.output
+    configs = [r for r in report_rows(tmp_path / "s") if r["status"] == "aggregate"]
+    assert len(configs) == 4 and all(r["n"] == "2" for r in configs)
+    for row in configs:  # mean and sample std over the two seeds, recomputed from the summaries
+        values = [r["final"]["test/loss"] for r in runs.values()
+                  if f"optimizer.lr={row['optimizer.lr']}" in r["overrides"]
+                  and f"trainer.l2={row['trainer.l2']}" in r["overrides"]]
+        assert len(values) == 2
+        assert float(row["test/loss mean"]) == pytest.approx(statistics.mean(values), rel=1e-9)
+        assert float(row["test/loss std"]) == pytest.approx(statistics.stdev(values), rel=1e-9)
+
+
+def test_submitit_local_runs_a_sweep(tmp_path):
+    proc = sweep("dataset=synthetic", "trainer.epochs=1", "trainer.progress=log", "optimizer.lr=0.5,0.05",
+                 "hydra/launcher=submitit_local", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.output
+    runs = summaries(tmp_path / "s")
+    assert sorted(runs) == [0, 1] and all(r["status"] == "completed" for r in runs.values())
+    assert (tmp_path / "s" / "report.md").exists()
+
+
+def test_a_failing_and_a_diverging_job_do_not_stop_the_others(tmp_path):
+    # lr=-1 fails its range check inside the job; lr=1e6 with an L2 term diverges
+    proc = sweep("dataset=synthetic", "trainer.epochs=1", "trainer.progress=log", "trainer.l2=1",
+                 "optimizer.lr=0.5,-1,1e6,0.05", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    assert proc.returncode == 1, proc.output  # a job failed
+    assert "2 completed, 1 diverged, 1 failed" in proc.output
+    runs = summaries(tmp_path / "s")
+    assert [runs[i]["status"] for i in range(4)] == ["completed", "failed", "diverged", "completed"]
+    assert "optimizer.lr must be > 0" in runs[1]["error"] and (tmp_path / "s" / "1" / "error.txt").exists()
+    listed = {r["jobs"]: r["status"] for r in report_rows(tmp_path / "s") if r["status"] != "aggregate"}
+    assert listed == {"1": "failed", "2": "diverged"}
+
+
+def test_relaunching_a_killed_sweep_runs_only_the_unfinished_jobs(tmp_path):
+    grid = [*GRID, "trainer.epochs=3", "trainer.deterministic=true"]
+    reference = sweep(*grid, f"hydra.sweep.dir={tmp_path / 'reference'}", cwd=tmp_path)
+    assert reference.returncode == 0, reference.output
+
+    killed = sweep(*grid, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path, wait=False)
+    deadline = time.time() + 300
+    while not (tmp_path / "s" / "1" / "summary.json").exists():
+        assert killed.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate()
+    finished = sum(1 for d in (tmp_path / "s").glob("[0-9]") if (d / "summary.json").exists())
+    assert 2 <= finished < 4
+
+    relaunch = sweep(*grid, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    assert relaunch.returncode == 0, relaunch.output
+    assert relaunch.output.count(": skipped") == finished  # only the unfinished jobs ran again
+    assert "4 completed" in relaunch.output
+
+    def numbers(sweep_dir):
+        return [{k: v for k, v in row.items() if k not in ("jobs", "note")} for row in report_rows(sweep_dir)]
+
+    assert numbers(tmp_path / "s") == numbers(tmp_path / "reference")
