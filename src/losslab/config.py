@@ -15,7 +15,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from losslab.errors import ConfigError
+from losslab.errors import ConfigError, require
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO_ROOT / "conf"
@@ -278,10 +278,6 @@ def _choice(key: str, value: Any, allowed: tuple) -> None:
         raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(str, allowed))}; pick one of those.")
 
 
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
 
 def check(cfg: DictConfig) -> None:
     """Range and choice checks that a dataclass type cannot express; raise ConfigError on the first."""
@@ -290,62 +286,62 @@ def check(cfg: DictConfig) -> None:
     _choice("dataset.train_pick", ds.train_pick, ("random", "first"))
     _choice("dataset.val_from", ds.val_from, ("train", "test"))
     _choice("dataset.val_pick", ds.val_pick, ("random", "first", "last"))
-    _require(ds.val_size >= 1, f"dataset.val_size must be >= 1, got {ds.val_size}.")
-    _require(
+    require(ds.val_size >= 1, f"dataset.val_size must be >= 1, got {ds.val_size}.")
+    require(
         ds.train_size is None or ds.train_size >= 1,
         f"dataset.train_size must be >= 1 or null, got {ds.train_size}.",
     )
-    _require(ds.crop_padding >= 0, f"dataset.crop_padding must be >= 0, got {ds.crop_padding}.")
+    require(ds.crop_padding >= 0, f"dataset.crop_padding must be >= 0, got {ds.crop_padding}.")
     for key in ("mean", "std"):
-        _require(
+        require(
             ds[key] is None or ds.normalize == "standard",
             f"dataset.{key} is only used with dataset.normalize=standard; set it to null or use standard.",
         )
-    _require(
+    require(
         (ds.mean is None) == (ds.std is None),
         "dataset.mean and dataset.std go together: set both (one value per channel) or neither "
         "(then both are computed on the train split).",
     )
-    _require(ds.std is None or all(s > 0 for s in ds.std), f"dataset.std must be > 0, got {ds.std}.")
+    require(ds.std is None or all(s > 0 for s in ds.std), f"dataset.std must be > 0, got {ds.std}.")
 
     _choice("model.init", model.init, ("default", "zeros", "normal"))
-    _require(model.init_std > 0, f"model.init_std must be > 0, got {model.init_std}.")
+    require(model.init_std > 0, f"model.init_std must be > 0, got {model.init_std}.")
     if "dropout" in model:
-        _require(0 <= model.dropout < 1, f"model.dropout must be in [0, 1), got {model.dropout}.")
+        require(0 <= model.dropout < 1, f"model.dropout must be in [0, 1), got {model.dropout}.")
     if "activation" in model:
         _choice("model.activation", model.activation, ("relu", "tanh", "sigmoid", "gelu"))
     if "hidden" in model:
-        _require(all(h >= 1 for h in model.hidden), f"model.hidden sizes must be >= 1, got {model.hidden}.")
+        require(all(h >= 1 for h in model.hidden), f"model.hidden sizes must be >= 1, got {model.hidden}.")
 
-    _require(opt.lr > 0, f"optimizer.lr must be > 0, got {opt.lr}; pass a positive learning rate.")
-    _require(opt.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {opt.weight_decay}.")
+    require(opt.lr > 0, f"optimizer.lr must be > 0, got {opt.lr}; pass a positive learning rate.")
+    require(opt.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {opt.weight_decay}.")
     if "momentum" in opt:
-        _require(0 <= opt.momentum < 1, f"optimizer.momentum must be in [0, 1), got {opt.momentum}.")
+        require(0 <= opt.momentum < 1, f"optimizer.momentum must be in [0, 1), got {opt.momentum}.")
     if "betas" in opt:
-        _require(
+        require(
             len(opt.betas) == 2 and all(0 <= b < 1 for b in opt.betas),
             f"optimizer.betas must be two numbers in [0, 1), got {list(opt.betas)}.",
         )
 
-    _require(tr.epochs >= 1, f"trainer.epochs must be >= 1, got {tr.epochs}.")
-    _require(tr.batch_size >= 1, f"trainer.batch_size must be >= 1, got {tr.batch_size}.")
-    _require(tr.eval_batch_size >= 1, f"trainer.eval_batch_size must be >= 1, got {tr.eval_batch_size}.")
-    _require(0 < tr.eval_every <= 1, f"trainer.eval_every must be in (0, 1] (of an epoch), got {tr.eval_every}.")
-    _require(tr.patience is None or tr.patience >= 1, f"trainer.patience must be >= 1 or null, got {tr.patience}.")
-    _require(tr.max_steps is None or tr.max_steps >= 1, f"trainer.max_steps must be >= 1 or null, got {tr.max_steps}.")
-    _require(
+    require(tr.epochs >= 1, f"trainer.epochs must be >= 1, got {tr.epochs}.")
+    require(tr.batch_size >= 1, f"trainer.batch_size must be >= 1, got {tr.batch_size}.")
+    require(tr.eval_batch_size >= 1, f"trainer.eval_batch_size must be >= 1, got {tr.eval_batch_size}.")
+    require(0 < tr.eval_every <= 1, f"trainer.eval_every must be in (0, 1] (of an epoch), got {tr.eval_every}.")
+    require(tr.patience is None or tr.patience >= 1, f"trainer.patience must be >= 1 or null, got {tr.patience}.")
+    require(tr.max_steps is None or tr.max_steps >= 1, f"trainer.max_steps must be >= 1 or null, got {tr.max_steps}.")
+    require(
         tr.limit_eval_batches is None or tr.limit_eval_batches >= 1,
         f"trainer.limit_eval_batches must be >= 1 or null, got {tr.limit_eval_batches}.",
     )
-    _require(tr.l2 >= 0, f"trainer.l2 must be >= 0, got {tr.l2}.")
-    _require(
+    require(tr.l2 >= 0, f"trainer.l2 must be >= 0, got {tr.l2}.")
+    require(
         tr.divergence_threshold is None or tr.divergence_threshold > 0,
         f"trainer.divergence_threshold must be > 0 or null, got {tr.divergence_threshold}.",
     )
-    _require(tr.grad_clip is None or tr.grad_clip > 0, f"trainer.grad_clip must be > 0 or null, got {tr.grad_clip}.")
+    require(tr.grad_clip is None or tr.grad_clip > 0, f"trainer.grad_clip must be > 0 or null, got {tr.grad_clip}.")
     _choice("trainer.precision", tr.precision, ("fp32", "bf16"))
     _choice("trainer.progress", tr.progress, ("auto", "bar", "log"))
-    _require(
+    require(
         tr.device in ("auto", "cpu", "mps") or tr.device.startswith("cuda"),
         f"trainer.device={tr.device!r} is not auto, cpu, cuda, cuda:N or mps.",
     )

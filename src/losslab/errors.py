@@ -9,6 +9,12 @@ class ConfigError(UserError):
     """A config value that is out of range or does not fit the rest of the config."""
 
 
+def require(ok: bool, message: str) -> None:
+    """Raise ConfigError(message) unless `ok`."""
+    if not ok:
+        raise ConfigError(message)
+
+
 class DataError(UserError):
     """A data file that is missing, truncated, corrupt or does not match the task."""
 

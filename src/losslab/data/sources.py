@@ -107,27 +107,38 @@ def _download(name: str, folder: Path, make: Callable[[], object], how: str) -> 
         raise DataError(f"could not download {name} into {folder} ({reason}); {how}.") from e
 
 
+def _read_idx_dataset(name: str, raw: Path, files: list[str], make: Callable, how: str, download: bool,
+                      labels: tuple[int, int]) -> tuple:
+    """MNIST-style data: unpack .gz files, check the four IDX files (train images, train labels, test images,
+    test labels), then read them with the torchvision class `make(train, download)`."""
+    _unpack_gz(raw, files)
+    missing = [f for f in files if not (raw / f).exists()]
+    if missing and not download:
+        raise _missing(name, raw, missing, how + " or set dataset.download=true")
+    if missing:
+        _download(name, raw, lambda: make(True, True), how)
+    for f in files:
+        check_idx(raw / f, 3 if "images" in f else 1)
+    datasets = []
+    for train, (images, label_file) in ((True, files[:2]), (False, files[2:])):
+        ds = make(train, False)
+        _check_pair(ds.data, ds.targets, raw / images, raw / label_file)
+        _check_labels(ds.targets, *labels, raw / label_file)
+        datasets.append(ds)
+    return tuple(datasets)
+
+
 MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 
 
 def read_mnist(root: Path, download: bool) -> Source:
     from torchvision.datasets import MNIST
 
-    raw = root / "MNIST" / "raw"
-    _unpack_gz(raw, MNIST_FILES)
-    missing = [f for f in MNIST_FILES if not (raw / f).exists()]
-    how = "the repo ships them gzipped under data/MNIST/raw/ (restore them with git checkout)"
-    if missing and not download:
-        raise _missing("MNIST", raw, missing, how + " or set dataset.download=true")
-    if missing:
-        _download("MNIST", raw, lambda: MNIST(root, train=True, download=True), how)
-    for f in MNIST_FILES:
-        check_idx(raw / f, 3 if "images" in f else 1)
-    train, test = MNIST(root, train=True), MNIST(root, train=False)
-    for split, prefix in ((train, "train"), (test, "t10k")):
-        images, labels = raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"
-        _check_pair(split.data, split.targets, images, labels)
-        _check_labels(split.targets, 0, 9, labels)
+    train, test = _read_idx_dataset(
+        "MNIST", root / "MNIST" / "raw", MNIST_FILES,
+        lambda train, download: MNIST(root, train=train, download=download),
+        "the repo ships them gzipped under data/MNIST/raw/ (restore them with git checkout)", download, (0, 9),
+    )
     return Source(train.data[:, None], train.targets, test.data[:, None], test.targets)
 
 
@@ -141,21 +152,11 @@ def read_emnist_letters(root: Path, download: bool) -> Source:
     """EMNIST letters; labels 1..26 are kept here (the task maps them to 0..25), images are transposed upright."""
     from torchvision.datasets import EMNIST
 
-    raw = root / "EMNIST" / "raw"
-    files = EMNIST_LETTERS_FILES
-    _unpack_gz(raw, files)
-    missing = [f for f in files if not (raw / f).exists()]
-    how = "download the EMNIST 'gzip.zip' from NIST and unpack the emnist-letters-* files there"
-    if missing and not download:
-        raise _missing("EMNIST letters", raw, missing, how + " or set dataset.download=true")
-    if missing:
-        _download("EMNIST", raw, lambda: EMNIST(root, split="letters", train=True, download=True), how)
-    for f in files:
-        check_idx(raw / f, 3 if "images" in f else 1)
-    train, test = EMNIST(root, split="letters", train=True), EMNIST(root, split="letters", train=False)
-    for ds in (train, test):
-        _check_pair(ds.data, ds.targets, Path(ds.images_file), Path(ds.labels_file))
-        _check_labels(ds.targets, 1, 26, Path(ds.labels_file))
+    train, test = _read_idx_dataset(
+        "EMNIST letters", root / "EMNIST" / "raw", EMNIST_LETTERS_FILES,
+        lambda train, download: EMNIST(root, split="letters", train=train, download=download),
+        "download the EMNIST 'gzip.zip' from NIST and unpack the emnist-letters-* files there", download, (1, 26),
+    )
     return Source(
         train.data.transpose(1, 2)[:, None].contiguous(), train.targets,
         test.data.transpose(1, 2)[:, None].contiguous(), test.targets,

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from losslab.errors import ConfigError
+from losslab.errors import require
 
 # Past this, torch's softplus returns its input; at 40 that is exact to float64 precision (the default, 20,
 # is exact only to float32's), and exp(40) still fits in float32.
@@ -48,10 +48,6 @@ def cross_entropy_nats(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y, reduction="none")
 
 
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
 
 def check_entropy_loss_args(
     beta1: float, beta2: float, base1: float, base2: float, coeffs: str, bases: str,
@@ -59,28 +55,28 @@ def check_entropy_loss_args(
 ) -> None:
     """Raise ConfigError, one sentence naming the key, on the first value out of range."""
     for key, value in (("coeffs", coeffs), ("bases", bases)):
-        _require(value in ("fixed", "learnable"), f"loss.{key}={value!r} is not one of fixed, learnable; pick one.")
-    _require(beta1 >= 0, f"loss.beta1 must be >= 0, got {beta1}.")
-    _require(beta2 >= 0, f"loss.beta2 must be >= 0, got {beta2}.")
-    _require(beta1 + beta2 > 0, f"loss.beta1 + loss.beta2 must be > 0, got {beta1} + {beta2}.")
-    _require(
+        require(value in ("fixed", "learnable"), f"loss.{key}={value!r} is not one of fixed, learnable; pick one.")
+    require(beta1 >= 0, f"loss.beta1 must be >= 0, got {beta1}.")
+    require(beta2 >= 0, f"loss.beta2 must be >= 0, got {beta2}.")
+    require(beta1 + beta2 > 0, f"loss.beta1 + loss.beta2 must be > 0, got {beta1} + {beta2}.")
+    require(
         coeffs == "fixed" or (beta1 > 0 and beta2 > 0),
         f"loss.coeffs=learnable needs loss.beta1 > 0 and loss.beta2 > 0 (softmax never reaches 0), "
         f"got beta1={beta1}, beta2={beta2}; use coeffs=fixed to switch a term off.",
     )
-    _require(base_min > 1, f"loss.base_min must be > 1, got {base_min}.")
-    _require(base_max > base_min, f"loss.base_max must be > loss.base_min ({base_min}), got {base_max}.")
+    require(base_min > 1, f"loss.base_min must be > 1, got {base_min}.")
+    require(base_max > base_min, f"loss.base_max must be > loss.base_min ({base_min}), got {base_max}.")
     for key, base in (("base1", base1), ("base2", base2)):
         if bases == "learnable":
-            _require(
+            require(
                 base_min <= base <= base_max,
                 f"loss.{key} must be in [loss.base_min, loss.base_max] = [{base_min}, {base_max}] "
                 f"with bases=learnable, got {base}.",
             )
         else:
-            _require(base > 1, f"loss.{key} must be > 1, got {base}.")
-    _require(eps > 0, f"loss.eps must be > 0, got {eps}.")
-    _require(param_lr > 0, f"loss.param_lr must be > 0, got {param_lr}.")
+            require(base > 1, f"loss.{key} must be > 1, got {base}.")
+    require(eps > 0, f"loss.eps must be > 0, got {eps}.")
+    require(param_lr > 0, f"loss.param_lr must be > 0, got {param_lr}.")
 
 
 class EntropyLoss(nn.Module):
