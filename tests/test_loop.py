@@ -115,6 +115,19 @@ def test_summary_and_checkpoints(tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+def test_l2_reaches_the_dual_linear_weights_but_not_its_bias(tmp_path):
+    cfg = compose([*SYNTH, "dataset.num_classes=2", "model=dual_linear", "loss=bce", "trainer.l2=0.5",
+                   "trainer.max_steps=1", "trainer.shuffle=false"])
+    fit(cfg, tmp_path)
+    trained = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["model"]
+    seed_everything(cfg.seed, False)
+    data, loss_fn, model, _, _ = build(cfg, torch.device("cpu"))
+    x, y = data.train_x[:128], data.train_y[:128]
+    (loss_fn(model(x), y) + 0.5 * (model.w1.square().sum() + model.G1.square().sum())).backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(trained[name], p.detach() - cfg.optimizer.lr * p.grad, rtol=1e-5, atol=1e-7)
+
+
 def test_learns_synthetic_well_above_chance(tmp_path):
     summary = fit(compose([*SYNTH, "model=fnn", "trainer.epochs=3"]), tmp_path)
     assert summary["final"]["test/acc"] > 0.9  # 4 classes: chance is 0.25

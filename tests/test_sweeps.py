@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tb_events import hparams
 
 GRID = ["dataset=synthetic", "trainer.epochs=1", "trainer.progress=log", "optimizer.lr=0.5,0.05", "trainer.l2=0,0.1"]
 
@@ -50,6 +51,9 @@ def test_two_by_two_grid_with_two_seeds(launcher, tmp_path):
         assert len(values) == 2
         assert float(row["test/loss mean"]) == pytest.approx(statistics.mean(values), rel=1e-9)
         assert float(row["test/loss std"]) == pytest.approx(statistics.stdev(values), rel=1e-9)
+    # one TensorBoard logdir for the sweep: every job's own event file has HParams with the same key set
+    key_sets = {tuple(sorted(hparams(tmp_path / "s" / str(job))[0])) for job in runs}
+    assert len(key_sets) == 1 and {"optimizer.lr", "trainer.l2", "seed", "loss"} <= set(next(iter(key_sets)))
 
 
 def test_submitit_local_runs_a_sweep(tmp_path):

@@ -236,6 +236,8 @@ class TrainerConf:
     compile: bool = False
     deterministic: bool = False
     checkpoints: bool = True
+    figures: bool = True  # weight templates, confidence histograms, reliability diagram, curves at the end
+    figures_every: int | None = None  # also every N evaluations (on the val split)
     progress: str = "auto"  # auto (bar on a terminal, log lines otherwise) | bar | log
     resume: Any = None  # null | true (the run dir is the cwd) | <run dir>: continue from checkpoints/last.pt
 
@@ -328,6 +330,8 @@ def check(cfg: DictConfig) -> None:
     require(tr.eval_batch_size >= 1, f"trainer.eval_batch_size must be >= 1, got {tr.eval_batch_size}.")
     require(0 < tr.eval_every <= 1, f"trainer.eval_every must be in (0, 1] (of an epoch), got {tr.eval_every}.")
     require(tr.patience is None or tr.patience >= 1, f"trainer.patience must be >= 1 or null, got {tr.patience}.")
+    require(tr.figures_every is None or tr.figures_every >= 1,
+            f"trainer.figures_every must be >= 1 or null, got {tr.figures_every}.")
     require(tr.max_steps is None or tr.max_steps >= 1, f"trainer.max_steps must be >= 1 or null, got {tr.max_steps}.")
     require(
         tr.limit_eval_batches is None or tr.limit_eval_batches >= 1,

@@ -48,7 +48,7 @@ def weight_templates(model, shape: tuple[int, int, int]) -> tuple[np.ndarray, li
         weights = model.fc.weight
         names = [f"class {k}" for k in range(len(weights))] if len(weights) > 1 else ["logit (class 1)"]
     elif isinstance(model, DualLinear):
-        weights, names = (model.w1 + model.G1)[None], ["w1 + G1"]
+        weights, names = model.w1 + model.G1, ["w1 + G1"]
     else:
         return None
     return weights.detach().float().cpu().numpy().reshape(-1, *shape), names

@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from losslab import config
 from losslab.data import augment, load_splits
 from losslab.errors import ConfigError, Interrupted, UserError
+from losslab.figures import read_rows, write_figures
 from losslab.fileio import atomic_write, remove_stale_temp_files
 from losslab.log import RunLogger, versions, write_summary
 from losslab.metrics import SplitMetrics
@@ -295,6 +296,9 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: boo
                                 "pred/entropy": val["entropy"], **{f"val/{k}": v for k, v in val.items()}}, p.step)
                 logger.row(row)
                 p.last_row = row
+                if tr.figures and tr.figures_every and (p.step // eval_interval) % tr.figures_every == 0:
+                    write_figures(run_dir / "figures", model, loss_fn, data, read_rows(run_dir / "metrics.csv"),
+                                  logger.writer, p.step, split="val")
                 report(bar, row)
                 if plateau:
                     scheduler.step(val["loss"])
@@ -342,6 +346,9 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: boo
         logger.scalars({k: v for k, v in final.items() if k.startswith("test/")
                         or (k.startswith("train/") and k not in ("train/loss", "train/acc"))}, p.step)
         logger.row(final)
+    if tr.figures:
+        write_figures(run_dir / "figures", model, loss_fn, data, read_rows(run_dir / "metrics.csv"), logger.writer,
+                      p.step)
     if tr.checkpoints and p.best_state is not None:
         save_checkpoint(ckpt_dir / "best.pt", **p.best_state, step=p.best["step"], metrics=p.best)
     logger.close()

@@ -2,7 +2,8 @@
 
     z = x · (w1 + G1) + b1        (one logit; D = σ(z))
 
-w1 and G1 enter only through their sum, so any gradient step gives both the same update.
+w1 and G1 enter only through their sum, so any gradient step gives both the same update. They are 1 x D
+weight matrices (like nn.Linear(D, 1).weight), so trainer.l2 and ‖w‖² treat them as weights and b1 as a bias.
 """
 
 from math import prod
@@ -22,9 +23,9 @@ class DualLinear(nn.Module):
                 f"use loss=entropy_gradient or loss=bce on mnist_even_odd or mnist_2v3."
             )
         features = prod(in_shape)
-        self.w1 = nn.Parameter(torch.zeros(features))
-        self.G1 = nn.Parameter(torch.zeros(features))
-        self.b1 = nn.Parameter(torch.zeros(()))
+        self.w1 = nn.Parameter(torch.zeros(1, features))
+        self.G1 = nn.Parameter(torch.zeros(1, features))
+        self.b1 = nn.Parameter(torch.zeros(1))
         if init == "normal":
             nn.init.normal_(self.w1, 0.0, init_std)
             nn.init.normal_(self.G1, 0.0, init_std)
@@ -34,4 +35,4 @@ class DualLinear(nn.Module):
             nn.init.uniform_(self.G1, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.flatten(1) @ (self.w1 + self.G1) + self.b1).unsqueeze(-1)
+        return x.flatten(1) @ (self.w1 + self.G1).T + self.b1
