@@ -50,7 +50,7 @@ def losslab_samples_per_s(model_name: str, steps: int) -> float:
     cfg = compose([
         f"model={model_name}", "dataset=mnist", "trainer.device=cpu", f"trainer.batch_size={BATCH}",
         f"trainer.max_steps={steps}", "trainer.epochs=100", "trainer.progress=log", "trainer.checkpoints=false",
-        "trainer.eval_batch_size=1000", "trainer.limit_eval_batches=1",
+        "trainer.eval_batch_size=1000", "trainer.limit_eval_batches=1", "trainer.figures=false",
     ])
     with tempfile.TemporaryDirectory() as run_dir:
         return fit(cfg, Path(run_dir))["samples_per_s"]
