@@ -65,6 +65,17 @@ def test_submitit_local_runs_a_sweep(tmp_path):
     assert (tmp_path / "s" / "report.md").exists()
 
 
+def test_optuna_sweeper_minimises_the_val_loss_the_jobs_return(tmp_path):
+    proc = sweep("hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "optimizer.lr=interval(0.001,0.5)",
+                 "dataset=synthetic", "trainer.epochs=1", "trainer.progress=log", f"hydra.sweep.dir={tmp_path / 's'}",
+                 cwd=tmp_path)
+    assert proc.returncode == 0, proc.output
+    runs = summaries(tmp_path / "s")
+    assert len(runs) == 3 and all(r["status"] == "completed" for r in runs.values())
+    best = min(r["final"]["val/loss"] for r in runs.values())
+    assert f"Best value: {best}" in proc.output  # the objective is the val/loss each job returns
+
+
 def test_a_failing_and_a_diverging_job_do_not_stop_the_others(tmp_path):
     # lr=-1 fails its range check inside the job; lr=1e6 with an L2 term diverges
     proc = sweep("dataset=synthetic", "trainer.epochs=1", "trainer.progress=log", "trainer.l2=1",

@@ -1,0 +1,272 @@
+"""The stacked model and the stacked optimizers against independent per-member runs of torch.optim.
+
+Three members with different initialisations, batches and hyperparameters; after every step each member's
+parameters must equal those of its own model trained alone by torch.optim.SGD / Adam / AdamW.
+"""
+
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from losslab.models import FNN, LeNet, Linear
+from losslab.stacked import (
+    StackedAdam,
+    StackedSGD,
+    add_l2,
+    member_state,
+    stack_models,
+    stacked_forward,
+)
+
+M, IN_SHAPE, CLASSES, BATCH, STEPS = 3, (1, 16, 16), 4, 8, 5
+BUILDERS = {
+    "linear": lambda: Linear(IN_SHAPE, CLASSES),
+    "fnn": lambda: FNN(IN_SHAPE, CLASSES, hidden=(32, 16)),
+    "lenet": lambda: LeNet(IN_SHAPE, CLASSES),
+}
+TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12}
+L2 = (0.0, 0.01, 0.1)
+
+SGD_CASES = {  # hyperparameters per member
+    "momentum": dict(lr=(0.1, 0.05, 0.2), momentum=(0.0, 0.9, 0.5), weight_decay=(0.0, 1e-2, 1e-3)),
+    "nesterov": dict(lr=(0.1, 0.05, 0.2), momentum=(0.3, 0.9, 0.5), weight_decay=(1e-3, 0.0, 1e-2), nesterov=True),
+    "dampening": dict(lr=(0.1, 0.05, 0.2), momentum=(0.0, 0.9, 0.5), weight_decay=(1e-3, 0.0, 1e-2),
+                      dampening=(0.5, 0.1, 0.0)),
+}
+ADAM = dict(lr=(1e-3, 1e-2, 3e-3), beta1=(0.9, 0.8, 0.5), beta2=(0.999, 0.99, 0.9), eps=(1e-8, 1e-6, 1e-4),
+            weight_decay=(0.0, 0.1, 0.01))
+
+
+def build_members(model: str, dtype=torch.float64, seeds=(0, 1, 2)) -> list[nn.Module]:
+    """One model per seed, each built alone (its own initialisation)."""
+    members = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        members.append(BUILDERS[model]().to(dtype))
+    return members
+
+
+def batches(dtype=torch.float64, steps=STEPS, seed=123):
+    """`steps` batches (x (M, N, C, H, W), y (M, N)): every member its own data."""
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(M, BATCH, *IN_SHAPE, generator=gen, dtype=dtype),
+             torch.randint(0, CLASSES, (M, BATCH), generator=gen)) for _ in range(steps)]
+
+
+def stacked_grads(base, params, buffers, x, y) -> dict[str, torch.Tensor]:
+    """Gradients of the sum of the members' mean cross-entropies: member m's slice is its own gradient."""
+    logits = stacked_forward(base, params, buffers, x)
+    losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(M, -1).mean(1)
+    return dict(zip(params, torch.autograd.grad(losses.sum(), list(params.values()))))
+
+
+def torch_step(model, optimizer, x, y, l2=0.0) -> None:
+    """One step of the plain loop of losslab.train on one member."""
+    optimizer.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    for w in model.parameters():
+        if w.ndim >= 2:
+            w.grad.add_(w, alpha=2 * l2)
+    optimizer.step()
+
+
+def assert_members_match(params, references, atol) -> None:
+    for m, reference in enumerate(references):
+        for name, value in reference.named_parameters():
+            error = (params[name][m] - value).abs().max().item()
+            assert error <= atol, f"member {m} {name}: max |stacked - torch.optim| = {error:.3g} > {atol}"
+
+
+def torch_sgd(parameters, m, lr, momentum, weight_decay, nesterov=False, dampening=(0.0,) * M):
+    return torch.optim.SGD(parameters, lr=lr[m], momentum=momentum[m], weight_decay=weight_decay[m],
+                           nesterov=nesterov, dampening=dampening[m])
+
+
+def torch_adam(parameters, m, decoupled, lr, beta1, beta2, eps, weight_decay):
+    optimizer = torch.optim.AdamW if decoupled else torch.optim.Adam
+    return optimizer(parameters, lr=lr[m], betas=(beta1[m], beta2[m]), eps=eps[m], weight_decay=weight_decay[m])
+
+
+def stacked_adam(params, decoupled, lr, beta1, beta2, eps, weight_decay):
+    """Hyperparameters as float64 (M,) tensors (the SGD tests give tuples of floats)."""
+    beta1, beta2 = torch.tensor(beta1, dtype=torch.float64), torch.tensor(beta2, dtype=torch.float64)
+    return StackedAdam(params, lr=torch.tensor(lr, dtype=torch.float64), betas=(beta1, beta2),
+                       eps=torch.tensor(eps, dtype=torch.float64),
+                       weight_decay=torch.tensor(weight_decay, dtype=torch.float64), decoupled=decoupled)
+
+
+def train_against_torch(model, dtype, make_stacked, make_torch, l2=(0.0,) * M) -> None:
+    members = build_members(model, dtype)
+    references = [copy.deepcopy(member) for member in members]
+    params, buffers, base = stack_models(members)
+    optimizer = make_stacked(params)
+    torch_optimizers = [make_torch(reference.parameters(), m) for m, reference in enumerate(references)]
+    assert_members_match(params, references, atol=0)
+    for x, y in batches(dtype):
+        optimizer.step(add_l2(stacked_grads(base, params, buffers, x, y), params, l2))
+        for m in range(M):
+            torch_step(references[m], torch_optimizers[m], x[m], y[m], l2[m])
+        assert_members_match(params, references, TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("model", BUILDERS)
+@pytest.mark.parametrize("case", SGD_CASES)
+def test_sgd_matches_torch_sgd_per_member(case, model, dtype):
+    hparams = SGD_CASES[case]
+    train_against_torch(model, dtype, lambda params: StackedSGD(params, **hparams),
+                        lambda parameters, m: torch_sgd(parameters, m, **hparams), l2=L2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("model", BUILDERS)
+@pytest.mark.parametrize("decoupled", [False, True], ids=["adam", "adamw"])
+def test_adam_matches_torch_adam_and_adamw_per_member(decoupled, model, dtype):
+    train_against_torch(model, dtype, lambda params: stacked_adam(params, decoupled, **ADAM),
+                        lambda parameters, m: torch_adam(parameters, m, decoupled, **ADAM))
+
+
+@pytest.mark.parametrize("model", BUILDERS)
+def test_stacked_forward_equals_each_member(model):
+    members = build_members(model)
+    params, buffers, base = stack_models(members)
+    x = batches(steps=1)[0][0]
+    per_member = stacked_forward(base, params, buffers, x)
+    shared = stacked_forward(base, params, buffers, x[0], shared_input=True)
+    assert per_member.shape == shared.shape == (M, BATCH, CLASSES)
+    for m, member in enumerate(members):
+        torch.testing.assert_close(per_member[m], member(x[m]), rtol=0, atol=1e-12)
+        torch.testing.assert_close(shared[m], member(x[0]), rtol=0, atol=1e-12)
+    assert not torch.allclose(per_member[0], per_member[1])  # own initialisations
+
+
+def test_dropout_draws_different_masks_per_member():
+    members = build_members("fnn", seeds=(0, 0, 0))  # identical members
+    for member in members:
+        member.net[2] = nn.Dropout(0.5)  # in place of the first activation
+    params, buffers, base = stack_models(members)
+    x = batches(steps=1)[0][0][0]
+    train = stacked_forward(base, params, buffers, x, shared_input=True)
+    assert not torch.equal(train[0], train[1])
+    base.eval()
+    evaluation = stacked_forward(base, params, buffers, x, shared_input=True)
+    assert torch.equal(evaluation[0], evaluation[1])
+    torch.testing.assert_close(evaluation[0], members[0].eval()(x), rtol=0, atol=1e-12)
+
+
+def test_member_state_loads_into_a_model_built_alone():
+    members = build_members("lenet")
+    params, buffers, base = stack_models(members)
+    optimizer = StackedSGD(params, lr=0.1)
+    x, y = batches(steps=1)[0]
+    optimizer.step(stacked_grads(base, params, buffers, x, y))
+    trained = stacked_forward(base, params, buffers, x)
+    model = build_members("lenet", seeds=(9,))[0]
+    model.load_state_dict(member_state(params, buffers, 2))
+    torch.testing.assert_close(model(x[2]), trained[2], rtol=0, atol=1e-12)
+
+
+def test_add_l2_acts_on_weights_only():
+    params, _, _ = stack_models(build_members("fnn"))
+    zeros = {name: torch.zeros_like(p) for name, p in params.items()}
+    added = add_l2(zeros, params, torch.tensor(L2, dtype=torch.float64))
+    for name, p in params.items():
+        if name.endswith("weight"):
+            assert torch.equal(added[name], 2 * torch.tensor(L2, dtype=p.dtype).view(M, 1, 1) * p.detach())
+        else:
+            assert torch.equal(added[name], zeros[name])
+
+
+OPTIMIZERS = {
+    "sgd": lambda params: StackedSGD(params, **SGD_CASES["momentum"]),
+    "adam": lambda params: stacked_adam(params, False, **ADAM),
+}
+TORCH_OPTIMIZERS = {
+    "sgd": lambda parameters, m: torch_sgd(parameters, m, **SGD_CASES["momentum"]),
+    "adam": lambda parameters, m: torch_adam(parameters, m, False, **ADAM),
+}
+
+
+@pytest.mark.parametrize("kind", OPTIMIZERS)
+def test_inactive_member_is_frozen_exactly_and_resumes_its_own_count(kind):
+    """Member 1 stops after 2 steps (its gradients turn NaN, like a diverged run), then comes back at step 5:
+    frozen meanwhile, and afterwards equal to a torch optimizer that simply skipped steps 3 and 4."""
+    members = build_members("linear")
+    references = [copy.deepcopy(member) for member in members]
+    params, buffers, base = stack_models(members)
+    optimizer = OPTIMIZERS[kind](params)
+    torch_optimizers = [TORCH_OPTIMIZERS[kind](reference.parameters(), m) for m, reference in enumerate(references)]
+    for step, (x, y) in enumerate(batches()):
+        frozen = step in (2, 3)
+        optimizer.active[1] = not frozen
+        grads = stacked_grads(base, params, buffers, x, y)
+        if frozen:
+            for grad in grads.values():
+                grad[1] = float("nan")
+            before = ({name: p[1].clone() for name, p in params.items()},
+                      {name: {key: value[1].clone() for key, value in state.items()}
+                       for name, state in optimizer.state.items()})
+        optimizer.step(grads)
+        for m in range(M):
+            if not (frozen and m == 1):
+                torch_step(references[m], torch_optimizers[m], x[m], y[m])
+        if frozen:
+            assert all(torch.equal(p[1], before[0][name]) for name, p in params.items())
+            assert all(torch.equal(value[1], before[1][name][key])
+                       for name, state in optimizer.state.items() for key, value in state.items())
+        assert_members_match(params, references, TOLERANCE[torch.float64])
+    assert optimizer.state["fc.weight"]["step"].tolist() == [5, 3, 5]
+
+
+@pytest.mark.parametrize("kind", OPTIMIZERS)
+def test_state_dict_round_trip_continues_identically(kind):
+    data = batches()
+    params, buffers, base = stack_models(build_members("fnn"))
+    optimizer = OPTIMIZERS[kind](params)
+    for x, y in data[:2]:
+        optimizer.step(stacked_grads(base, params, buffers, x, y))
+    optimizer.active[2] = False
+    saved = io.BytesIO()
+    torch.save({"params": {name: p.detach() for name, p in params.items()}, "optimizer": optimizer.state_dict()},
+               saved)
+    saved.seek(0)
+    checkpoint = torch.load(saved, weights_only=True)
+    resumed_params = {name: p.clone().requires_grad_() for name, p in checkpoint["params"].items()}
+    resumed = (StackedSGD(resumed_params, lr=0.5) if kind == "sgd"
+               else StackedAdam(resumed_params, lr=0.5, betas=(0.1, 0.2)))  # overwritten by the checkpoint
+    resumed.load_state_dict(checkpoint["optimizer"])
+    for x, y in data[2:]:
+        optimizer.step(stacked_grads(base, params, buffers, x, y))
+        resumed.step(stacked_grads(base, resumed_params, buffers, x, y))
+        assert all(torch.equal(params[name], resumed_params[name]) for name in params)
+    assert not torch.equal(params["net.1.weight"][0], checkpoint["params"]["net.1.weight"][0])  # it did train
+    assert torch.equal(params["net.1.weight"][2], checkpoint["params"]["net.1.weight"][2])  # still frozen
+
+
+def test_adamw_decays_decoupled_and_adam_through_the_gradient():
+    """Same members, data and hyperparameters: the member without weight decay ends equal, the others differ."""
+    data = batches()
+    results = {}
+    for decoupled in (False, True):
+        params, buffers, base = stack_models(build_members("linear"))
+        optimizer = StackedAdam(params, lr=1e-2, weight_decay=(0.0, 0.1, 1.0), decoupled=decoupled)
+        for x, y in data:
+            optimizer.step(stacked_grads(base, params, buffers, x, y))
+        results[decoupled] = params["fc.weight"].detach()
+    adam, adamw = results[False], results[True]
+    assert torch.equal(adam[0], adamw[0])
+    assert not torch.allclose(adam[1], adamw[1]) and not torch.allclose(adam[2], adamw[2])
+
+
+def test_hyperparameters_are_checked():
+    params, _, _ = stack_models(build_members("linear"))
+    with pytest.raises(ValueError, match="one value or 3 values"):
+        StackedSGD(params, lr=(0.1, 0.2))
+    with pytest.raises(ValueError, match="nesterov"):
+        StackedSGD(params, lr=0.1, momentum=(0.9, 0.0, 0.9), nesterov=True)
+    with pytest.raises(ValueError, match="hyperparameters"):
+        StackedSGD(params, lr=0.1).load_state_dict(StackedAdam(params).state_dict())
