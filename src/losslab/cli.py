@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -48,14 +49,20 @@ def _train(cfg: DictConfig) -> float | None:
     try:
         if cfg.trainer.resume not in (None, False):
             run_dir = resume_dir(cfg.trainer.resume)
-            summary = fit(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), run_dir, resume=True)
+            original = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
+            summary = fit(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), run_dir, resume=True, overrides=original)
         else:
             summary = fit(cfg, run_dir, hparams_of(cfg, dict(hc.runtime.choices), overrides), overrides=overrides)
     except UserError as e:
         if _FULL_ERROR:
             raise
         _fail("losslab-train", str(e))
-    return summary["final"].get("val/loss")
+    return objective(summary)
+
+
+def objective(summary: dict) -> float:
+    """What a job returns to Hydra's sweepers (Optuna minimises it): the final val loss, inf without one."""
+    return summary["final"].get("val/loss", math.inf)
 
 
 def _sweep_job(cfg: DictConfig, hc, run_dir: Path, overrides: list[str]) -> float | None:
@@ -67,15 +74,15 @@ def _sweep_job(cfg: DictConfig, hc, run_dir: Path, overrides: list[str]) -> floa
     done = previous_result(run_dir, overrides)
     if done is not None:
         log.info("job %s already %s in %s: skipped", hc.job.num, done["status"], run_dir)
-        return done["final"].get("val/loss")
+        return objective(done)
     share_resources(cfg, hc.launcher, hc.job.num)
     try:
         summary = fit(cfg, run_dir, hparams_of(cfg, dict(hc.runtime.choices), overrides),
                       resume=can_resume(run_dir, overrides), overrides=overrides)
     except Exception as e:  # a user mistake or a bug in one job must not cost the other jobs
         record_failure(run_dir, cfg, overrides, e)
-        return None
-    return summary["final"].get("val/loss")
+        return math.inf
+    return objective(summary)
 
 
 def resume_dir(resume) -> Path:
