@@ -231,6 +231,18 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: boo
                 progress=dict(vars(p)),
             )
 
+    def position() -> dict:
+        """The columns that say where the run is: step, epoch, lr, ‖w‖²."""
+        return {"step": p.step, "epoch": round(p.step / steps_per_epoch, 4), "lr": optimizer.param_groups[0]["lr"],
+                "weights/sq_norm": squared_norm(weights)}
+
+    def run_summary(status: str, final: dict, **extra) -> dict:
+        """summary.json: the same keys for a finished and an interrupted run, plus `extra`."""
+        return {"status": status, "name": cfg.name, "seed": cfg.seed, "run_dir": str(run_dir), "overrides": overrides,
+                "best": p.best if p.best_state is not None else {}, "final": final, "steps": p.step,
+                "epochs": round(p.step / steps_per_epoch, 4), "wall_s": time.perf_counter() - started,
+                "device": str(device), "versions": versions(), **extra}
+
     bar = progress_bar(tr.progress, total_steps, p.step)
     status, diverged_at = "completed", None
     blown_up = torch.zeros((), dtype=torch.bool, device=device)  # a step's loss was not finite or > loss_limit
@@ -272,7 +284,9 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: boo
                 if bar is not None:
                     bar.update(1)
                 if stop_signals:
-                    raise interrupt(stop_signals[0], save_last, run_dir, cfg, overrides, p, logger, device, started)
+                    raise interrupt(stop_signals[0], p.step, run_dir, save_last, logger,
+                                    run_summary("interrupted", dict(p.last_row),
+                                                resume=f"losslab-train trainer.resume={run_dir}"))
                 last_of_run = p.step == total_steps
                 evaluating = p.step % eval_interval == 0 or last_of_run
                 if not evaluating and p.step % DIVERGENCE_CHECK_EVERY:
@@ -284,9 +298,7 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: boo
                     continue
 
                 # ---- evaluation: log the pending step values once, validate, early-stop
-                row = {"step": p.step, "epoch": round(p.step / steps_per_epoch, 4),
-                       "lr": optimizer.param_groups[0]["lr"], "weights/sq_norm": squared_norm(weights)}
-                row.update(log_pending(logger, p, loss_tags))
+                row = position() | log_pending(logger, p, loss_tags)
                 val = evaluate(model, loss_fn, data.val_x, data.val_y, eval_batch, tr.limit_eval_batches, precision)
                 row.update({f"val/{k}": v for k, v in val.items()})
                 if not abs(val["loss"]) <= loss_limit:
@@ -334,8 +346,7 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: boo
         if tr.patience is not None and p.best_state is not None:
             model.load_state_dict(p.best_state["model"])
             loss_fn.load_state_dict(p.best_state["loss"])
-        final = {"step": p.step, "epoch": round(p.step / steps_per_epoch, 4), "lr": optimizer.param_groups[0]["lr"],
-                 "weights/sq_norm": squared_norm(weights)}
+        final = position()
         if loss_tags:
             final.update({k: v.item() for k, v in loss_fn.logged().items()})
         for split in ("train", "val", "test"):
@@ -353,22 +364,8 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: boo
         save_checkpoint(ckpt_dir / "best.pt", **p.best_state, step=p.best["step"], metrics=p.best)
     logger.close()
 
-    summary = {
-        "status": status,
-        "name": cfg.name,
-        "seed": cfg.seed,
-        "run_dir": str(run_dir),
-        "overrides": overrides,
-        "best": p.best if p.best_state is not None else {},
-        "final": final,
-        "steps": p.step,
-        "epochs": round(p.step / steps_per_epoch, 4),
-        "wall_s": time.perf_counter() - started,
-        "train_s": train_s,
-        "samples_per_s": (p.samples - samples_at_start) / train_s if train_s > 0 else None,
-        "device": str(device),
-        "versions": versions(),
-    }
+    summary = run_summary(status, final, train_s=train_s,
+                          samples_per_s=(p.samples - samples_at_start) / train_s if train_s > 0 else None)
     if diverged_at is not None:
         summary["diverged_at_step"] = diverged_at
     write_summary(run_dir, summary)
@@ -400,18 +397,12 @@ def log_pending(logger: RunLogger, p: Progress, loss_tags: list[str], loss_limit
             "train/acc": sum(v[1] for v in per_step) / seen}
 
 
-def interrupt(signum, save_last, run_dir, cfg, overrides, p: Progress, logger, device, started) -> Interrupted:
+def interrupt(signum: int, step: int, run_dir: Path, save_last, logger: RunLogger, summary: dict) -> Interrupted:
     """Write last.pt (mid-epoch) and summary.json with status interrupted; the caller raises the result."""
     save_last()
     logger.close()
-    write_summary(run_dir, {
-        "status": "interrupted", "name": cfg.name, "seed": cfg.seed, "run_dir": str(run_dir), "overrides": overrides,
-        "best": p.best if p.best_state is not None else {}, "final": dict(p.last_row), "steps": p.step,
-        "wall_s": time.perf_counter() - started, "device": str(device), "versions": versions(),
-        "resume": f"losslab-train trainer.resume={run_dir}",
-    })
-    log.warning("interrupted by signal %d at step %d; resume with: losslab-train trainer.resume=%s",
-                signum, p.step, run_dir)
+    write_summary(run_dir, summary)
+    log.warning("interrupted by signal %d at step %d; resume with: %s", signum, step, summary["resume"])
     return Interrupted(signum)
 
 
