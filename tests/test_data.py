@@ -140,6 +140,30 @@ def test_val_split_seeded_disjoint_and_complete(fixture_root, written):
     assert set(val) != first and set(val) != last
 
 
+def test_val_offset_trains_on_cifar_batch_1_and_validates_on_batch_2(fixture_root, written):
+    """The cifar10_linear protocol in fixture sizes (100 images a batch): val = batch 2, train = batch 1."""
+    w = written["cifar10"]
+    s = load("dataset=cifar10", f"dataset.root={fixture_root}", "dataset.download=false", "dataset.normalize=unit",
+             "dataset.val_pick=first", "dataset.val_offset=100", "dataset.val_size=100",
+             "dataset.train_pick=first", "dataset.train_size=100")
+    assert rows(as_uint8(s.val_x)) == rows(w.train_x[100:200])
+    assert rows(as_uint8(s.train_x)) == rows(w.train_x[:100])
+    np.testing.assert_array_equal(s.train_y.numpy(), w.train_y[:100])
+    # a random pick never takes one of the skipped images, and the rest is train
+    s = load("dataset=cifar10", f"dataset.root={fixture_root}", "dataset.download=false", "dataset.normalize=unit",
+             "dataset.val_offset=300", "dataset.val_size=60")
+    val = set(rows(as_uint8(s.val_x)))
+    assert len(val) == 60 and val <= set(rows(w.train_x[300:]))
+    assert sorted(rows(as_uint8(s.train_x)) + list(val)) == sorted(rows(w.train_x))
+
+
+def test_val_offset_past_the_end_is_one_sentence(fixture_root):
+    with pytest.raises(ConfigError, match=r"dataset.val_offset=500 skips all 500 train images"):
+        load("dataset=cifar10", f"dataset.root={fixture_root}", "dataset.download=false", "dataset.val_offset=500")
+    with pytest.raises(ConfigError, match="dataset.val_offset must be >= 0"):
+        check(compose(["dataset.val_offset=-1"]))
+
+
 # ---------------------------------------------------------------- derived tasks on the real MNIST
 @pytest.fixture(scope="module")
 def mnist():

@@ -39,6 +39,7 @@ class DatasetConf:
     val_size: int = 5000
     val_from: str = "train"  # train | test
     val_pick: str = "random"  # random | first | last
+    val_offset: int = 0  # the first val_offset images of that set are never picked (CIFAR-10 batch 2: 10000)
     split_seed: int = 0  # fixed across training seeds, so seeds measure training noise only
     normalize: str = "unit"  # unit | symmetric | standard | per_pixel
     mean: list[float] | None = None  # for `standard`; null = computed on the train split
@@ -289,6 +290,7 @@ def check(cfg: DictConfig) -> None:
     _choice("dataset.val_from", ds.val_from, ("train", "test"))
     _choice("dataset.val_pick", ds.val_pick, ("random", "first", "last"))
     require(ds.val_size >= 1, f"dataset.val_size must be >= 1, got {ds.val_size}.")
+    require(ds.val_offset >= 0, f"dataset.val_offset must be >= 0, got {ds.val_offset}.")
     require(
         ds.train_size is None or ds.train_size >= 1,
         f"dataset.train_size must be >= 1 or null, got {ds.train_size}.",

@@ -5,7 +5,7 @@ course protocols specify: "the first 20,000 training images, filtered to 2s and 
 
 1. read the source (torchvision classes, uint8 cache);
 2. validation: `val_size` images carved from train (seeded by `dataset.split_seed`, or the first/last
-   ones), or taken from the test set (`val_from=test`);
+   ones), or taken from the test set (`val_from=test`), never among the first `val_offset` of them;
 3. `train_size`: the first or a seeded random subset of what is left of train;
 4. the task filters and relabels each split (even/odd, 2 vs 3, letters 1..26 -> 0..25);
 5. normalisation with statistics of the train split, then float32 on the device.
@@ -130,16 +130,19 @@ def load_splits(cfg: DictConfig, device: torch.device) -> Splits:
 
     g = torch.Generator().manual_seed(cfg.split_seed)
     n_train = len(src.train_y)
+    n_val_source = n_train if cfg.val_from == "train" else len(src.test_y)
+    if cfg.val_offset >= n_val_source:
+        raise ConfigError(f"dataset.val_offset={cfg.val_offset} skips all {n_val_source} {cfg.val_from} images; "
+                          f"make it smaller.")
+    val_idx = cfg.val_offset + _pick(n_val_source - cfg.val_offset, cfg.val_size, cfg.val_pick, g)
     if cfg.val_from == "train":
         if cfg.val_size >= n_train:
             raise ConfigError(
                 f"dataset.val_size={cfg.val_size} leaves no training images out of {n_train}; make it smaller."
             )
-        val_idx = _pick(n_train, cfg.val_size, cfg.val_pick, g)
         train_idx = _without(n_train, val_idx)
         val_x, val_y = src.train_x[val_idx], src.train_y[val_idx]
     else:
-        val_idx = _pick(len(src.test_y), cfg.val_size, cfg.val_pick, g)
         train_idx = torch.arange(n_train)
         val_x, val_y = src.test_x[val_idx], src.test_y[val_idx]
     if cfg.train_size is not None:
