@@ -1,0 +1,11 @@
+"""Run a reproduced study and write its results page: `python scripts/reproduce.py <study> [--help]`.
+
+The studies: course_mnist, even_odd_entropy, mnist_fnn_lenet, cifar10_linear, emnist_entropy_losses
+(src/losslab/studies.py); the pages: docs/results/.
+"""
+
+import sys
+
+from losslab.reproduce import main
+
+sys.exit(main())

@@ -1,0 +1,176 @@
+"""scripts/reproduce.py: a study runs through the sweep machinery and its page's table is the mean ± std of the
+runs' summary.json files; CIFAR-10 and EMNIST studies run end to end on fixture data; missing data is one sentence."""
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from fixtures import patch_cifar10_md5, write_cifar10, write_emnist_letters
+
+from losslab.config import REPO_ROOT
+from losslab.reproduce import main
+from losslab.studies import STUDIES
+
+TINY = ["trainer.max_steps=2", "trainer.progress=log", "trainer.checkpoints=false", "seed=0"]
+
+
+def page_tables(page: Path) -> dict[str, list[dict[str, str]]]:
+    """Each Markdown table of a results page under its ### title, as one dict per row."""
+    tables, title, lines = {}, None, page.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("### "):
+            title = line[4:]
+        elif title and line.startswith("| ") and i + 1 < len(lines) and lines[i + 1].startswith("| ---"):
+            header = [c.strip() for c in line.strip("|").split(" | ")]
+            rows = []
+            for row in lines[i + 2:]:
+                if not row.startswith("| "):
+                    break
+                rows.append(dict(zip(header, (c.strip() for c in row.strip("|").split(" | ")))))
+            tables[title] = rows
+    return tables
+
+
+def summaries(sweep_dir: Path) -> list[tuple[dict[str, str], dict]]:
+    """(overrides by key, summary) of every job of a sweep, read straight from the files."""
+    jobs = []
+    for job in sorted(d for d in sweep_dir.iterdir() if d.name.isdigit()):
+        overrides = dict(o.split("=", 1) for o in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()))
+        jobs.append((overrides, json.loads((job / "summary.json").read_text())))
+    return jobs
+
+
+def expected_cell(values: list[float]) -> str:
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def test_course_logistic_page_table_is_the_mean_and_std_of_the_summaries(tmp_path):
+    out, docs = tmp_path / "out", tmp_path / "docs"
+    args = ["course_mnist", "--only", "logistic", "--out", str(out), "--docs", str(docs),
+            "trainer.max_steps=3", "seed=0,1", "trainer.progress=log", "trainer.figures=false"]
+    assert main(args) == 0
+    page = docs / "course_mnist.md"
+    first = page.read_text()
+    page.write_text(first.replace("_To be written by whoever runs the study._", "Hand-written notes."))
+
+    # rebuilt from the sweep dir alone, then checked against an independent recomputation
+    (out / "course_mnist" / "logistic" / "report.csv").unlink()
+    assert main(["course_mnist", "--out", str(out), "--docs", str(docs), "--from-existing"]) == 0
+    rebuilt = page.read_text()
+    assert "Hand-written notes." in rebuilt
+    rows = page_tables(page)["Logistic regression, 2 vs 3, early stopping: shuffle vs no shuffle"]
+    jobs = summaries(out / "course_mnist" / "logistic")
+    assert len(jobs) == 4 and all(s["status"] == "completed" for _, s in jobs)
+    assert sorted(row["trainer.shuffle"] for row in rows) == ["False", "True"]
+    for row in rows:
+        runs = [s for o, s in jobs if o["trainer.shuffle"] == row["trainer.shuffle"]]
+        assert row["n"] == "2"
+        for metric in ("val/acc", "test/acc"):
+            assert row[f"{metric} (%)"] == expected_cell([s["final"][metric] for s in runs])
+    shuffled = next(row for row in rows if row["trainer.shuffle"] == "True")
+    assert not shuffled["test/acc (%)"].endswith("± 0.00")  # the two seeds differ: a real spread is checked
+    assert "Not run yet: softmax_l2." in rebuilt
+    assert "python scripts/reproduce.py course_mnist --only logistic" in rebuilt  # the command that ran
+    assert "losslab-train -m experiment=tdt4265_logistic sweep=course_logistic hydra/launcher=basic" in rebuilt
+
+    # the same command again: every job is skipped and the table is the same
+    assert main(args) == 0
+    assert page_tables(page) == page_tables(docs / "course_mnist.md")
+    assert re.sub(r"\d+\.\d min", "", page.read_text()) == re.sub(r"\d+\.\d min", "", rebuilt)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> tuple[Path, dict]:
+    """A data root with tiny CIFAR-10 (5 x 100 train / 100 test) and EMNIST letters in their real formats."""
+    root = tmp_path_factory.mktemp("reproduce_data")
+    cifar = write_cifar10(root, n_per_batch=100, n_test=100, seed=0)
+    write_emnist_letters(root, n_train=520, n_test=130, seed=1)
+    return root, cifar.md5
+
+
+def run_on_fixture(study: str, data, tmp_path, monkeypatch, *args: str) -> Path:
+    root, md5 = data
+    patch_cifar10_md5(monkeypatch, md5)  # reaches the jobs: reproduce.py runs the multiruns in this process
+    assert main([study, "--data-root", str(root), "--no-download", "--out", str(tmp_path / "out"),
+                 "--docs", str(tmp_path / "docs"), *TINY, *args]) == 0
+    return tmp_path / "docs" / f"{study}.md"
+
+
+def test_cifar10_linear_end_to_end_on_fixture_data(data, tmp_path, monkeypatch):
+    # lr 0.001 only (3 of the 6 settings jobs), every job on the fixture's batch sizes of 100
+    page = run_on_fixture("cifar10_linear", data, tmp_path, monkeypatch, "optimizer.lr=0.001", "trainer.batch_size=16",
+                          "dataset.val_offset=100", "dataset.val_size=100", "dataset.train_size=100")
+    tables = page_tables(page)
+    settings = tables["Four settings: train on data_batch_1, validate on data_batch_2"]
+    assert [(r["trainer.l2"], r["original"]) for r in settings] == [
+        ("0.0", "45.54 / 39.92"), ("0.1", "44.73 / 39.40"), ("1.0", "40.14 / 37.38")]
+    improved = tables["Improved protocol: 49k/1k split, step decay, horizontal flips; CE vs MBCE"]
+    assert [(r["loss"], r["original"]) for r in improved] == [("ce", "42.17 % test"), ("mbce", "41.06 % test")]
+    assert all(r["n"] == "1" and re.fullmatch(r"\d+\.\d\d ± –", r["test/acc (%)"]) for r in settings + improved)
+    # train on batch 1, validate on batch 2, in fixture sizes
+    job = tmp_path / "out" / "cifar10_linear" / "settings" / "0"
+    assert "cifar10: 100 train / 100 val / 100 test images" in (job / "cli.log").read_text()
+    text = page.read_text()
+    for name in ("templates_lr0.001_l2_0", "templates_lr0.001_l2_1", "confidence_ce", "confidence_mbce"):
+        assert (page.parent / "cifar10_linear" / f"{name}.png").stat().st_size > 1000
+        assert f"](cifar10_linear/{name}.png)" in text
+    assert text.count("in the original (") == 8  # 3 settings x train/test, CE, MBCE: each compared
+    index = (page.parent / "README.md").read_text()
+    assert re.search(r"cifar10_linear\.md.*\| improved protocol, CE test accuracy \d+\.\d\d ± – % \(original "
+                     r"42\.17 % test\); MBCE \d+\.\d\d ± – % \(original 41\.06 % test\) \|", index)
+
+
+def test_emnist_entropy_losses_end_to_end_on_fixture_data(data, tmp_path, monkeypatch):
+    # VGG-5 is slow on a CPU: the whole EMNIST table (9 jobs) and the CE row of CIFAR-10, without figures
+    page = run_on_fixture("emnist_entropy_losses", data, tmp_path, monkeypatch, "dataset.val_size=100",
+                          "trainer.batch_size=2", "trainer.eval_batch_size=2", "trainer.limit_eval_batches=1",
+                          "trainer.figures=false", "--only", "emnist_ce", "emnist_entropy", "cifar10_ce")
+    tables = page_tables(page)
+    assert list(tables) == ["EMNIST letters, VGG-5", "CIFAR-10, VGG-5"]  # MNIST has not run: no table
+    emnist = tables["EMNIST letters, VGG-5"]
+    assert [(r["loss"], r["loss.coeffs"], r["loss.bases"]) for r in emnist] == [("ce", "–", "–")] + [
+        (loss, coeffs, bases) for loss in ("min_ent", "mix_ent") for coeffs in ("fixed", "learnable")
+        for bases in ("fixed", "learnable")]
+    assert [r["original"] for r in emnist] == ["95.86 %", "95.933 %", "–", "–", "–", "95.927 %", "–", "–", "–"]
+    for rows in tables.values():
+        assert all(re.fullmatch(r"\d+\.\d\d ± –", r["test/acc (%)"]) and re.fullmatch(r"[\d.e-]+ ± –", r["test/ece"])
+                   for r in rows)
+    assert [r["loss"] for r in tables["CIFAR-10, VGG-5"]] == ["ce"]
+    text = page.read_text()
+    assert "Not run yet: mnist_ce, mnist_entropy." in text and "Not run yet: cifar10_entropy." in text
+    assert "(not available: 0/figures/reliability_test.png was not written.)" in text  # trainer.figures=false
+    logs = {name: (tmp_path / "out" / "emnist_entropy_losses" / name / "0" / "cli.log").read_text()
+            for name in ("emnist_ce", "cifar10_ce")}
+    assert "emnist_letters: 420 train" in logs["emnist_ce"] and "cifar10: 400 train" in logs["cifar10_ce"]
+
+
+def test_missing_data_is_one_sentence_and_a_non_zero_exit(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "reproduce.py"), "emnist_entropy_losses",
+                           "--data-root", str(tmp_path / "empty"), "--no-download", "--out", str(tmp_path / "out"),
+                           "--docs", str(tmp_path / "docs")], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2
+    error = proc.stderr.strip()
+    assert "\n" not in error and error.startswith("reproduce.py: error: emnist_entropy_losses needs files")
+    for needed in ("EMNIST letters (EMNIST/raw/emnist-letters-train-images-idx3-ubyte", "gzip.zip",
+                   "CIFAR-10 (cifar-10-batches-py/data_batch_1", "cifar-10-python.tar.gz",
+                   "MNIST (MNIST/raw/train-images-idx3-ubyte"):
+        assert needed in error
+    assert not (tmp_path / "out").exists() and not (tmp_path / "docs").exists()
+
+
+def test_committed_pages_match_the_studies():
+    """Every study has a page and a line in the index; a page that has not run says how to run it."""
+    index = (REPO_ROOT / "docs" / "results" / "README.md").read_text()
+    for name in STUDIES:
+        page = (REPO_ROOT / "docs" / "results" / f"{name}.md").read_text()
+        assert f"]({name}.md)" in index
+        assert f"python scripts/reproduce.py {name}" in page
+        if "<!-- headline: not run yet -->" in page:
+            assert "**Not run yet.**" in page
