@@ -57,9 +57,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def build(cfg: DictConfig, device: torch.device):
-    """Data, loss, model, optimizer and scheduler for `cfg`; the loss decides the head size."""
-    data = load_splits(cfg.dataset, device)
+def build(cfg: DictConfig, device: torch.device, data=None):
+    """Data (unless given, already loaded for `cfg.dataset`), loss, model, optimizer and scheduler for `cfg`;
+    the loss decides the head size."""
+    data = load_splits(cfg.dataset, device) if data is None else data
     loss_fn = instantiate(cfg.loss).to(device)
     if loss_fn.binary_only and data.num_classes != 2:
         raise ConfigError(
@@ -196,15 +197,11 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: boo
     order_gen = torch.Generator(device=device).manual_seed(cfg.seed)
 
     # plain Python values: DictConfig lookups cost microseconds each, too much for the step loop
-    batch_size, eval_batch, shuffle, l2, precision = tr.batch_size, tr.eval_batch_size, tr.shuffle, tr.l2, tr.precision
+    batch_size, shuffle, l2, precision = tr.batch_size, tr.shuffle, tr.l2, tr.precision
     hflip, crop_padding, grad_clip = cfg.dataset.hflip, cfg.dataset.crop_padding, tr.grad_clip
     loss_limit = math.inf if tr.divergence_threshold is None else tr.divergence_threshold
     n_train = len(data.train_y)
-    steps_per_epoch = math.ceil(n_train / batch_size)
-    eval_interval = max(1, round(tr.eval_every * steps_per_epoch))
-    total_steps = tr.epochs * steps_per_epoch
-    if tr.max_steps is not None:
-        total_steps = min(total_steps, tr.max_steps)
+    steps_per_epoch, eval_interval, total_steps = step_counts(tr, n_train)
     # per-step values stay on the device until the next evaluation: loss, hits, then the loss's own (loss/...)
     loss_tags = list(loss_fn.logged()) if hasattr(loss_fn, "logged") else []
     constrained = hasattr(loss_fn, "constrain_step")  # the entropy-gradient rule scales each step
@@ -237,11 +234,7 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: boo
                 "weights/sq_norm": squared_norm(weights)}
 
     def run_summary(status: str, final: dict, **extra) -> dict:
-        """summary.json: the same keys for a finished and an interrupted run, plus `extra`."""
-        return {"status": status, "name": cfg.name, "seed": cfg.seed, "run_dir": str(run_dir), "overrides": overrides,
-                "best": p.best if p.best_state is not None else {}, "final": final, "steps": p.step,
-                "epochs": round(p.step / steps_per_epoch, 4), "wall_s": time.perf_counter() - started,
-                "device": str(device), "versions": versions(), **extra}
+        return summary_of(cfg, run_dir, overrides, p, steps_per_epoch, started, device, status, final, **extra)
 
     bar = progress_bar(tr.progress, total_steps, p.step)
     status, diverged_at = "completed", None
@@ -299,28 +292,15 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: boo
 
                 # ---- evaluation: log the pending step values once, validate, early-stop
                 row = position() | log_pending(logger, p, loss_tags)
-                val = evaluate(model, loss_fn, data.val_x, data.val_y, eval_batch, tr.limit_eval_batches, precision)
-                row.update({f"val/{k}": v for k, v in val.items()})
-                if not abs(val["loss"]) <= loss_limit:
+                outcome = validate(run_dir, tr, model, loss_fn, data, p, logger, row, scheduler, loss_limit,
+                                   eval_interval)
+                if outcome == "diverged":
                     status, diverged_at = "diverged", p.step
                     break
-                logger.scalars({"lr": row["lr"], "weights/sq_norm": row["weights/sq_norm"],
-                                "pred/entropy": val["entropy"], **{f"val/{k}": v for k, v in val.items()}}, p.step)
-                logger.row(row)
-                p.last_row = row
-                if tr.figures and tr.figures_every and (p.step // eval_interval) % tr.figures_every == 0:
-                    write_figures(run_dir / "figures", model, loss_fn, data, read_rows(run_dir / "metrics.csv"),
-                                  logger.writer, p.step, split="val")
                 report(bar, row)
-                if plateau:
-                    scheduler.step(val["loss"])
-                if val["loss"] < p.best["val/loss"]:
-                    p.best, p.best_state, p.evals_since_best = dict(row), snapshot(model, loss_fn), 0
-                else:
-                    p.evals_since_best += 1
-                    if tr.patience is not None and p.evals_since_best >= tr.patience:
-                        status = "early_stopped"
-                        break
+                if outcome == "early_stopped":
+                    status = "early_stopped"
+                    break
                 if last_of_run:
                     break
             if status == "diverged":
@@ -335,6 +315,64 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: boo
     if bar is not None:
         bar.close()
 
+    final = finish(run_dir, tr, model, loss_fn, data, p, logger, status, diverged_at, position)
+    summary = run_summary(status, final, train_s=train_s,
+                          samples_per_s=(p.samples - samples_at_start) / train_s if train_s > 0 else None)
+    if diverged_at is not None:
+        summary["diverged_at_step"] = diverged_at
+    write_summary(run_dir, summary)
+    log.info("%s after %d steps: test/acc %s (%s)", status, p.step, final.get("test/acc", "-"), run_dir)
+    return summary
+
+
+def step_counts(tr, n_train: int) -> tuple[int, int, int]:
+    """Steps per epoch, steps between evaluations and steps in all for `n_train` images."""
+    steps_per_epoch = math.ceil(n_train / tr.batch_size)
+    total_steps = tr.epochs * steps_per_epoch
+    if tr.max_steps is not None:
+        total_steps = min(total_steps, tr.max_steps)
+    return steps_per_epoch, max(1, round(tr.eval_every * steps_per_epoch)), total_steps
+
+def summary_of(cfg, run_dir: Path, overrides, p: Progress, steps_per_epoch: int, started: float, device, status: str,
+               final: dict, **extra) -> dict:
+    """summary.json: the same keys for a finished and an interrupted run, plus `extra`."""
+    return {"status": status, "name": cfg.name, "seed": cfg.seed, "run_dir": str(run_dir), "overrides": overrides,
+            "best": p.best if p.best_state is not None else {}, "final": final, "steps": p.step,
+            "epochs": round(p.step / steps_per_epoch, 4), "wall_s": time.perf_counter() - started,
+            "device": str(device), "versions": versions(), **extra}
+
+def validate(run_dir: Path, tr, model, loss_fn, data, p: Progress, logger: RunLogger, row: dict, scheduler,
+             loss_limit: float, eval_interval: int) -> str | None:
+    """One evaluation: validate, log the row, step a plateau scheduler, keep the best state, count patience.
+
+    Returns "diverged" (the val loss is not finite or above the limit; nothing is logged), "early_stopped"
+    or None."""
+    val = evaluate(model, loss_fn, data.val_x, data.val_y, tr.eval_batch_size, tr.limit_eval_batches, tr.precision)
+    row.update({f"val/{k}": v for k, v in val.items()})
+    if not abs(val["loss"]) <= loss_limit:
+        return "diverged"
+    logger.scalars({"lr": row["lr"], "weights/sq_norm": row["weights/sq_norm"],
+                    "pred/entropy": val["entropy"], **{f"val/{k}": v for k, v in val.items()}}, p.step)
+    logger.row(row)
+    p.last_row = row
+    if tr.figures and tr.figures_every and (p.step // eval_interval) % tr.figures_every == 0:
+        write_figures(run_dir / "figures", model, loss_fn, data, read_rows(run_dir / "metrics.csv"),
+                      logger.writer, p.step, split="val")
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(val["loss"])
+    if val["loss"] < p.best["val/loss"]:
+        p.best, p.best_state, p.evals_since_best = dict(row), snapshot(model, loss_fn), 0
+    else:
+        p.evals_since_best += 1
+        if tr.patience is not None and p.evals_since_best >= tr.patience:
+            return "early_stopped"
+    return None
+
+
+def finish(run_dir: Path, tr, model, loss_fn, data, p: Progress, logger: RunLogger, status: str,
+           diverged_at: int | None, position) -> dict:
+    """The end of a run: the final evaluation on every split (with the best weights under early stopping,
+    none after a divergence), figures, best.pt; closes the logger and returns `final`."""
     if status == "diverged":
         final = dict(p.last_row)  # the last finite evaluation
         message = (f"diverged: the loss at step {diverged_at} is not finite or above trainer.divergence_threshold="
@@ -347,11 +385,11 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: boo
             model.load_state_dict(p.best_state["model"])
             loss_fn.load_state_dict(p.best_state["loss"])
         final = position()
-        if loss_tags:
+        if hasattr(loss_fn, "logged"):
             final.update({k: v.item() for k, v in loss_fn.logged().items()})
         for split in ("train", "val", "test"):
             x, y = data.split(split)
-            metrics = evaluate(model, loss_fn, x, y, eval_batch, tr.limit_eval_batches, precision)
+            metrics = evaluate(model, loss_fn, x, y, tr.eval_batch_size, tr.limit_eval_batches, tr.precision)
             final.update({f"{split}/{k}": v for k, v in metrics.items()})
         # train/loss and train/acc are per-step tags; the full train split's other metrics are logged once here
         logger.scalars({k: v for k, v in final.items() if k.startswith("test/")
@@ -361,29 +399,27 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: boo
         write_figures(run_dir / "figures", model, loss_fn, data, read_rows(run_dir / "metrics.csv"), logger.writer,
                       p.step)
     if tr.checkpoints and p.best_state is not None:
-        save_checkpoint(ckpt_dir / "best.pt", **p.best_state, step=p.best["step"], metrics=p.best)
+        save_checkpoint(run_dir / "checkpoints" / "best.pt", **p.best_state, step=p.best["step"], metrics=p.best)
     logger.close()
-
-    summary = run_summary(status, final, train_s=train_s,
-                          samples_per_s=(p.samples - samples_at_start) / train_s if train_s > 0 else None)
-    if diverged_at is not None:
-        summary["diverged_at_step"] = diverged_at
-    write_summary(run_dir, summary)
-    log.info("%s after %d steps: test/acc %s (%s)", status, p.step, final.get("test/acc", "-"), run_dir)
-    return summary
+    return final
 
 
 DIVERGENCE_CHECK_EVERY = 50  # steps between reads of the divergence flag (besides every evaluation)
 
 
 def log_pending(logger: RunLogger, p: Progress, loss_tags: list[str], loss_limit: float | None = None):
-    """Log the per-step values held on the device since the last evaluation (one host sync).
+    """Log the per-step values held on the device since the last evaluation (one host sync); see log_steps."""
+    per_step, sizes, first = torch.stack(p.pending).tolist(), p.pending_sizes, p.step - len(p.pending) + 1
+    p.pending, p.pending_sizes = [], []
+    return log_steps(logger, per_step, sizes, first, loss_tags, loss_limit)
+
+
+def log_steps(logger: RunLogger, per_step: list[list[float]], sizes: list[int], first: int, loss_tags: list[str],
+              loss_limit: float | None = None):
+    """Log per-step [loss, hits, *loss values] from step `first` on.
 
     Returns the train loss/acc averaged over those steps; with `loss_limit`, the first step whose loss is
     not finite or above the limit (only the steps before it are logged)."""
-    per_step, first = torch.stack(p.pending).tolist(), p.step - len(p.pending) + 1
-    sizes = p.pending_sizes
-    p.pending, p.pending_sizes = [], []
     if loss_limit is not None:
         bad = next(i for i, values in enumerate(per_step) if not abs(values[0]) <= loss_limit)
         per_step, sizes = per_step[:bad], sizes[:bad]

@@ -1,0 +1,105 @@
+"""`hydra/launcher=stacked`: the jobs of a multirun that differ only in numbers train as one stacked model.
+
+    losslab-train -m hydra/launcher=stacked optimizer.lr=0.1,0.03,0.01,0.003 trainer.l2=0,0.001,0.01,0.1
+
+Every job is set up as Hydra's basic launcher sets it up (its run dir, .hydra/, the same job numbers), then
+the jobs are grouped by their config without `losslab.train_stacked.STACKABLE_KEYS` and each group of two or
+more trains in this process with `losslab.train_stacked.fit_stacked`, at most `max_members` at a time. A job
+runs on its own, like the basic launcher runs it, when it is alone in its group, when it has a finished or
+resumable result in its run dir (relaunching a sweep), or when its group cannot be stacked (the log says why).
+"""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger("losslab")
+
+
+@dataclass
+class StackedLauncherConf:
+    _target_: str = "hydra_plugins.losslab_launcher.stacked_launcher.StackedLauncher"
+    max_members: int = 64  # the most jobs in one stack; a larger group trains in several stacks
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="stacked", node=StackedLauncherConf, provider="losslab")
+
+
+def describe_job(cfg: DictConfig):
+    """The task function of the set-up pass: resolve the job's config while its HydraConfig is current."""
+    from losslab.log import hparams_of
+    from losslab.train_stacked import Job
+
+    hc = HydraConfig.get()
+    overrides = list(hc.overrides.task)
+    OmegaConf.resolve(cfg)
+    return Job(cfg, Path(hc.runtime.output_dir), hparams_of(cfg, dict(hc.runtime.choices), overrides), overrides)
+
+
+class StackedLauncher(Launcher):
+    def __init__(self, max_members: int = 64) -> None:
+        super().__init__()
+        self.max_members = max_members
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def run(self, sweep_config: DictConfig, task_function) -> JobReturn:
+        ret = run_job(hydra_context=self.hydra_context, task_function=task_function, config=sweep_config,
+                      job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return ret
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from losslab.cli import objective
+        from losslab.sweep import can_resume, previous_result
+        from losslab.train_stacked import NotStackable, fit_stacked, group_key
+
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        log.info("Launching %d jobs, stacked where they differ only in numbers", len(job_overrides))
+        sweep_configs, returns, groups = [], [], {}
+        for idx, overrides in enumerate(job_overrides, initial_job_idx):
+            log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
+            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(sweep_config):
+                sweep_config.hydra.job.id = sweep_config.hydra.job.num = idx
+            ret = self.run(sweep_config, describe_job)  # run dir and .hydra/, as the basic launcher makes them
+            sweep_configs.append(sweep_config)
+            returns.append(ret)
+            job = ret.return_value
+            if previous_result(job.run_dir, job.overrides) or can_resume(job.run_dir, job.overrides):
+                groups[f"own {idx}"] = [len(returns) - 1]  # skipped or resumed by the job itself
+            else:
+                groups.setdefault(group_key(job.cfg), []).append(len(returns) - 1)
+
+        for members in groups.values():
+            for start in range(0, len(members), self.max_members):
+                chunk = members[start:start + self.max_members]
+                if len(chunk) > 1:
+                    try:
+                        summaries = fit_stacked([returns[i].return_value for i in chunk])
+                    except NotStackable as e:
+                        log.info("jobs %s run one by one: %s", [initial_job_idx + i for i in chunk], e)
+                    except Exception as e:  # a job's own run then records what is wrong (failed summary, error.txt)
+                        log.warning("jobs %s could not train stacked (%s: %s); running them one by one",
+                                    [initial_job_idx + i for i in chunk], type(e).__name__, e)
+                    else:
+                        for i, summary in zip(chunk, summaries):
+                            returns[i].return_value = objective(summary)
+                        continue
+                for i in chunk:
+                    returns[i] = self.run(sweep_configs[i], self.task_function)
+        return returns

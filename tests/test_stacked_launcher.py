@@ -1,0 +1,154 @@
+"""`hydra/launcher=stacked` against separate runs of the same jobs (Hydra's basic launcher)."""
+
+import csv
+import math
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_sweeps import summaries, sweep
+
+from losslab.cli import compose
+from losslab.train_stacked import group_key
+
+TINY = ["dataset=synthetic", "trainer.progress=log", "trainer.figures=false"]
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def both(tmp_path: Path, *grid: str):
+    """The grid's summaries from the basic and the stacked launcher, and the stacked launcher's output."""
+    basic = sweep(*TINY, *grid, f"hydra.sweep.dir={tmp_path / 'basic'}", cwd=tmp_path)
+    stacked = sweep(*TINY, *grid, "hydra/launcher=stacked", f"hydra.sweep.dir={tmp_path / 'stacked'}", cwd=tmp_path)
+    assert basic.returncode == 0, basic.output
+    assert stacked.returncode == 0, stacked.output
+    return summaries(tmp_path / "basic"), summaries(tmp_path / "stacked"), stacked.output
+
+
+def assert_same_runs(tmp_path: Path, separate: dict, stacked: dict, tol: float = 1e-5, argmax_tol: float = 0.0):
+    """Same statuses, steps, final metrics and metrics.csv rows (to `tol`, absolute or relative; accuracy and ECE to
+    `argmax_tol`: float noise may flip an argmax, which moves acc and ece), and the same files."""
+
+    def close(key: str, value: float):
+        return pytest.approx(value, rel=tol, abs=max(tol, argmax_tol) if key.endswith(("/acc", "/ece")) else tol)
+
+    assert sorted(separate) == sorted(stacked)
+    for job, alone in separate.items():
+        together = stacked[job]
+        assert (together["status"], together["steps"], together["overrides"]) == \
+               (alone["status"], alone["steps"], alone["overrides"])
+        assert together["final"].keys() == alone["final"].keys()
+        for key, value in alone["final"].items():
+            assert together["final"][key] == close(key, value), (job, key)
+        rows_alone = metrics_rows(tmp_path / "basic" / str(job))
+        rows_together = metrics_rows(tmp_path / "stacked" / str(job))
+        assert len(rows_alone) == len(rows_together)
+        for a, b in zip(rows_alone, rows_together):
+            for key in a:
+                if a[key] == "":
+                    assert b[key] == ""
+                else:
+                    assert float(b[key]) == close(key, float(a[key])), (job, key)
+        files = {p.relative_to(tmp_path / "basic" / str(job)).as_posix()
+                 for p in (tmp_path / "basic" / str(job)).rglob("*") if "events" not in p.name}
+        assert files == {p.relative_to(tmp_path / "stacked" / str(job)).as_posix()
+                         for p in (tmp_path / "stacked" / str(job)).rglob("*") if "events" not in p.name}
+        assert len(list((tmp_path / "stacked" / str(job)).glob("events.out.tfevents.*"))) == 1
+
+
+def test_group_key_ignores_only_the_numbers_a_stack_holds():
+    base = ["dataset=synthetic"]
+    key = group_key(compose(base))
+    for numbers in (["optimizer.lr=0.3"], ["seed=7"], ["trainer.l2=0.1"], ["optimizer.momentum=0.9"]):
+        assert group_key(compose(base + numbers)) == key
+    for other in (["model=fnn"], ["loss=mbce"], ["trainer.batch_size=64"], ["optimizer=adam"], ["trainer.epochs=2"]):
+        assert group_key(compose(base + other)) != key
+
+
+def test_sgd_grid_with_seeds_equals_separate_runs(tmp_path):
+    separate, stacked, output = both(tmp_path, "trainer.epochs=2", "optimizer.momentum=0.9",
+                                     "optimizer.lr=0.3,0.03", "trainer.l2=0,0.01", "seed=0,1")
+    assert "8 jobs stacked" in output
+    assert len(stacked) == 8 and all(s["stacked"]["members"] == 8 for s in stacked.values())
+    assert_same_runs(tmp_path, separate, stacked)
+
+
+def test_lenet_adamw_with_step_schedule_and_early_stopping_equals_separate_runs(tmp_path):
+    # per-member early stopping (different patience) and a step schedule: members stop at different steps
+    separate, stacked, output = both(tmp_path, "model=lenet", "optimizer=adamw", "scheduler=step",
+                                     "trainer.epochs=3", "trainer.eval_every=0.5", "dataset.train_n=768",
+                                     "dataset.noise=90", "optimizer.lr=0.03,0.001", "optimizer.weight_decay=0,0.1",
+                                     "trainer.patience=1,3", "trainer.deterministic=true")
+    assert "8 jobs stacked" in output
+    assert {s["status"] for s in stacked.values()} >= {"early_stopped", "completed"}
+    assert len({s["steps"] for s in stacked.values()}) > 1
+    # lr=0.03 Adam amplifies float noise enough to flip an image or two of the 256 val images
+    assert_same_runs(tmp_path, separate, stacked, tol=1e-4, argmax_tol=0.01)
+
+
+def test_a_diverging_member_stops_alone(tmp_path):
+    separate, stacked, _ = both(tmp_path, "trainer.epochs=1", "trainer.l2=1", "optimizer.lr=0.5,1e6,0.05")
+    assert [stacked[i]["status"] for i in range(3)] == ["completed", "diverged", "completed"]
+    assert stacked[1]["diverged_at_step"] == separate[1]["diverged_at_step"]
+    assert_same_runs(tmp_path, separate, stacked)
+
+
+def test_jobs_a_stack_cannot_hold_run_one_by_one_and_say_why(tmp_path):
+    proc = sweep(*TINY, "trainer.epochs=1", "loss=min_ent", "loss.coeffs=learnable", "optimizer.lr=0.1,0.05",
+                 "model=fnn,linear", "hydra/launcher=stacked", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.output
+    assert proc.output.count("run one by one: the loss has learnable parameters") == 2  # one line per group
+    assert [s["status"] for s in summaries(tmp_path / "s").values()] == ["completed"] * 4
+    assert all("stacked" not in s for s in summaries(tmp_path / "s").values())
+
+
+def test_a_failing_group_records_each_job_failure(tmp_path):
+    proc = sweep(*TINY, "trainer.epochs=1", "loss=bce", "optimizer.lr=0.1,0.05", "hydra/launcher=stacked",
+                 f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    assert proc.returncode == 1
+    runs = summaries(tmp_path / "s")
+    assert [r["status"] for r in runs.values()] == ["failed", "failed"]
+    assert all("needs a binary task" in r["error"] for r in runs.values())
+
+
+def test_an_interrupted_stack_resumes_job_by_job_to_the_same_results(tmp_path):
+    grid = [*TINY, "trainer.epochs=4", "dataset.train_n=4096", "optimizer.momentum=0.9", "optimizer.lr=0.3,0.03",
+            "seed=0,1", "hydra/launcher=stacked"]
+    reference = sweep(*grid, f"hydra.sweep.dir={tmp_path / 'reference'}", cwd=tmp_path)
+    assert reference.returncode == 0, reference.output
+
+    stopped = sweep(*grid, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path, wait=False)
+    deadline = time.time() + 300
+    while not (tmp_path / "s" / "0" / "checkpoints" / "last.pt").exists():  # the first epoch is done
+        assert stopped.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    stopped.send_signal(signal.SIGTERM)
+    output = stopped.communicate(timeout=300)[0]
+    assert stopped.returncode == 128 + signal.SIGTERM, output
+    interrupted = summaries(tmp_path / "s")
+    assert [r["status"] for r in interrupted.values()] == ["interrupted"] * 4
+    state = torch.load(tmp_path / "s" / "0" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["momentum"] == 0.9 and state["optimizer"]["state"]
+
+    relaunch = sweep(*grid, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    assert relaunch.returncode == 0, relaunch.output
+    assert "4 completed" in relaunch.output and "jobs stacked" not in relaunch.output  # each resumed on its own
+    resumed, expected = summaries(tmp_path / "s"), summaries(tmp_path / "reference")
+    for job in expected:
+        assert resumed[job]["steps"] == expected[job]["steps"]
+        for key in ("test/loss", "test/acc", "val/loss", "weights/sq_norm"):
+            assert resumed[job]["final"][key] == pytest.approx(expected[job]["final"][key], abs=1e-5), (job, key)
+
+
+def test_relaunching_a_finished_stacked_sweep_skips_every_job(tmp_path):
+    args = [*TINY, "trainer.epochs=1", "optimizer.lr=0.3,0.03", "hydra/launcher=stacked",
+            f"hydra.sweep.dir={tmp_path / 's'}"]
+    assert sweep(*args, cwd=tmp_path).returncode == 0
+    again = sweep(*args, cwd=tmp_path)
+    assert again.returncode == 0 and again.output.count(": skipped") == 2, again.output
+    assert all(math.isfinite(r["final"]["test/loss"]) for r in summaries(tmp_path / "s").values())
