@@ -131,7 +131,7 @@ def test_confidence_histogram_compares_correct_and_wrong():
     fig = confidence_figure(confidence, correct, "test")
     ax = fig.axes[0]
     assert ax.get_title() == "Confidence on test: correct vs wrong"
-    labels = [text.get_text() for text in fig.legends[0].get_texts()]
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
     assert labels[0].startswith("correct (n=3") and labels[1].startswith("wrong (n=2")
     heights = [sum(p.get_height() for p in container) for container in ax.containers]
     assert heights == pytest.approx([1.0, 1.0])  # each group sums to one

@@ -23,6 +23,8 @@ from losslab.models import DualLinear, Linear
 log = logging.getLogger("losslab")
 
 HISTOGRAM_BINS = 30
+# fixed margins: matplotlib's layout engines cost more than drawing (a sweep writes these for every job)
+MARGINS = {"left": 0.13, "right": 0.97, "bottom": 0.12, "top": 0.9}
 CURVES = {"loss": ("train/loss", "val/loss"), "accuracy": ("train/acc", "val/acc")}
 
 
@@ -74,14 +76,16 @@ def templates_figure(templates: np.ndarray, names: list[str]):
     k = len(images)
     cols = min(k, max(5, math.ceil(math.sqrt(2 * k))))  # about twice as wide as tall
     rows = math.ceil(k / cols)
-    fig = Figure(figsize=(max(4.0, 1.6 * cols + 1.2), 1.7 * rows + 0.6), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
+    height = 1.7 * rows + 0.6
+    fig = Figure(figsize=(max(4.0, 1.6 * cols + 1.2), height))
+    axes = fig.subplots(rows, cols, squeeze=False, gridspec_kw={
+        "left": 0.01, "right": 0.86, "bottom": 0.02, "top": 1 - 0.6 / height, "wspace": 0.08, "hspace": 0.25})
     for ax in axes.flat:
         ax.set_axis_off()
     for ax, image, name in zip(axes.flat, images, names):
         shown = ax.imshow(image, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
         ax.set_title(name, fontsize=9)
-    fig.colorbar(shown, ax=axes, shrink=0.8, label="weight")
+    fig.colorbar(shown, cax=fig.add_axes((0.89, 0.1, 0.02, 0.7)), label="weight")
     fig.suptitle("Weight templates (one colour scale)")
     return fig
 
@@ -90,8 +94,8 @@ def confidence_figure(confidence: np.ndarray, correct: np.ndarray, split: str):
     """Histograms of the top-label confidence of correct and of wrong predictions, each summing to one."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 4), layout="constrained")
-    ax = fig.subplots()
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots(gridspec_kw=MARGINS)
     edges = np.linspace(0, 1, HISTOGRAM_BINS + 1)
     for mask, label, colour in ((correct, "correct", "tab:green"), (~correct, "wrong", "tab:red")):
         values = confidence[mask]
@@ -101,7 +105,7 @@ def confidence_figure(confidence: np.ndarray, correct: np.ndarray, split: str):
     ax.set_xlim(0, 1)
     ax.set_xlabel("confidence (top label)")
     ax.set_ylabel("fraction of the group")
-    fig.legend(loc="outside lower center", ncols=2, fontsize=9)
+    ax.legend(loc="upper left", fontsize=9)
     ax.set_title(f"Confidence on {split}: correct vs wrong")
     return fig
 
@@ -114,8 +118,8 @@ def reliability_figure(confidence: np.ndarray, correct: np.ndarray, split: str, 
     filled = count > 0
     ece = float((count[filled] * np.abs(accuracy[filled] - mean_confidence[filled])).sum() / count.sum())
     centres = (np.arange(bins) + 0.5) / bins
-    fig = Figure(figsize=(5, 5), layout="constrained")
-    ax = fig.subplots()
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots(gridspec_kw=MARGINS)
     ax.bar(centres[filled], accuracy[filled], width=1 / bins, edgecolor="black", alpha=0.7, label="accuracy")
     ax.plot(mean_confidence[filled], accuracy[filled], "o", color="tab:red", markersize=4, label="mean confidence")
     ax.plot([0, 1], [0, 1], "--", color="gray", label="calibrated")
@@ -123,7 +127,7 @@ def reliability_figure(confidence: np.ndarray, correct: np.ndarray, split: str, 
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence (top label)")
     ax.set_ylabel("accuracy")
-    fig.legend(loc="outside lower center", ncols=3, fontsize=9)
+    ax.legend(loc="upper left", fontsize=9)
     ax.set_title(f"Reliability on {split}: ECE = {ece:.4f} ({bins} bins)")
     return fig
 
@@ -134,8 +138,9 @@ def curves_figure(rows: list[dict]):
     from matplotlib.figure import Figure
 
     history = evaluations(rows)
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    for ax, (title, keys) in zip(fig.subplots(1, 2), CURVES.items()):
+    fig = Figure(figsize=(10, 4))
+    for ax, (title, keys) in zip(fig.subplots(1, 2, gridspec_kw={**MARGINS, "top": 0.84, "wspace": 0.25}),
+                                 CURVES.items()):
         for key in keys:
             points = [(number(r["step"]), number(r.get(key))) for r in history if number(r.get(key)) is not None]
             if points:
