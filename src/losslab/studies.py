@@ -150,7 +150,7 @@ EVEN_ODD_ENTROPY = Study(
                  "in [0, 1], SGD lr 0.1, batch 128, 10 epochs; loss=entropy_gradient applies ∂H/∂z with the "
                  "z-constraint δ_e = max(0.01, 0.1·0.9^epoch).",
             originals=(Original({"loss": "bce"}, {"test/acc": 0.806}, "80.6 %"),
-                       Original({"loss": "entropy_gradient"}, {"test/acc": 0.50}, "~50 % (no learning)")),
+                       Original({"loss": "entropy_gradient"}, {"test/acc": 0.50}, "~50 %, no learning")),
             figures=(Figure("rule_vs_bce", "rule_vs_bce_curves", "Validation loss and accuracy, BCE vs the "
                             "entropy-gradient rule.", source="val_curves.png"),),
         ),
@@ -160,7 +160,7 @@ EVEN_ODD_ENTROPY = Study(
                  "(constant)}. δ0 = 0.1, γ = 0.9 is the default of the table above (same seeds, same runs).",
         ),
     ),
-    headlines=(Headline(0, {"loss": "entropy_gradient"}, "test/acc", "entropy-gradient rule"),
+    headlines=(Headline(0, {"loss": "entropy_gradient"}, "test/acc", "entropy-gradient rule, test accuracy"),
                Headline(0, {"loss": "bce"}, "test/acc", "BCE")),
     notes=SEED_NOTE,
 )
@@ -186,7 +186,7 @@ MNIST_FNN_LENET = Study(
                             match={"model": "lenet", "loss": "mbce"})),
         ),
     ),
-    headlines=(Headline(0, {"model": "lenet", "loss": "ce"}, "test/acc", "LeNet-5 CE, 5 epochs"),),
+    headlines=(Headline(0, {"model": "lenet", "loss": "ce"}, "test/acc", "LeNet-5 with CE, 5 epochs, test accuracy"),),
     notes=SEED_NOTE + " The original's optimiser, learning rate and loss for the LeNet figure are not known; we "
                       "compare it with CE and use Adam (lr 1e-3) for every model and loss.",
 )
@@ -283,7 +283,7 @@ EMNIST_ENTROPY_LOSSES = Study(
         entropy_table("mnist", "MNIST", "mnist_vgg5_ce"),
         entropy_table("cifar10", "CIFAR-10", "cifar10_vgg5_ce"),
     ),
-    headlines=(Headline(0, {"loss": "ce"}, "test/acc", "EMNIST letters CE"),
+    headlines=(Headline(0, {"loss": "ce"}, "test/acc", "EMNIST letters, VGG-5 with CE, test accuracy"),
                Headline(0, fixed("min_ent"), "test/acc", "MIN-ENT"),
                Headline(0, fixed("mix_ent"), "test/acc", "MIX-ENT")),
     notes=SEED_NOTE + " The original's figures are compared with the fixed β and b (the tuned values).",
