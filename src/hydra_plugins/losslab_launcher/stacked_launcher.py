@@ -9,6 +9,8 @@ runs on its own, like the basic launcher runs it, when it is alone in its group,
 resumable result in its run dir (relaunching a sweep), or when its group cannot be stacked (the log says why).
 """
 
+# no `from __future__ import annotations`: Hydra's plugin scan runs this module outside sys.modules, where
+# dataclasses cannot resolve string annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass

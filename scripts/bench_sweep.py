@@ -1,0 +1,77 @@
+"""Wall time of whole commands, side by side in one run: a grid with Hydra's basic launcher vs
+`hydra/launcher=stacked`, and `losslab-train trainer=debug` vs importing torch and torchvision.
+
+    python scripts/bench_sweep.py [--grids softmax lenet] [--repeat 3]
+
+Each grid runs as the user runs it: one `losslab-train -m` process per launcher, on the shipped MNIST,
+everything else at its defaults (so each job writes its figures, checkpoints and TensorBoard events). The
+last column compares each job's final test accuracy between the two launchers (same seed, same config).
+Start-up times are the best of `--repeat` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+GRIDS = {
+    "softmax": ("softmax regression, 4 lr x 4 l2, 3 epochs",
+                ["model=linear", "trainer.epochs=3", "optimizer.lr=0.3,0.1,0.03,0.01", "trainer.l2=0,0.001,0.01,0.1"]),
+    "lenet": ("LeNet-5, 2 lr x 2 momentum x 2 seeds, 1 epoch",
+              ["model=lenet", "trainer.epochs=1", "optimizer.lr=0.1,0.03", "optimizer.momentum=0,0.9", "seed=0,1"]),
+}
+
+
+def timed(command: list[str], cwd: Path) -> float:
+    started = time.perf_counter()
+    proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        sys.exit(f"bench_sweep: {' '.join(command)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return wall
+
+
+def test_accuracies(sweep_dir: Path) -> dict[int, float]:
+    return {int(d.name): json.loads((d / "summary.json").read_text())["final"]["test/acc"]
+            for d in sweep_dir.iterdir() if d.is_dir() and d.name.isdigit()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grids", nargs="+", default=list(GRIDS), choices=list(GRIDS))
+    parser.add_argument("--repeat", type=int, default=3, help="start-up runs to take the best of")
+    args = parser.parse_args()
+    import torch
+
+    print(f"{torch.get_num_threads()} threads, torch {torch.__version__}, python {sys.version.split()[0]}")
+    print(f"{'command':52} {'A (s)':>8} {'B (s)':>8} {'A/B':>7}  notes")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        timed(["losslab-train", "trainer=debug"], tmp)  # warm the MNIST cache
+        for name in args.grids:
+            title, grid = GRIDS[name]
+            walls, accuracies = {}, {}
+            for launcher in ("basic", "stacked"):
+                sweep_dir = tmp / f"{name}-{launcher}"
+                walls[launcher] = timed(["losslab-train", "-m", *grid, f"hydra/launcher={launcher}",
+                                         "trainer.progress=log", f"hydra.sweep.dir={sweep_dir}"], tmp)
+                accuracies[launcher] = test_accuracies(sweep_dir)
+            jobs = len(accuracies["basic"])
+            gap = max(abs(accuracies["basic"][j] - accuracies["stacked"][j]) for j in accuracies["basic"]) * 100
+            print(f"{title + f' ({jobs} jobs): basic vs stacked':52} {walls['basic']:8.1f} {walls['stacked']:8.1f} "
+                  f"{walls['basic'] / walls['stacked']:6.2f}x  max |test acc difference| {gap:.2f} points",
+                  flush=True)
+
+        debug = min(timed(["losslab-train", "trainer=debug", "trainer.progress=log"], tmp) for _ in range(args.repeat))
+        imports = min(timed([sys.executable, "-c", "import torch, torchvision"], tmp) for _ in range(args.repeat))
+        print(f"{'losslab-train trainer=debug vs import torch, torchvision':52} {debug:8.1f} {imports:8.1f} "
+              f"{debug / imports:6.2f}x  difference {debug - imports:+.2f} s (target <= +1.5 s)")
+
+
+if __name__ == "__main__":
+    main()
