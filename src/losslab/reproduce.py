@@ -28,7 +28,7 @@ from losslab.report import new_figure, read_runs, save, table, write_report
 from losslab.studies import STUDIES, Figure, Multirun, Original, Study, Table, Trend
 
 PROG = "reproduce.py"
-DEFAULT_LAUNCHER = "basic"
+DEFAULT_LAUNCHER = "stacked"
 OUT_DIR = REPO_ROOT / "outputs" / "reproduce"
 DOCS_DIR = REPO_ROOT / "docs" / "results"
 RECORD = "reproduce.json"  # in each sweep dir: the command, the equivalent losslab-train command, the machine

@@ -223,13 +223,20 @@ def fit_stacked(jobs: list[Job]) -> list[dict]:
                                   else torch.arange(n_train, device=device) for m in members])
             for k in running:
                 members[k].p.order = orders[k].clone()
+            # members with the same seed draw the same data order: then the batch is gathered once and shared
+            same_batches = not (hflip or crop_padding) and all(torch.equal(orders[0], order) for order in orders[1:])
             for start in range(0, n_train, batch_size):
-                idx = orders[:, start:start + batch_size]
-                x, y = data.train_x[idx], data.train_y[idx]
-                if hflip or crop_padding:
-                    x = torch.stack([augment(x[k], hflip, crop_padding, m.order_gen) for k, m in enumerate(members)])
+                if same_batches:  # one batch read once, every member sees it
+                    idx = orders[0, start:start + batch_size]
+                    x, y = data.train_x[idx], data.train_y[idx].expand(M, -1)
+                else:
+                    idx = orders[:, start:start + batch_size]
+                    x, y = data.train_x[idx], data.train_y[idx]
+                    if hflip or crop_padding:
+                        x = torch.stack([augment(x[k], hflip, crop_padding, m.order_gen)
+                                         for k, m in enumerate(members)])
                 with autocast(device, precision):
-                    logits = stacked_forward(base, params, buffers, x)
+                    logits = stacked_forward(base, params, buffers, x, shared_input=same_batches)
                 logits = logits.float()
                 losses = member_losses(loss_buffers, logits, y)
                 losses.sum().backward()
