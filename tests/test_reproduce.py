@@ -77,7 +77,7 @@ def test_course_logistic_page_table_is_the_mean_and_std_of_the_summaries(tmp_pat
     assert not shuffled["test/acc (%)"].endswith("± 0.00")  # the two seeds differ: a real spread is checked
     assert "Not run yet: softmax_l2." in rebuilt
     assert "python scripts/reproduce.py course_mnist --only logistic" in rebuilt  # the command that ran
-    assert "losslab-train -m experiment=tdt4265_logistic sweep=course_logistic hydra/launcher=basic" in rebuilt
+    assert "losslab-train -m experiment=tdt4265_logistic sweep=course_logistic hydra/launcher=stacked" in rebuilt
 
     # the same command again: every job is skipped and the table is the same
     assert main(args) == 0
@@ -115,7 +115,7 @@ def test_cifar10_linear_end_to_end_on_fixture_data(data, tmp_path, monkeypatch):
     assert all(r["n"] == "1" and re.fullmatch(r"\d+\.\d\d ± –", r["test/acc (%)"]) for r in settings + improved)
     # train on batch 1, validate on batch 2, in fixture sizes
     job = tmp_path / "out" / "cifar10_linear" / "settings" / "0"
-    assert "cifar10: 100 train / 100 val / 100 test images" in (job / "cli.log").read_text()
+    assert json.loads((job / "summary.json").read_text())["images"] == {"train": 100, "val": 100, "test": 100}
     text = page.read_text()
     for name in ("templates_lr0.001_l2_0", "templates_lr0.001_l2_1", "confidence_ce", "confidence_mbce"):
         assert (page.parent / "cifar10_linear" / f"{name}.png").stat().st_size > 1000
@@ -145,9 +145,9 @@ def test_emnist_entropy_losses_end_to_end_on_fixture_data(data, tmp_path, monkey
     text = page.read_text()
     assert "Not run yet: mnist_ce, mnist_entropy." in text and "Not run yet: cifar10_entropy." in text
     assert "(not available: 0/figures/reliability_test.png was not written.)" in text  # trainer.figures=false
-    logs = {name: (tmp_path / "out" / "emnist_entropy_losses" / name / "0" / "cli.log").read_text()
-            for name in ("emnist_ce", "cifar10_ce")}
-    assert "emnist_letters: 420 train" in logs["emnist_ce"] and "cifar10: 400 train" in logs["cifar10_ce"]
+    images = {name: json.loads((tmp_path / "out" / "emnist_entropy_losses" / name / "0" / "summary.json")
+                               .read_text())["images"]["train"] for name in ("emnist_ce", "cifar10_ce")}
+    assert images == {"emnist_ce": 420, "cifar10_ce": 400}
 
 
 def test_missing_data_is_one_sentence_and_a_non_zero_exit(tmp_path):

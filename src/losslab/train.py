@@ -236,7 +236,8 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: boo
                 "weights/sq_norm": squared_norm(weights)}
 
     def run_summary(status: str, final: dict, **extra) -> dict:
-        return summary_of(cfg, run_dir, overrides, p, steps_per_epoch, started, device, status, final, **extra)
+        return summary_of(cfg, run_dir, overrides, p, steps_per_epoch, started, device, status, final,
+                          images=image_counts(data), **extra)
 
     bar = progress_bar(tr.progress, total_steps, p.step)
     status, diverged_at = "completed", None
@@ -334,6 +335,10 @@ def step_counts(tr, n_train: int) -> tuple[int, int, int]:
     if tr.max_steps is not None:
         total_steps = min(total_steps, tr.max_steps)
     return steps_per_epoch, max(1, round(tr.eval_every * steps_per_epoch)), total_steps
+
+def image_counts(data) -> dict[str, int]:
+    return {"train": len(data.train_y), "val": len(data.val_y), "test": len(data.test_y)}
+
 
 def summary_of(cfg, run_dir: Path, overrides, p: Progress, steps_per_epoch: int, started: float, device, status: str,
                final: dict, **extra) -> dict:

@@ -45,6 +45,7 @@ from losslab.train import (
     build,
     catch_stop_signals,
     finish,
+    image_counts,
     log_steps,
     pick_device,
     progress_bar,
@@ -190,7 +191,8 @@ def fit_stacked(jobs: list[Job]) -> list[dict]:
                        diverged_at, lambda: position(k))
         train_s = time.perf_counter() - train_started
         m.summary = summary_of(m.job.cfg, m.job.run_dir, m.job.overrides, m.p, steps_per_epoch, started, device,
-                               status, final, train_s=train_s, samples_per_s=m.p.samples / train_s,
+                               status, final, images=image_counts(data), train_s=train_s,
+                               samples_per_s=m.p.samples / train_s,
                                stacked={"members": M, "samples_per_s": sum(n.p.samples for n in members) / train_s})
         if diverged_at is not None:
             m.summary["diverged_at_step"] = diverged_at
@@ -206,7 +208,7 @@ def fit_stacked(jobs: list[Job]) -> list[dict]:
             m.logger.close()
             write_summary(m.job.run_dir, summary_of(
                 m.job.cfg, m.job.run_dir, m.job.overrides, m.p, steps_per_epoch, started, device, "interrupted",
-                dict(m.p.last_row), resume=f"losslab-train trainer.resume={m.job.run_dir}"))
+                dict(m.p.last_row), images=image_counts(data), resume=f"losslab-train trainer.resume={m.job.run_dir}"))
         log.warning("interrupted by signal %d; relaunch the sweep, or resume a job on its own with "
                     "losslab-train trainer.resume=<its run dir>", signum)
         return Interrupted(signum)
