@@ -487,16 +487,30 @@ def environment_section(results: list[Result]) -> list[str]:
     records = [record for result in results for record in result.records.values()]
     runs = [run for result in results for runs in result.runs.values() for run in runs]
     devices = sorted({str(run.summary["device"]) for run in runs if run.summary.get("device")})
-    wall = sum(run.summary.get("wall_s") or 0.0 for run in runs)
+    wall = training_time(runs)
     lines = ["## Environment", "", table(["", ""], [
         ["device (summary.json)", ", ".join(devices) or "–"],
         ["runs", f"{sum(run.aggregated for run in runs)} finished of {len(runs)}; "
-                 f"{wall / 60:.1f} min of training in all (sum of wall_s)"],
+                 f"{wall / 60:.1f} min of training in all (wall_s, a stack of jobs counted once)"],
         *(row for env in dict.fromkeys(json.dumps(r["environment"], sort_keys=True) for r in records)
           for row in environment_rows(json.loads(env))),
         ["date", ", ".join(sorted({r["started"][:10] for r in records})) or "–"],
     ]), ""]
     return lines
+
+
+def training_time(runs) -> float:
+    """The sum of the runs' wall_s, where the jobs of one stack (hydra/launcher=stacked) count once: their longest."""
+    alone, stacks = 0.0, {}
+    for run in runs:
+        wall, stack = run.summary.get("wall_s") or 0.0, run.summary.get("stacked")
+        if stack:
+            # summaries written before stacks named their jobs: the stacks of one sweep dir, told apart by size
+            key = (str(Path(run.summary.get("run_dir", "")).parent), tuple(stack.get("jobs", [stack["members"]])))
+            stacks[key] = max(stacks.get(key, 0.0), wall)
+        else:
+            alone += wall
+    return alone + sum(stacks.values())
 
 
 def environment_rows(env: dict) -> list[list[str]]:

@@ -193,7 +193,8 @@ def fit_stacked(jobs: list[Job]) -> list[dict]:
         m.summary = summary_of(m.job.cfg, m.job.run_dir, m.job.overrides, m.p, steps_per_epoch, started, device,
                                status, final, images=image_counts(data), train_s=train_s,
                                samples_per_s=m.p.samples / train_s,
-                               stacked={"members": M, "samples_per_s": sum(n.p.samples for n in members) / train_s})
+                               stacked={"members": M, "jobs": [n.job.run_dir.name for n in members],
+                                        "samples_per_s": sum(n.p.samples for n in members) / train_s})
         if diverged_at is not None:
             m.summary["diverged_at_step"] = diverged_at
         write_summary(m.job.run_dir, m.summary)
