@@ -152,3 +152,18 @@ def test_relaunching_a_finished_stacked_sweep_skips_every_job(tmp_path):
     again = sweep(*args, cwd=tmp_path)
     assert again.returncode == 0 and again.output.count(": skipped") == 2, again.output
     assert all(math.isfinite(r["final"]["test/loss"]) for r in summaries(tmp_path / "s").values())
+
+
+def test_per_member_clipping_is_clip_grad_norm_of_each_member():
+    from losslab.train_stacked import clip_per_member
+
+    torch.manual_seed(0)
+    grads = {"w": torch.randn(3, 4, 5), "b": torch.randn(3, 4), "frozen": None}
+    max_norm = torch.tensor([0.5, math.inf, 100.0])
+    clipped = clip_per_member(grads, max_norm)
+    assert clipped["frozen"] is None
+    for k in range(3):
+        w, b = torch.nn.Parameter(torch.zeros(4, 5)), torch.nn.Parameter(torch.zeros(4))
+        w.grad, b.grad = grads["w"][k].clone(), grads["b"][k].clone()
+        torch.nn.utils.clip_grad_norm_([w, b], max_norm[k].item())
+        assert torch.allclose(clipped["w"][k], w.grad) and torch.allclose(clipped["b"][k], b.grad)

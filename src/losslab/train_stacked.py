@@ -133,6 +133,7 @@ def fit_stacked(jobs: list[Job]) -> list[dict]:
     param_names = [name for name, _ in members[0].model.named_parameters()]
     l2 = [m.job.cfg.trainer.l2 for m in members]
     grad_clip = torch.tensor([m.job.cfg.trainer.grad_clip or math.inf for m in members], device=device)
+    clipping = any(m.job.cfg.trainer.grad_clip for m in members)  # decided once: no host read per step
     loss_limits = [math.inf if m.job.cfg.trainer.divergence_threshold is None
                    else m.job.cfg.trainer.divergence_threshold for m in members]
     loss_limit = torch.tensor(loss_limits, device=device)
@@ -246,7 +247,7 @@ def fit_stacked(jobs: list[Job]) -> list[dict]:
                 grads = {name: q.grad for name, q in params.items()}
                 if any(l2):
                     grads = add_l2(grads, params, l2)
-                if grad_clip.isfinite().any():
+                if clipping:
                     grads = clip_per_member(grads, grad_clip)
                 optimizer.step(grads)
                 for q in params.values():
