@@ -9,6 +9,7 @@ Figures are drawn on Agg canvases (no pyplot), which works without a display.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 from pathlib import Path
@@ -68,23 +69,28 @@ def calibration_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = EC
 
 def templates_figure(templates: np.ndarray, names: list[str]):
     """One image per output on one symmetric colour scale (blue < 0 < red); colour images show the mean
-    over channels, since a diverging scale has no room for RGB."""
+    over channels, since a diverging scale has no room for RGB. The images are tiled into one picture with
+    white gaps (one axes: a sweep draws this for every job, and an axes per class costs ten times more)."""
+    import matplotlib
     from matplotlib.figure import Figure
 
     images = templates.mean(axis=1)
     limit = float(np.abs(images).max()) or 1.0
-    k = len(images)
+    k, h, w = images.shape
     cols = min(k, max(5, math.ceil(math.sqrt(2 * k))))  # about twice as wide as tall
     rows = math.ceil(k / cols)
+    label, gap = max(4, h // 3), max(1, w // 10)  # room above each tile for its name, and between tiles
+    mosaic = np.full((rows * (label + h), cols * (w + gap) - gap), np.nan)
     height = 1.7 * rows + 0.6
     fig = Figure(figsize=(max(4.0, 1.6 * cols + 1.2), height))
-    axes = fig.subplots(rows, cols, squeeze=False, gridspec_kw={
-        "left": 0.01, "right": 0.86, "bottom": 0.02, "top": 1 - 0.6 / height, "wspace": 0.08, "hspace": 0.25})
-    for ax in axes.flat:
-        ax.set_axis_off()
-    for ax, image, name in zip(axes.flat, images, names):
-        shown = ax.imshow(image, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
-        ax.set_title(name, fontsize=9)
+    ax = fig.add_axes((0.01, 0.02, 0.85, 0.96 - 0.6 / height))
+    ax.set_axis_off()
+    for i, (image, name) in enumerate(zip(images, names)):
+        top, left = (i // cols) * (label + h) + label, (i % cols) * (w + gap)
+        mosaic[top:top + h, left:left + w] = image
+        ax.text(left + (w - 1) / 2, top - 1, name, ha="center", va="bottom", fontsize=9)
+    colours = matplotlib.colormaps["RdBu_r"].with_extremes(bad="white")
+    shown = ax.imshow(mosaic, cmap=colours, vmin=-limit, vmax=limit, interpolation="nearest")
     fig.colorbar(shown, cax=fig.add_axes((0.89, 0.1, 0.02, 0.7)), label="weight")
     fig.suptitle("Weight templates (one colour scale)")
     return fig
@@ -191,10 +197,13 @@ def write_figures(out_dir: Path, model, loss_fn, data, rows: list[dict], writer=
 
     paths = []
     for name, fig in figures.items():
-        image = render(fig)  # the same pixels go to the PNG and to TensorBoard
-        paths.append(save_png(out_dir / f"{name}.png", image))
+        image = render(fig)
+        png = encode_png(image)  # the same file goes to figures/ and to TensorBoard
+        path = out_dir / f"{name}.png"
+        atomic_write(path, lambda tmp: tmp.write_bytes(png))
+        paths.append(path)
         if writer is not None:
-            writer.add_image(f"figures/{name}", image, step, dataformats="HWC")
+            writer.file_writer.add_summary(image_summary(f"figures/{name}", png, *image.shape[:2]), step)
     return paths
 
 
@@ -207,8 +216,18 @@ def render(fig) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def save_png(path: Path, image: np.ndarray) -> Path:
+def encode_png(image: np.ndarray) -> bytes:
     from matplotlib.image import imsave
 
-    atomic_write(path, lambda tmp: imsave(tmp, image, format="png"))
-    return path
+    buffer = io.BytesIO()
+    imsave(buffer, image, format="png")
+    return buffer.getvalue()
+
+
+def image_summary(tag: str, png: bytes, height: int, width: int):
+    """A TensorBoard image summary holding `png` as it is (what SummaryWriter.add_image builds after encoding
+    the array itself; the PNG is encoded once for both)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png)
+    return Summary(value=[Summary.Value(tag=tag, image=image)])
