@@ -200,7 +200,7 @@ def write_figures(out_dir: Path, model, loss_fn, data, rows: list[dict], writer=
         image = render(fig)
         png = encode_png(image)  # the same file goes to figures/ and to TensorBoard
         path = out_dir / f"{name}.png"
-        atomic_write(path, lambda tmp: tmp.write_bytes(png))
+        atomic_write(path, lambda tmp, png=png: tmp.write_bytes(png))
         paths.append(path)
         if writer is not None:
             writer.file_writer.add_summary(image_summary(f"figures/{name}", png, *image.shape[:2]), step)
