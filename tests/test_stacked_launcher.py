@@ -21,10 +21,11 @@ def metrics_rows(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def both(tmp_path: Path, *grid: str):
+def both(tmp_path: Path, *grid: str, stacked_options: tuple[str, ...] = ()):
     """The grid's summaries from the basic and the stacked launcher, and the stacked launcher's output."""
     basic = sweep(*TINY, *grid, f"hydra.sweep.dir={tmp_path / 'basic'}", cwd=tmp_path)
-    stacked = sweep(*TINY, *grid, "hydra/launcher=stacked", f"hydra.sweep.dir={tmp_path / 'stacked'}", cwd=tmp_path)
+    stacked = sweep(*TINY, *grid, "hydra/launcher=stacked", *stacked_options,
+                    f"hydra.sweep.dir={tmp_path / 'stacked'}", cwd=tmp_path)
     assert basic.returncode == 0, basic.output
     assert stacked.returncode == 0, stacked.output
     return summaries(tmp_path / "basic"), summaries(tmp_path / "stacked"), stacked.output
@@ -83,7 +84,8 @@ def test_lenet_adamw_with_step_schedule_and_early_stopping_equals_separate_runs(
     separate, stacked, output = both(tmp_path, "model=lenet", "optimizer=adamw", "scheduler=step",
                                      "trainer.epochs=3", "trainer.eval_every=0.5", "dataset.train_n=768",
                                      "dataset.noise=90", "optimizer.lr=0.03,0.001", "optimizer.weight_decay=0.1",
-                                     "trainer.patience=1,3", "trainer.deterministic=true")
+                                     "trainer.patience=1,3", "trainer.deterministic=true",
+                                     stacked_options=("hydra.launcher.conv_on_cpu=true",))
     assert "4 jobs stacked" in output
     assert {s["status"] for s in stacked.values()} >= {"early_stopped", "completed"}
     assert len({s["steps"] for s in stacked.values()}) > 1
@@ -104,6 +106,15 @@ def test_jobs_a_stack_cannot_hold_run_one_by_one_and_say_why(tmp_path):
     assert proc.returncode == 0, proc.output
     assert proc.output.count("run one by one: the loss has learnable parameters") == 2  # one line per group
     assert [s["status"] for s in summaries(tmp_path / "s").values()] == ["completed"] * 4
+    assert all("stacked" not in s for s in summaries(tmp_path / "s").values())
+
+
+def test_conv_models_run_one_by_one_on_the_cpu_unless_asked(tmp_path):
+    proc = sweep(*TINY, "trainer.max_steps=2", "model=lenet", "optimizer.lr=0.1,0.05", "hydra/launcher=stacked",
+                 f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.output
+    assert "run one by one: stacked convolutions run slower than separate ones on the CPU" in proc.output
+    assert [s["status"] for s in summaries(tmp_path / "s").values()] == ["completed"] * 2
     assert all("stacked" not in s for s in summaries(tmp_path / "s").values())
 
 
@@ -167,3 +178,22 @@ def test_per_member_clipping_is_clip_grad_norm_of_each_member():
         w.grad, b.grad = grads["w"][k].clone(), grads["b"][k].clone()
         torch.nn.utils.clip_grad_norm_([w, b], max_norm[k].item())
         assert torch.allclose(clipped["w"][k], w.grad) and torch.allclose(clipped["b"][k], b.grad)
+
+
+def test_the_launcher_takes_the_sweepers_composition_of_each_job_instead_of_composing_it_again():
+    from hydra_plugins.losslab_launcher.stacked_launcher import remember_compositions
+
+    class Loader:
+        calls = 0
+
+        def load_sweep_config(self, master_config, sweep_overrides):
+            Loader.calls += 1
+            return {"overrides": list(sweep_overrides)}
+
+    loader, master = Loader(), object()
+    composed = remember_compositions(loader)
+    assert remember_compositions(loader) is composed  # set up twice (a second multirun): still one layer
+    validated = [loader.load_sweep_config(master, ["seed=0"]), loader.load_sweep_config(master, ["seed=1"])]
+    assert Loader.calls == 2
+    assert composed.pop((id(master), ("seed=1",))) is validated[1]
+    assert composed.pop((id(master), ("seed=2",)), None) is None  # never validated: the launcher composes it

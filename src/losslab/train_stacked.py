@@ -111,8 +111,9 @@ class Member:
     summary: dict | None = None
 
 
-def fit_stacked(jobs: list[Job]) -> list[dict]:
-    """Train `jobs` (configs equal up to STACKABLE_KEYS) as one stack; returns their summaries, in order."""
+def fit_stacked(jobs: list[Job], conv_on_cpu: bool = False) -> list[dict]:
+    """Train `jobs` (configs equal up to STACKABLE_KEYS) as one stack; returns their summaries, in order.
+    Convolutional models raise NotStackable on the CPU unless `conv_on_cpu` (see check_stackable)."""
     started = time.perf_counter()
     for job in jobs:
         config.check(job.cfg)
@@ -124,7 +125,7 @@ def fit_stacked(jobs: list[Job]) -> list[dict]:
         data, loss_fn, model, optimizer, scheduler = build(job.cfg, device, data)
         members.append(Member(job, model, loss_fn, optimizer, scheduler,
                               torch.Generator(device=device).manual_seed(job.cfg.seed)))
-    check_stackable(members)
+    check_stackable(members, device, conv_on_cpu)
     M = len(members)
     params, buffers, base = stack_models([m.model for m in members])
     share_storage(members, params, buffers)
@@ -313,9 +314,15 @@ def fit_stacked(jobs: list[Job]) -> list[dict]:
     return [m.summary for m in members]
 
 
-def check_stackable(members: list[Member]) -> None:
-    """Raise NotStackable with the reason when the members cannot train as one stack."""
+def check_stackable(members: list[Member], device: torch.device, conv_on_cpu: bool = False) -> None:
+    """Raise NotStackable with the reason when the members cannot train as one stack, or would train slower
+    as one: vmap runs the members' convolutions as one grouped convolution, which oneDNN computes on the CPU
+    in the plain memory format (vmap has no channels_last) at about half the speed of separate convolutions
+    (LeNet-5, 8 members: 0.83x the basic launcher's wall time, scripts/bench_sweep.py)."""
     first = members[0]
+    if device.type == "cpu" and not conv_on_cpu and any(isinstance(m, torch.nn.Conv2d) for m in first.model.modules()):
+        raise NotStackable("stacked convolutions run slower than separate ones on the CPU "
+                           "(hydra.launcher.conv_on_cpu=true stacks them anyway)")
     if any(q.requires_grad for q in first.loss_fn.parameters()):
         raise NotStackable("the loss has learnable parameters (loss.coeffs or loss.bases = learnable)")
     if hasattr(first.loss_fn, "constrain_step"):
