@@ -232,7 +232,7 @@ def read_source(name: str, root: Path, download: bool) -> Source:
     cache = root / "cache" / f"{name}-{key}.pt"
     if key is not None and cache.exists():
         try:
-            obj = torch.load(cache, weights_only=True)
+            obj = torch.load(cache, weights_only=True, mmap=True)  # pages are read as the splits are gathered
         except Exception as e:  # any unreadable cache is rebuilt, never trusted
             obj = e
         if _valid(obj):
