@@ -2,13 +2,16 @@
 the training FLOP/s losslab reaches as a fraction of this machine's dense matmul peak, measured in the same run.
 
     python scripts/bench_loop.py [--steps 600] [--vgg5-steps 60] [--models linear fnn lenet vgg5]
+                                 [--device cpu|cuda] [--precisions fp32 bf16]
 
 The reference loop is the usual tutorial style: torchvision MNIST with ToTensor + Normalize transforms,
-a shuffling DataLoader with batch 64, the same model class, SGD and cross-entropy. losslab's number is
-the `samples_per_s` of a real `losslab-train` run (`fit`) for the same steps and batch size: training
-steps on device-resident tensors, including the end-of-run validation pass inside the timed loop.
+a shuffling DataLoader with batch 64, each batch moved to the device, the same model class, SGD and
+cross-entropy (under the same bf16 autocast when the precision is bf16). losslab's number is the
+`samples_per_s` of a real `losslab-train` run (`fit`) for the same steps, batch size, device and precision:
+training steps on device-resident tensors, including the end-of-run validation pass inside the timed loop.
 Training FLOPs per sample are counted by torch.utils.flop_counter over one forward + backward pass; the
-peak is the best of several fp32 2048 x 2048 matmuls (2·n³ FLOPs each) on the same threads.
+peak is the best of several n x n matmuls (2·n³ FLOPs each) in the row's precision on the same device
+(n = 2048 on the CPU, 8192 on a GPU; fp32 on a GPU is true fp32, TF32 off, as torch's default).
 """
 
 from __future__ import annotations
@@ -30,13 +33,24 @@ from losslab.train import build, fit
 BATCH = 64
 
 
-def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_flops(device: torch.device, precision: str, repeats: int = 5) -> float:
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = (torch.randn(n, n, device=device, dtype=DTYPES[precision]) for _ in range(2))
     a @ b
     best = math.inf
     for _ in range(repeats):
+        synchronize(device)
         started = time.perf_counter()
         a @ b
+        synchronize(device)
         best = min(best, time.perf_counter() - started)
     return 2 * n**3 / best
 
@@ -52,16 +66,19 @@ def training_flops_per_sample(model_name: str) -> float:
     return counter.get_total_flops() / BATCH
 
 
-def reference_samples_per_s(model_name: str, steps: int) -> float:
-    cfg = compose([f"model={model_name}", "dataset=mnist", "trainer.device=cpu"])
-    _, loss_fn, model, optimizer, _ = build(cfg, torch.device("cpu"))
+def reference_samples_per_s(model_name: str, steps: int, device: torch.device, precision: str) -> float:
+    cfg = compose([f"model={model_name}", "dataset=mnist", f"trainer.device={device}"])
+    _, loss_fn, model, optimizer, _ = build(cfg, device)
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
     loader = DataLoader(datasets.MNIST(data_root(None), train=True, transform=tf), batch_size=BATCH, shuffle=True)
     done, samples = 0, 0
     started = time.perf_counter()
     while done < steps:
         for x, y in loader:
-            loss = loss_fn(model(x), y)
+            x, y = x.to(device), y.to(device)
+            with torch.autocast(device.type, dtype=DTYPES[precision], enabled=precision != "fp32"):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -69,12 +86,14 @@ def reference_samples_per_s(model_name: str, steps: int) -> float:
             samples += len(y)
             if done == steps:
                 break
+    synchronize(device)
     return samples / (time.perf_counter() - started)
 
 
-def losslab_samples_per_s(model_name: str, steps: int) -> float:
+def losslab_samples_per_s(model_name: str, steps: int, device: torch.device, precision: str) -> float:
     cfg = compose([
-        f"model={model_name}", "dataset=mnist", "trainer.device=cpu", f"trainer.batch_size={BATCH}",
+        f"model={model_name}", "dataset=mnist", f"trainer.device={device}", f"trainer.precision={precision}",
+        f"trainer.batch_size={BATCH}",
         f"trainer.max_steps={steps}", "trainer.epochs=100", "trainer.progress=log", "trainer.checkpoints=false",
         "trainer.eval_batch_size=1000", "trainer.limit_eval_batches=1", "trainer.figures=false",
     ])
@@ -87,20 +106,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--vgg5-steps", type=int, default=60, help="steps for vgg5, ~100x the FLOPs of lenet")
     parser.add_argument("--models", nargs="+", default=["linear", "fnn", "lenet", "vgg5"])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=list(DTYPES))
     args = parser.parse_args()
-    losslab_samples_per_s("linear", 20)  # warm the MNIST cache and the allocator
-    peak = matmul_peak_flops()
-    print(f"MNIST, batch {BATCH}, {args.steps} steps (vgg5: {args.vgg5_steps}), {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
-    print(f"{'model':8} {'losslab samples/s':>18} {'DataLoader samples/s':>21} {'ratio':>7} "
-          f"{'MFLOP/sample':>13} {'GFLOP/s':>8} {'of peak':>8}")
+    device = torch.device(args.device)
+    losslab_samples_per_s("linear", 20, device, "fp32")  # warm the MNIST cache, the allocator and the device
+    peaks = {precision: matmul_peak_flops(device, precision) for precision in args.precisions}
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"MNIST, batch {BATCH}, {args.steps} steps (vgg5: {args.vgg5_steps}), {where}, torch {torch.__version__}; "
+          + ", ".join(f"{p} matmul peak {peak / 1e9:,.1f} GFLOP/s" for p, peak in peaks.items()))
+    print(f"{'model':8} {'prec':4} {'losslab samples/s':>18} {'DataLoader samples/s':>21} {'ratio':>7} "
+          f"{'MFLOP/sample':>13} {'GFLOP/s':>9} {'of peak':>8}")
     for name in args.models:
         steps = args.vgg5_steps if name == "vgg5" else args.steps
-        ours = losslab_samples_per_s(name, steps)
-        ref = reference_samples_per_s(name, steps)
         flops = training_flops_per_sample(name)
-        print(f"{name:8} {ours:18,.0f} {ref:21,.0f} {ours / ref:6.2f}x {flops / 1e6:13.2f} "
-              f"{ours * flops / 1e9:8.2f} {ours * flops / peak:8.1%}", flush=True)
+        for precision, peak in peaks.items():
+            ours = losslab_samples_per_s(name, steps, device, precision)
+            ref = reference_samples_per_s(name, steps, device, precision)
+            print(f"{name:8} {precision:4} {ours:18,.0f} {ref:21,.0f} {ours / ref:6.2f}x {flops / 1e6:13.2f} "
+                  f"{ours * flops / 1e9:9.2f} {ours * flops / peak:8.1%}", flush=True)
 
 
 if __name__ == "__main__":

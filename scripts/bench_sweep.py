@@ -1,7 +1,7 @@
 """Wall time of whole commands, side by side in one run: a grid with Hydra's basic launcher vs
 `hydra/launcher=stacked`, and `losslab-train trainer=debug` vs importing torch and torchvision.
 
-    python scripts/bench_sweep.py [--grids softmax lenet lenet-conv_on_cpu] [--repeat 3]
+    python scripts/bench_sweep.py [--grids softmax lenet lenet-conv_on_cpu] [--repeat 3] [--device auto]
 
 Each grid runs as the user runs it: one `losslab-train -m` process per launcher, on the shipped MNIST,
 everything else at its defaults (so each job writes its figures, checkpoints and TensorBoard events). The
@@ -54,6 +54,10 @@ def test_accuracies(sweep_dir: Path) -> dict[int, float]:
             for d in sweep_dir.iterdir() if d.is_dir() and d.name.isdigit()}
 
 
+def job_overrides(job_dir: Path) -> str:
+    return " ".join(o for o in json.loads((job_dir / "summary.json").read_text())["overrides"] if "progress" not in o)
+
+
 TRAIN = console_script("losslab-train")
 
 
@@ -61,10 +65,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grids", nargs="*", default=list(GRIDS), choices=list(GRIDS), help="none: start-up only")
     parser.add_argument("--repeat", type=int, default=3, help="start-up runs to take the best of")
+    parser.add_argument("--device", default="auto", help="trainer.device of every run (auto: cuda if there is one)")
     args = parser.parse_args()
     import torch
 
-    print(f"{torch.get_num_threads()} threads, torch {torch.__version__}, python {sys.version.split()[0]}")
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() and args.device != "cpu" else ""
+    print(f"{torch.get_num_threads()} threads{gpu}, torch {torch.__version__}, python {sys.version.split()[0]}, "
+          f"trainer.device={args.device}")
+    device = [f"trainer.device={args.device}"]
     if sys.dont_write_bytecode:  # e.g. PYTHONDONTWRITEBYTECODE=1: Python would compile losslab on every start
         compileall.compile_dir(Path(__file__).resolve().parents[1] / "src", quiet=1)
         print("byte-compiled src/ first, as an installed package is and as Python caches it on a first run "
@@ -72,7 +80,7 @@ def main() -> None:
     print(f"{'command':52} {'A (s)':>8} {'B (s)':>8} {'A/B':>7}  notes")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        timed([TRAIN, "trainer=debug"], tmp)  # warm the MNIST cache
+        timed([TRAIN, "trainer=debug", *device], tmp)  # warm the MNIST cache
         basic_runs = {}  # grid: (wall, accuracies) of its basic launcher run, shared by its variants
         for name in args.grids:
             title, grid, options = GRIDS[name]
@@ -80,23 +88,25 @@ def main() -> None:
             grid = grid or GRIDS[grid_name][1]
             if grid_name not in basic_runs:
                 basic_dir = tmp / f"{grid_name}-basic"
-                wall = timed([TRAIN, "-m", *grid, "trainer.progress=log", f"hydra.sweep.dir={basic_dir}"], tmp)
+                wall = timed([TRAIN, "-m", *grid, *device, "trainer.progress=log", f"hydra.sweep.dir={basic_dir}"], tmp)
                 basic_runs[grid_name] = wall, test_accuracies(basic_dir)
             walls, accuracies = {}, {}
             walls["basic"], accuracies["basic"] = basic_runs[grid_name]
             stacked_dir = tmp / f"{name}-stacked"
-            walls["stacked"] = timed([TRAIN, "-m", *grid, "hydra/launcher=stacked", *options, "trainer.progress=log",
-                                      f"hydra.sweep.dir={stacked_dir}"], tmp)
+            walls["stacked"] = timed([TRAIN, "-m", *grid, *device, "hydra/launcher=stacked", *options,
+                                      "trainer.progress=log", f"hydra.sweep.dir={stacked_dir}"], tmp)
             accuracies["stacked"] = test_accuracies(stacked_dir)
             jobs = len(accuracies["basic"])
-            gap = max(abs(accuracies["basic"][j] - accuracies["stacked"][j]) for j in accuracies["basic"]) * 100
+            gaps = {j: abs(accuracies["basic"][j] - accuracies["stacked"][j]) * 100 for j in accuracies["basic"]}
+            worst = max(gaps, key=gaps.get)
             print(f"{title + f' ({jobs} jobs): basic vs stacked':52} {walls['basic']:8.1f} {walls['stacked']:8.1f} "
-                  f"{walls['basic'] / walls['stacked']:6.2f}x  max |test acc difference| {gap:.2f} points",
-                  flush=True)
+                  f"{walls['basic'] / walls['stacked']:6.2f}x  max |test acc difference| {gaps[worst]:.2f} points "
+                  f"(job {worst}: {job_overrides(stacked_dir / str(worst))}, test acc "
+                  f"{accuracies['basic'][worst]:.4f} basic)", flush=True)
 
         debug, imports = [], []
         for _ in range(args.repeat):  # alternated, so a change in the machine's speed hits both alike
-            debug.append(timed([TRAIN, "trainer=debug", "trainer.progress=log"], tmp))
+            debug.append(timed([TRAIN, "trainer=debug", *device, "trainer.progress=log"], tmp))
             imports.append(timed([sys.executable, "-c", "import torch, torchvision"], tmp))
         debug, imports = min(debug), min(imports)
         print(f"{'losslab-train trainer=debug vs import torch, torchvision':52} {debug:8.1f} {imports:8.1f} "

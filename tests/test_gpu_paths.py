@@ -6,7 +6,7 @@ import torch
 
 from losslab import train
 from losslab.cli import compose
-from losslab.train import build, fit, memory_format
+from losslab.train import build, fit, memory_format, use_float32_math
 from losslab.train_stacked import Job, fit_stacked
 
 SYNTH = ["dataset=synthetic", "trainer.progress=log", "trainer.device=cpu", "trainer.figures=false"]
@@ -33,6 +33,21 @@ def test_bf16_stacked_members_train(tmp_path):
     summaries = fit_stacked(jobs)
     assert [s["status"] for s in summaries] == ["completed", "completed"]
     assert all(s["final"]["test/acc"] > 0.9 for s in summaries)
+
+
+def test_fp32_is_ieee_on_cuda_and_tf32_is_asked_for(tmp_path, caplog, monkeypatch):
+    flags = (torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32")
+    for module, name in flags:
+        monkeypatch.setattr(module, name, getattr(module, name))  # restored after the test
+    for precision, expected in (("tf32", True), ("fp32", False), ("bf16", False), ("tf32", True)):
+        use_float32_math(precision, torch.device("cuda"))
+        assert [getattr(module, name) for module, name in flags] == [expected, expected], precision
+
+    cfg = [*SYNTH, "trainer.epochs=1", "trainer.checkpoints=false"]
+    fp32 = fit(compose([*cfg, "trainer.precision=fp32"]), tmp_path / "fp32")
+    tf32 = fit(compose([*cfg, "trainer.precision=tf32"]), tmp_path / "tf32")
+    assert "trainer.precision=tf32 needs a CUDA device; on cpu the run computes in fp32" in caplog.text
+    assert tf32["final"]["test/loss"] == fp32["final"]["test/loss"]
 
 
 def test_conv_models_go_channels_last_on_cuda_and_compute_the_same():

@@ -233,7 +233,7 @@ class TrainerConf:
     divergence_threshold: float | None = 1.0e4
     shuffle: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    precision: str = "fp32"  # fp32 (IEEE) | tf32 (CUDA matmuls and convolutions in TF32) | bf16 (autocast)
     compile: bool = False
     deterministic: bool = False
     checkpoints: bool = True
@@ -345,7 +345,7 @@ def check(cfg: DictConfig) -> None:
         f"trainer.divergence_threshold must be > 0 or null, got {tr.divergence_threshold}.",
     )
     require(tr.grad_clip is None or tr.grad_clip > 0, f"trainer.grad_clip must be > 0 or null, got {tr.grad_clip}.")
-    _choice("trainer.precision", tr.precision, ("fp32", "bf16"))
+    _choice("trainer.precision", tr.precision, ("fp32", "tf32", "bf16"))
     _choice("trainer.progress", tr.progress, ("auto", "bar", "log"))
     require(
         tr.device in ("auto", "cpu", "mps") or tr.device.startswith("cuda"),

@@ -19,7 +19,7 @@ from losslab.config import check
 from losslab.errors import UserError
 from losslab.figures import read_rows, write_figures
 from losslab.fileio import write_json
-from losslab.train import build, evaluate, pick_device
+from losslab.train import build, evaluate, pick_device, use_float32_math
 
 
 def locate(target: Path) -> tuple[Path, Path]:
@@ -77,6 +77,7 @@ def main(argv: list[str]) -> dict:
     cfg = OmegaConf.load(config_file)
     check(cfg)
     device = pick_device(options.get("device", "auto"))
+    use_float32_math(cfg.trainer.precision, device)
     data, loss_fn, model, _, _ = build(cfg, device)
     load_weights(checkpoint, model, loss_fn, config_file, device)
 

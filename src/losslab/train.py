@@ -105,6 +105,16 @@ def evaluate(model, loss_fn, x, y, batch_size: int, limit: int | None, precision
     return metrics.result()
 
 
+def use_float32_math(precision: str, device: torch.device) -> None:
+    """fp32 is IEEE float32 in CUDA matmuls and convolutions too (PyTorch lets cuDNN convolutions use TF32 by
+    default, which changes results at 1e-3); tf32 allows TF32 in both. Process-wide flags, set per run."""
+    tf32 = precision == "tf32"
+    if tf32 and device.type != "cuda":
+        log.warning("trainer.precision=tf32 needs a CUDA device; on %s the run computes in fp32.", device)
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
 def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -174,10 +184,11 @@ def restore_rng_states(states: dict, order_gen: torch.Generator) -> None:
     random.setstate(states["python"])
     name, keys, pos, has_gauss, cached = states["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(states["torch"])
-    order_gen.set_state(states["order"])
+    # generators take their state as a CPU byte tensor, wherever the checkpoint was loaded to
+    torch.set_rng_state(states["torch"].cpu())
+    order_gen.set_state(states["order"].cpu())
     if "cuda" in states:
-        torch.cuda.set_rng_state_all(states["cuda"])
+        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
 
 
 def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: bool = False,
@@ -191,6 +202,7 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: boo
     config.check(cfg)
     tr = cfg.trainer
     device = pick_device(tr.device)
+    use_float32_math(tr.precision, device)
     seed_everything(cfg.seed, tr.deterministic)
     data, loss_fn, model, optimizer, scheduler = build(cfg, device)
     step_fn = torch.compile(model) if tr.compile else model

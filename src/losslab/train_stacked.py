@@ -56,6 +56,7 @@ from losslab.train import (
     squared_norm,
     step_counts,
     summary_of,
+    use_float32_math,
     validate,
 )
 
@@ -119,6 +120,7 @@ def fit_stacked(jobs: list[Job], conv_on_cpu: bool = False) -> list[dict]:
         config.check(job.cfg)
     tr, dataset_cfg = jobs[0].cfg.trainer, jobs[0].cfg.dataset
     device = pick_device(tr.device)
+    use_float32_math(tr.precision, device)
     data, members = None, []
     for job in jobs:
         seed_everything(job.cfg.seed, tr.deterministic)
