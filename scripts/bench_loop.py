@@ -11,7 +11,7 @@ cross-entropy (under the same bf16 autocast when the precision is bf16). losslab
 training steps on device-resident tensors, including the end-of-run validation pass inside the timed loop.
 Training FLOPs per sample are counted by torch.utils.flop_counter over one forward + backward pass; the
 peak is the best of several n x n matmuls (2·n³ FLOPs each) in the row's precision on the same device
-(n = 2048 on the CPU, 8192 on a GPU; fp32 on a GPU is true fp32, TF32 off, as torch's default).
+(n = 2048 on the CPU, 8192 on a GPU; fp32 is IEEE fp32, tf32 allows TF32 on a GPU, as trainer.precision).
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from torchvision import datasets, transforms
 
 from losslab.cli import compose
 from losslab.config import data_root
-from losslab.train import build, fit
+from losslab.train import build, fit, use_float32_math
 
 BATCH = 64
 
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
 
 
 def synchronize(device: torch.device) -> None:
@@ -43,6 +43,7 @@ def synchronize(device: torch.device) -> None:
 
 def matmul_peak_flops(device: torch.device, precision: str, repeats: int = 5) -> float:
     n = 8192 if device.type == "cuda" else 2048
+    use_float32_math(precision, device)  # tf32: TF32 matmuls on CUDA, as the run's
     a, b = (torch.randn(n, n, device=device, dtype=DTYPES[precision]) for _ in range(2))
     a @ b
     best = math.inf
@@ -68,6 +69,7 @@ def training_flops_per_sample(model_name: str) -> float:
 
 def reference_samples_per_s(model_name: str, steps: int, device: torch.device, precision: str) -> float:
     cfg = compose([f"model={model_name}", "dataset=mnist", f"trainer.device={device}"])
+    use_float32_math(precision, device)
     _, loss_fn, model, optimizer, _ = build(cfg, device)
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
     loader = DataLoader(datasets.MNIST(data_root(None), train=True, transform=tf), batch_size=BATCH, shuffle=True)
@@ -76,7 +78,7 @@ def reference_samples_per_s(model_name: str, steps: int, device: torch.device, p
     while done < steps:
         for x, y in loader:
             x, y = x.to(device), y.to(device)
-            with torch.autocast(device.type, dtype=DTYPES[precision], enabled=precision != "fp32"):
+            with torch.autocast(device.type, dtype=DTYPES[precision], enabled=precision == "bf16"):
                 logits = model(x)
             loss = loss_fn(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)

@@ -6,7 +6,9 @@ from losslab.cli import compose
 from losslab.train import fit
 
 
-@pytest.mark.parametrize("experiment, threshold", [("tdt4265_logistic", 0.975), ("tdt4265_softmax", 0.915)])
+# softmax: the course's ~92 % within 1 point (the agreement rule of docs/results); seeds and devices (the data
+# order is drawn on the device) land between 91.3 and 91.7 %
+@pytest.mark.parametrize("experiment, threshold", [("tdt4265_logistic", 0.975), ("tdt4265_softmax", 0.91)])
 def test_course_protocol_accuracy(experiment, threshold, tmp_path):
     cfg = compose([f"experiment={experiment}", "trainer.progress=log"])
     summary = fit(cfg, tmp_path)

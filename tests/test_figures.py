@@ -8,15 +8,9 @@ import torch
 from tb_events import read_events
 
 from losslab.cli import compose
-from losslab.figures import (
-    confidence_figure,
-    curves_figure,
-    reliability_figure,
-    templates_figure,
-    weight_templates,
-    write_figures,
-)
-from losslab.metrics import SplitMetrics
+from losslab.drawing import confidence_figure, curves_figure, reliability_figure, templates_figure
+from losslab.figures import drawing_pool, weight_templates, write_figures
+from losslab.metrics import ECE_BINS, SplitMetrics
 from losslab.train import build, fit, pick_device
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -122,7 +116,7 @@ def test_reliability_title_holds_the_ece_of_split_metrics():
     metrics = SplitMetrics(torch.device("cpu"))
     metrics.update(probs, y, torch.tensor(0.0))
     confidence, prediction = probs.max(1)
-    fig = reliability_figure(confidence.numpy(), (prediction == y).numpy(), "val")
+    fig = reliability_figure(confidence.numpy(), (prediction == y).numpy(), "val", ECE_BINS)
     title = fig.axes[0].get_title()
     assert title.startswith("Reliability on val") and "15 bins" in title
     ece = float(re.search(r"ECE = ([0-9.]+)", title).group(1))
@@ -168,3 +162,16 @@ def test_figures_that_do_not_apply_are_left_out(tmp_path):
     rows = [{"step": 5, "train/loss": float("nan"), "val/loss": float("nan"), "train/acc": 0.1, "val/acc": 0.1}]
     paths = write_figures(tmp_path / "diverged", linear, loss_fn, data, rows)
     assert [p.name for p in paths] == ["curves.png"]
+
+
+def test_a_drawing_pool_writes_the_same_files_and_its_workers_need_no_torch(tmp_path):
+    cfg = compose(["dataset=synthetic", "model=linear", "trainer.device=cpu"])
+    data, loss_fn, model, _, _ = build(cfg, pick_device("cpu"))
+    rows = [{"step": 5, "train/loss": 1.0, "val/loss": 0.9, "train/acc": 0.4, "val/acc": 0.5}]
+    here = write_figures(tmp_path / "here", model, loss_fn, data, rows)
+    with drawing_pool(2) as pool:
+        drawn = write_figures(tmp_path / "pool", model, loss_fn, data, rows, pool=pool)
+        modules = pool.submit(eval, "list(__import__('sys').modules)").result()  # eval: no module of ours to import
+    assert [p.name for p in drawn] == [p.name for p in here] and len(here) == 4
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(here, drawn))
+    assert "torch" not in modules and {"matplotlib", "losslab.drawing"} <= set(modules)

@@ -389,9 +389,10 @@ def validate(run_dir: Path, tr, model, loss_fn, data, p: Progress, logger: RunLo
 
 
 def finish(run_dir: Path, tr, model, loss_fn, data, p: Progress, logger: RunLogger, status: str,
-           diverged_at: int | None, position) -> dict:
+           diverged_at: int | None, position, figure_pool=None) -> dict:
     """The end of a run: the final evaluation on every split (with the best weights under early stopping,
-    none after a divergence), figures, best.pt; closes the logger and returns `final`."""
+    none after a divergence), figures (drawn in `figure_pool` if given), best.pt; closes the logger and
+    returns `final`."""
     if status == "diverged":
         final = dict(p.last_row)  # the last finite evaluation
         message = (f"diverged: the loss at step {diverged_at} is not finite or above trainer.divergence_threshold="
@@ -416,7 +417,7 @@ def finish(run_dir: Path, tr, model, loss_fn, data, p: Progress, logger: RunLogg
         logger.row(final)
     if tr.figures:
         write_figures(run_dir / "figures", model, loss_fn, data, read_rows(run_dir / "metrics.csv"), logger.writer,
-                      p.step)
+                      p.step, pool=figure_pool)
     if tr.checkpoints and p.best_state is not None:
         save_checkpoint(run_dir / "checkpoints" / "best.pt", **p.best_state, step=p.best["step"], metrics=p.best)
     logger.close()
