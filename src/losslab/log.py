@@ -47,7 +47,7 @@ class RunLogger:
     def __init__(self, run_dir: Path, cfg: DictConfig, hparams: dict, resume_step: int | None = None):
         """`resume_step`: continue a run whose checkpoint is at that step; TensorBoard events and metrics.csv
         rows written after it (by the run that stopped) are dropped, so nothing appears twice."""
-        SummaryWriter, hparams_summary = import_tensorboard()
+        SummaryWriter, hparams_summary, self.Summary = import_tensorboard()
         self.run_dir = run_dir
         self.csv_path = run_dir / "metrics.csv"
         if resume_step is not None:
@@ -70,8 +70,7 @@ class RunLogger:
     def scalars(self, values: dict[str, float], step: int) -> None:
         """All `values` at `step` as one event (a sweep logs train/loss and train/acc of every job every step:
         one event per value costs twice as much)."""
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
+        Summary = self.Summary
         summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()])
         self.writer.file_writer.add_summary(summary, step)
 
@@ -86,9 +85,10 @@ class RunLogger:
 
 
 def import_tensorboard():
-    """torch's SummaryWriter and its hparams summary. TensorBoard's file layer imports boto3 and fsspec, when
-    they are installed, only to offer s3:// and gs:// log dirs: about half a second of every run's start-up.
-    Run dirs are local paths, so the two are hidden from that import (and only from it)."""
+    """torch's SummaryWriter, its hparams summary and TensorBoard's Summary proto. TensorBoard's file layer
+    imports boto3 and fsspec, when they are installed, only to offer s3:// and gs:// log dirs: about half a
+    second of every run's start-up. Run dirs are local paths, so the two are hidden from that import (and
+    only from it)."""
     if "torch.utils.tensorboard" not in sys.modules:
         hidden = [name for name in ("boto3", "fsspec") if name not in sys.modules]
         sys.modules.update(dict.fromkeys(hidden))  # None in sys.modules: `import name` raises ImportError
@@ -97,10 +97,11 @@ def import_tensorboard():
         finally:
             for name in hidden:
                 del sys.modules[name]
+    from tensorboard.compat.proto.summary_pb2 import Summary
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
 
-    return SummaryWriter, hparams
+    return SummaryWriter, hparams, Summary
 
 
 def append_csv_row(path: Path, values: list) -> None:

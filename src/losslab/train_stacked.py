@@ -124,13 +124,18 @@ def fit_stacked(jobs: list[Job], conv_on_cpu: bool = False) -> list[dict]:
     tr, dataset_cfg = jobs[0].cfg.trainer, jobs[0].cfg.dataset
     device = pick_device(tr.device)
     use_float32_math(tr.precision, device)
-    data, members = None, []
-    for job in jobs:
+    data = None
+
+    def build_member(job: Job) -> Member:
+        nonlocal data
         seed_everything(job.cfg.seed, tr.deterministic)
         data, loss_fn, model, optimizer, scheduler = build(job.cfg, device, data)
-        members.append(Member(job, model, loss_fn, optimizer, scheduler,
-                              torch.Generator(device=device).manual_seed(job.cfg.seed)))
-    check_stackable(members, device, conv_on_cpu)
+        order_gen = torch.Generator(device=device).manual_seed(job.cfg.seed)
+        return Member(job, model, loss_fn, optimizer, scheduler, order_gen)
+
+    members = [build_member(jobs[0])]
+    check_stackable(members[0], device, conv_on_cpu)  # before the other members are built
+    members += [build_member(job) for job in jobs[1:]]
     M = len(members)
     params, buffers, base = stack_models([m.model for m in members])
     share_storage(members, params, buffers)
@@ -328,12 +333,12 @@ def drawing_workers(figures: bool, members: int):
     return drawing_pool(workers) if figures and workers > 1 else contextlib.nullcontext()
 
 
-def check_stackable(members: list[Member], device: torch.device, conv_on_cpu: bool = False) -> None:
-    """Raise NotStackable with the reason when the members cannot train as one stack, or would train slower
+def check_stackable(first: Member, device: torch.device, conv_on_cpu: bool = False) -> None:
+    """Raise NotStackable with the reason when members like `first` (their configs differ only in
+    STACKABLE_KEYS) cannot train as one stack, or would train slower
     as one: vmap runs the members' convolutions as one grouped convolution, which oneDNN computes on the CPU
     in the plain memory format (vmap has no channels_last) at about half the speed of separate convolutions
     (LeNet-5, 8 members: 0.83x the basic launcher's wall time, scripts/bench_sweep.py)."""
-    first = members[0]
     if device.type == "cpu" and not conv_on_cpu and any(isinstance(m, torch.nn.Conv2d) for m in first.model.modules()):
         raise NotStackable("stacked convolutions run slower than separate ones on the CPU "
                            "(hydra.launcher.conv_on_cpu=true stacks them anyway)")
