@@ -1,6 +1,8 @@
 """Figures: the plotting functions on fixed inputs, and write_figures after real MNIST runs."""
 
+import os
 import re
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 import pytest
@@ -175,3 +177,16 @@ def test_a_drawing_pool_writes_the_same_files_and_its_workers_need_no_torch(tmp_
     assert [p.name for p in drawn] == [p.name for p in here] and len(here) == 4
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(here, drawn))
     assert "torch" not in modules and {"matplotlib", "losslab.drawing"} <= set(modules)
+
+
+def test_figures_are_drawn_here_when_the_drawing_workers_died(tmp_path, caplog):
+    cfg = compose(["dataset=synthetic", "model=linear", "trainer.device=cpu"])
+    data, loss_fn, model, _, _ = build(cfg, pick_device("cpu"))
+    with drawing_pool(1) as pool:
+        with pytest.raises(BrokenProcessPool):
+            pool.submit(os._exit, 1).result()  # the worker dies abruptly, as under the OOM killer
+        paths = write_figures(tmp_path, model, loss_fn, data, rows=[], split="val", pool=pool)
+    assert sorted(p.name for p in paths) == ["confidence_histogram_val.png", "reliability_val.png",
+                                             "weight_templates.png"]
+    assert all(p.read_bytes()[:8] == PNG_SIGNATURE for p in paths)
+    assert "the figure-drawing workers stopped" in caplog.text

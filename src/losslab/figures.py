@@ -66,7 +66,16 @@ def write_figures(out_dir: Path, model, loss_fn, data, rows: list[dict], writer=
     anything drawn from weights or predictions that are not finite. With a process pool (an Executor), the
     figures are drawn side by side in its workers (see `drawing_pool`)."""
     plots = figure_inputs(model, loss_fn, data, rows, split)
-    drawn = (pool.map if pool is not None else map)(draw_png, *zip(*plots.values())) if plots else []
+    drawn = None
+    if pool is not None and plots:
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            drawn = list(pool.map(draw_png, *zip(*plots.values())))
+        except BrokenProcessPool as e:  # a worker died (killed, out of memory): the figures are drawn here
+            log.warning("the figure-drawing workers stopped (%s); drawing %s here", e, out_dir)
+    if drawn is None:
+        drawn = [draw_png(drawer, args) for drawer, args in plots.values()]
     paths = []
     for name, (png, height, width) in zip(plots, drawn):  # the same PNG goes to figures/ and to TensorBoard
         path = out_dir / f"{name}.png"
