@@ -107,8 +107,8 @@ def figure_inputs(model, loss_fn, data, rows: list[dict], split: str) -> dict[st
 def drawing_pool(workers: int):
     """A pool of `workers` processes that draw figures (write_figures(pool=...)): matplotlib drawing is
     single-threaded Python, so a stack of M jobs, 4 figures each, draws them side by side. The workers are
-    fresh interpreters (spawn: no copy of the parent's threads or CUDA state) that import only
-    losslab.drawing and matplotlib, and they start now, while the stack trains."""
+    fresh interpreters (spawn: no copy of the parent's threads or CUDA state) that import losslab.drawing
+    and matplotlib, not torch, and they start now, while the stack trains."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
