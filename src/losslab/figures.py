@@ -114,7 +114,7 @@ def drawing_pool(workers: int):
 
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=warm_up)
     for _ in range(workers):
-        pool.submit(warm_up)
+        pool.submit(int)  # a trivial task per worker starts it now; its initializer does the warming up
     return pool
 
 

@@ -335,10 +335,10 @@ def drawing_workers(figures: bool, members: int):
 
 def check_stackable(first: Member, device: torch.device, conv_on_cpu: bool = False) -> None:
     """Raise NotStackable with the reason when members like `first` (their configs differ only in
-    STACKABLE_KEYS) cannot train as one stack, or would train slower
-    as one: vmap runs the members' convolutions as one grouped convolution, which oneDNN computes on the CPU
-    in the plain memory format (vmap has no channels_last) at about half the speed of separate convolutions
-    (LeNet-5, 8 members: 0.83x the basic launcher's wall time, scripts/bench_sweep.py)."""
+    STACKABLE_KEYS) cannot train as one stack, or would train slower as one: vmap runs the members'
+    convolutions as one grouped convolution, which oneDNN computes on the CPU in the plain memory format (vmap
+    has no channels_last) at about half the speed of separate convolutions (LeNet-5, 8 members: 0.83x the
+    basic launcher's wall time, scripts/bench_sweep.py)."""
     if device.type == "cpu" and not conv_on_cpu and any(isinstance(m, torch.nn.Conv2d) for m in first.model.modules()):
         raise NotStackable("stacked convolutions run slower than separate ones on the CPU "
                            "(hydra.launcher.conv_on_cpu=true stacks them anyway)")
