@@ -50,14 +50,6 @@ def test_fp32_is_ieee_on_cuda_and_tf32_is_asked_for(tmp_path, caplog, monkeypatc
     assert tf32["final"]["test/loss"] == fp32["final"]["test/loss"]
 
 
-def test_cudnn_picks_its_fastest_algorithms_unless_the_run_is_deterministic(monkeypatch):
-    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)  # restored after
-    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda *args, **kwargs: None)
-    for deterministic in (False, True, False):
-        train.seed_everything(0, deterministic)
-        assert torch.backends.cudnn.benchmark is not deterministic
-
-
 def test_conv_models_go_channels_last_on_cuda_and_compute_the_same():
     data, _, lenet, _, _ = build(compose([*SYNTH, "model=lenet", "dataset.shape=[3,16,16]"]), torch.device("cpu"))
     _, _, linear, _, _ = build(compose(SYNTH), torch.device("cpu"))

@@ -54,8 +54,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=False)
-    # cuDNN times its algorithms for each new input shape and keeps the fastest (batches have one shape)
-    torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.benchmark = False
 
 
 def build(cfg: DictConfig, device: torch.device, data=None):
