@@ -11,7 +11,7 @@ from tb_events import read_events
 
 from losslab.cli import compose
 from losslab.drawing import confidence_figure, curves_figure, reliability_figure, templates_figure
-from losslab.figures import drawing_pool, weight_templates, write_figures
+from losslab.figures import drawing_pool, start_figures, weight_templates, write_figures
 from losslab.metrics import ECE_BINS, SplitMetrics
 from losslab.train import build, fit, pick_device
 
@@ -177,6 +177,26 @@ def test_a_drawing_pool_writes_the_same_files_and_its_workers_need_no_torch(tmp_
     assert [p.name for p in drawn] == [p.name for p in here] and len(here) == 4
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(here, drawn))
     assert "torch" not in modules and {"matplotlib", "losslab.drawing"} <= set(modules)
+
+
+def test_started_figures_show_the_models_at_their_start_while_several_runs_draw_at_once(tmp_path):
+    cfg = compose(["dataset=synthetic", "model=linear", "trainer.device=cpu"])
+    data, loss_fn, model, _, _ = build(cfg, pick_device("cpu"))
+    other = build(compose(["dataset=synthetic", "model=linear", "trainer.device=cpu", "seed=1"]), pick_device("cpu"))[2]
+    rows = [{"step": 5, "train/loss": 1.0, "val/loss": 0.9, "train/acc": 0.4, "val/acc": 0.5}]
+    expected = {name: write_figures(tmp_path / name, m, loss_fn, data, rows) for name, m in
+                (("first", model), ("second", other))}
+    with drawing_pool(2) as pool:
+        started = {name: start_figures(m, loss_fn, data, rows, pool=pool) for name, m in
+                   (("first", model), ("second", other))}
+        with torch.no_grad():  # the stack trains on (or the next member is evaluated) while the workers draw
+            for m in (model, other):
+                m.fc.weight.mul_(-3)
+        saved = {name: figures.save(tmp_path / "pool" / name) for name, figures in started.items()}
+    for name in expected:
+        assert [p.name for p in saved[name]] == [p.name for p in expected[name]] and len(saved[name]) == 4
+        assert all(a.read_bytes() == b.read_bytes() for a, b in zip(expected[name], saved[name]))
+    assert expected["first"][0].read_bytes() != expected["second"][0].read_bytes()  # two models, two templates
 
 
 def test_figures_are_drawn_here_when_the_drawing_workers_died(tmp_path, caplog):

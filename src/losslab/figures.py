@@ -2,7 +2,8 @@
 
 `write_figures` collects what the figures show from the model (its weights, its predictions on one
 split) and the metrics.csv rows, has losslab.drawing draw them (here, or side by side in a process pool),
-saves the PNGs and adds them to TensorBoard.
+saves the PNGs and adds them to TensorBoard; `start_figures` is the same in two halves, so a stack of runs
+draws all its members' figures at once.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def weight_templates(model, shape: tuple[int, int, int]) -> tuple[np.ndarray, li
         weights, names = model.w1 + model.G1, ["w1 + G1"]
     else:
         return None
-    return weights.detach().float().cpu().numpy().reshape(-1, *shape), names
+    return weights.detach().float().cpu().numpy().reshape(-1, *shape).copy(), names  # not a view of the model
 
 
 def read_rows(metrics_csv: Path) -> list[dict]:
@@ -65,25 +66,51 @@ def write_figures(out_dir: Path, model, loss_fn, data, rows: list[dict], writer=
     not apply are left out: templates for a model that is not linear, curves without evaluation rows, and
     anything drawn from weights or predictions that are not finite. With a process pool (an Executor), the
     figures are drawn side by side in its workers (see `drawing_pool`)."""
-    plots = figure_inputs(model, loss_fn, data, rows, split)
-    drawn = None
-    if pool is not None and plots:
-        from concurrent.futures.process import BrokenProcessPool
+    return start_figures(model, loss_fn, data, rows, split, pool).save(out_dir, writer, step)
 
-        try:
-            drawn = list(pool.map(draw_png, *zip(*plots.values())))
-        except BrokenProcessPool as e:  # a worker died (killed, out of memory): the figures are drawn here
-            log.warning("the figure-drawing workers stopped (%s); drawing %s here", e, out_dir)
-    if drawn is None:
-        drawn = [draw_png(drawer, args) for drawer, args in plots.values()]
-    paths = []
-    for name, (png, height, width) in zip(plots, drawn):  # the same PNG goes to figures/ and to TensorBoard
-        path = out_dir / f"{name}.png"
-        atomic_write(path, lambda tmp, png=png: tmp.write_bytes(png))
-        paths.append(path)
-        if writer is not None:
-            writer.file_writer.add_summary(image_summary(f"figures/{name}", png, height, width), step)
-    return paths
+
+def start_figures(model, loss_fn, data, rows: list[dict], split: str = "test", pool=None) -> StartedFigures:
+    """write_figures in two halves: take what the figures show from the model now, and start drawing them in
+    `pool`'s workers; `.save(out_dir, writer, step)` waits for them and writes them. In between, the model
+    may change and other runs' figures may be started, so several runs' figures are drawn side by side."""
+    return StartedFigures(figure_inputs(model, loss_fn, data, rows, split), pool)
+
+
+class StartedFigures:
+    """Figures whose inputs are taken, being drawn in a process pool's workers (or here, by `save`, without
+    one or when its workers died: a broken pool never costs a run its figures)."""
+
+    def __init__(self, plots: dict[str, tuple[str, tuple]], pool=None):
+        self.plots, self.futures, self.broken = plots, None, None
+        if pool is not None and plots:
+            from concurrent.futures.process import BrokenProcessPool
+
+            try:
+                self.futures = [pool.submit(draw_png, drawer, args) for drawer, args in plots.values()]
+            except BrokenProcessPool as e:
+                self.broken = e
+
+    def save(self, out_dir: Path, writer=None, step: int = 0) -> list[Path]:
+        drawn = None
+        if self.futures is not None:
+            from concurrent.futures.process import BrokenProcessPool
+
+            try:
+                drawn = [future.result() for future in self.futures]
+            except BrokenProcessPool as e:  # a worker died (killed, out of memory)
+                self.broken = e
+        if self.broken is not None:
+            log.warning("the figure-drawing workers stopped (%s); drawing %s here", self.broken, out_dir)
+        if drawn is None:
+            drawn = [draw_png(drawer, args) for drawer, args in self.plots.values()]
+        paths = []
+        for name, (png, height, width) in zip(self.plots, drawn):  # the same PNG goes to figures/ and TensorBoard
+            path = out_dir / f"{name}.png"
+            atomic_write(path, lambda tmp, png=png: tmp.write_bytes(png))
+            paths.append(path)
+            if writer is not None:
+                writer.file_writer.add_summary(image_summary(f"figures/{name}", png, height, width), step)
+        return paths
 
 
 def figure_inputs(model, loss_fn, data, rows: list[dict], split: str) -> dict[str, tuple[str, tuple]]:

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from losslab import config
 from losslab.data import augment, load_splits
 from losslab.errors import ConfigError, Interrupted, UserError
-from losslab.figures import read_rows, write_figures
+from losslab.figures import read_rows, start_figures, write_figures
 from losslab.fileio import atomic_write, remove_stale_temp_files
 from losslab.log import RunLogger, versions, write_summary
 from losslab.metrics import SplitMetrics
@@ -389,39 +389,54 @@ def validate(run_dir: Path, tr, model, loss_fn, data, p: Progress, logger: RunLo
 
 
 def finish(run_dir: Path, tr, model, loss_fn, data, p: Progress, logger: RunLogger, status: str,
-           diverged_at: int | None, position, figure_pool=None) -> dict:
+           diverged_at: int | None, position) -> dict:
     """The end of a run: the final evaluation on every split (with the best weights under early stopping,
-    none after a divergence), figures (drawn in `figure_pool` if given), best.pt; closes the logger and
-    returns `final`."""
+    none after a divergence), figures, best.pt; closes the logger and returns `final`."""
+    final = final_evaluation(tr, model, loss_fn, data, p, logger, status, diverged_at, position)
+    close_run(run_dir, tr, p, logger, start_run_figures(run_dir, tr, model, loss_fn, data))
+    return final
+
+
+def final_evaluation(tr, model, loss_fn, data, p: Progress, logger: RunLogger, status: str,
+                     diverged_at: int | None, position) -> dict:
+    """`final`: every split evaluated with the best weights under early stopping, else the last ones (and
+    logged); after a divergence, the last finite evaluation."""
     if status == "diverged":
         final = dict(p.last_row)  # the last finite evaluation
         message = (f"diverged: the loss at step {diverged_at} is not finite or above trainer.divergence_threshold="
                    f"{tr.divergence_threshold}; `final` holds the last evaluation before it")
         logger.text("status", message, diverged_at)
         log.warning(message)
-    else:
-        # ---- test: with the best weights when early stopping is on, else the last ones
-        if tr.patience is not None and p.best_state is not None:
-            model.load_state_dict(p.best_state["model"])
-            loss_fn.load_state_dict(p.best_state["loss"])
-        final = position()
-        if hasattr(loss_fn, "logged"):
-            final.update({k: v.item() for k, v in loss_fn.logged().items()})
-        for split in ("train", "val", "test"):
-            x, y = data.split(split)
-            metrics = evaluate(model, loss_fn, x, y, tr.eval_batch_size, tr.limit_eval_batches, tr.precision)
-            final.update({f"{split}/{k}": v for k, v in metrics.items()})
-        # train/loss and train/acc are per-step tags; the full train split's other metrics are logged once here
-        logger.scalars({k: v for k, v in final.items() if k.startswith("test/")
-                        or (k.startswith("train/") and k not in ("train/loss", "train/acc"))}, p.step)
-        logger.row(final)
-    if tr.figures:
-        write_figures(run_dir / "figures", model, loss_fn, data, read_rows(run_dir / "metrics.csv"), logger.writer,
-                      p.step, pool=figure_pool)
+        return final
+    if tr.patience is not None and p.best_state is not None:
+        model.load_state_dict(p.best_state["model"])
+        loss_fn.load_state_dict(p.best_state["loss"])
+    final = position()
+    if hasattr(loss_fn, "logged"):
+        final.update({k: v.item() for k, v in loss_fn.logged().items()})
+    for split in ("train", "val", "test"):
+        x, y = data.split(split)
+        metrics = evaluate(model, loss_fn, x, y, tr.eval_batch_size, tr.limit_eval_batches, tr.precision)
+        final.update({f"{split}/{k}": v for k, v in metrics.items()})
+    # train/loss and train/acc are per-step tags; the full train split's other metrics are logged once here
+    logger.scalars({k: v for k, v in final.items() if k.startswith("test/")
+                    or (k.startswith("train/") and k not in ("train/loss", "train/acc"))}, p.step)
+    logger.row(final)
+    return final
+
+
+def start_run_figures(run_dir: Path, tr, model, loss_fn, data, pool=None):
+    """The run's final figures, started (see figures.start_figures); None with trainer.figures=false."""
+    return start_figures(model, loss_fn, data, read_rows(run_dir / "metrics.csv"), pool=pool) if tr.figures else None
+
+
+def close_run(run_dir: Path, tr, p: Progress, logger: RunLogger, figures) -> None:
+    """Write the started figures (PNGs and TensorBoard) and best.pt, and close the logger."""
+    if figures is not None:
+        figures.save(run_dir / "figures", logger.writer, p.step)
     if tr.checkpoints and p.best_state is not None:
         save_checkpoint(run_dir / "checkpoints" / "best.pt", **p.best_state, step=p.best["step"], metrics=p.best)
     logger.close()
-    return final
 
 
 DIVERGENCE_CHECK_EVERY = 50  # steps between reads of the divergence flag (besides every evaluation)

@@ -11,7 +11,8 @@ is `train.fit`'s, for M members at once:
   `vmap`ped forward and loss (`stacked_forward`), the sum of the members' mean losses backward (member m's
   gradient is its own loss's), L2 / clipping / the optimizer update per member (`losslab.stacked`);
 - evaluation, early stopping and divergence are per member: a member that stops is frozen (the optimizer's
-  `active` mask), finished there and then (test, figures, summary.json), and the others go on;
+  `active` mask) and finished at that evaluation (test, figures, summary.json; members that stop together
+  have their figures drawn side by side), and the others go on;
 - every member writes its own run dir with the files of a separate run; `last.pt` holds its optimizer state in
   torch.optim's format, so a stopped member resumes as a separate run (`train.fit(resume=True)`).
 
@@ -47,7 +48,8 @@ from losslab.train import (
     autocast,
     build,
     catch_stop_signals,
-    finish,
+    close_run,
+    final_evaluation,
     image_counts,
     log_steps,
     pick_device,
@@ -57,6 +59,7 @@ from losslab.train import (
     seed_everything,
     snapshot,
     squared_norm,
+    start_run_figures,
     step_counts,
     summary_of,
     use_float32_math,
@@ -195,26 +198,37 @@ def fit_stacked(jobs: list[Job], conv_on_cpu: bool = False) -> list[dict]:
                 m.scheduler.step()
 
     def stop(k: int, status: str, diverged_at: int | None = None) -> None:
-        """Freeze member k and finish its run: final evaluation, figures, best.pt, summary.json."""
+        """Freeze member k, evaluate it and start its figures; `close_stopped` writes its files. Members that
+        stop together are evaluated one after another while the workers draw their figures."""
         m = members[k]
         optimizer.active[k] = False
         m.status = status
-        final = finish(m.job.run_dir, m.job.cfg.trainer, m.model, m.loss_fn, data, m.p, m.logger, status,
-                       diverged_at, lambda: position(k), figure_pool)
-        train_s = time.perf_counter() - train_started
-        m.summary = summary_of(m.job.cfg, m.job.run_dir, m.job.overrides, m.p, steps_per_epoch, started, device,
-                               status, final, images=image_counts(data), train_s=train_s,
-                               samples_per_s=m.p.samples / train_s,
-                               stacked={"members": M, "jobs": [n.job.run_dir.name for n in members],
-                                        "samples_per_s": sum(n.p.samples for n in members) / train_s})
-        if diverged_at is not None:
-            m.summary["diverged_at_step"] = diverged_at
-        write_summary(m.job.run_dir, m.summary)
-        log.info("job %s %s after %d steps: test/acc %s", m.job.run_dir.name, status, m.p.step,
-                 final.get("test/acc", "-"))
+        final = final_evaluation(m.job.cfg.trainer, m.model, m.loss_fn, data, m.p, m.logger, status, diverged_at,
+                                 lambda: position(k))
+        figures = start_run_figures(m.job.run_dir, m.job.cfg.trainer, m.model, m.loss_fn, data, figure_pool)
+        stopped.append((k, final, diverged_at, figures, time.perf_counter() - train_started))
+
+    def close_stopped() -> None:
+        """Finish the runs of the members stopped since the last call: figures, best.pt, summary.json."""
+        while stopped:
+            k, final, diverged_at, figures, train_s = stopped.pop(0)
+            m = members[k]
+            close_run(m.job.run_dir, m.job.cfg.trainer, m.p, m.logger, figures)
+            m.summary = summary_of(m.job.cfg, m.job.run_dir, m.job.overrides, m.p, steps_per_epoch, started, device,
+                                   m.status, final, images=image_counts(data), train_s=train_s,
+                                   samples_per_s=m.p.samples / train_s,
+                                   stacked={"members": M, "jobs": [n.job.run_dir.name for n in members],
+                                            "samples_per_s": sum(n.p.samples for n in members) / train_s})
+            if diverged_at is not None:
+                m.summary["diverged_at_step"] = diverged_at
+            write_summary(m.job.run_dir, m.summary)
+            log.info("job %s %s after %d steps: test/acc %s", m.job.run_dir.name, m.status, m.p.step,
+                     final.get("test/acc", "-"))
 
     def interrupt(signum: int) -> Interrupted:
-        """A stop signal: every running member writes a mid-epoch last.pt and an `interrupted` summary."""
+        """A stop signal: members already stopped finish their runs; every running member writes a mid-epoch
+        last.pt and an `interrupted` summary."""
+        close_stopped()
         for k in running:
             m = members[k]
             save_last(k)
@@ -226,7 +240,7 @@ def fit_stacked(jobs: list[Job], conv_on_cpu: bool = False) -> list[dict]:
                     "losslab-train trainer.resume=<its run dir>", signum)
         return Interrupted(signum)
 
-    running = list(range(M))
+    running, stopped = list(range(M)), []
     bar = progress_bar(tr.progress, total_steps)
     step, epoch, batch = 0, 0, 0
     pending, pending_sizes, first_pending = [], [], 1  # per step: (M, 2) loss and hits, on the device
@@ -289,6 +303,7 @@ def fit_stacked(jobs: list[Job], conv_on_cpu: bool = False) -> list[dict]:
                     diverged_at = log_steps(m.logger, rows, pending_sizes, first_pending, loss_tags, loss_limits[k])
                     running.remove(k)
                     stop(k, "diverged", diverged_at)
+                close_stopped()
                 if not evaluating:
                     continue
 
@@ -307,6 +322,7 @@ def fit_stacked(jobs: list[Job], conv_on_cpu: bool = False) -> list[dict]:
                             end_epoch(k)
                             save_last(k)
                         stop(k, outcome, step if outcome == "diverged" else None)
+                close_stopped()
                 optimizer.hparams["lr"] = current_lrs(members, optimizer)  # a plateau scheduler may have cut it
                 if bar is not None and running:
                     bar.set_postfix({"running": len(running)}, refresh=False)
@@ -321,15 +337,16 @@ def fit_stacked(jobs: list[Job], conv_on_cpu: bool = False) -> list[dict]:
             bar.close()
         for k in running:
             stop(k, "completed")
+        close_stopped()
     return [m.summary for m in members]
 
 
 def drawing_workers(figures: bool, members: int):
-    """A pool of processes that draw each member's figures side by side (up to 4, one per figure), or None
-    (`with` gives it): worth its start, about a second per worker while the stack trains, with several
-    members and cores."""
+    """A pool of processes that draw the members' figures side by side (4 per member, up to 8 workers and
+    one per core), or None (`with` gives it): worth its start, about a second per worker while the stack
+    trains, with several members and cores."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = min(4, members, cores)
+    workers = min(8, 4 * members, cores)
     return drawing_pool(workers) if figures and workers > 1 else contextlib.nullcontext()
 
 
