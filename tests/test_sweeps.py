@@ -113,3 +113,21 @@ def test_relaunching_a_killed_sweep_runs_only_the_unfinished_jobs(tmp_path):
         return [{k: v for k, v in row.items() if k not in ("jobs", "note")} for row in report_rows(sweep_dir)]
 
     assert numbers(tmp_path / "s") == numbers(tmp_path / "reference")
+
+
+def test_parallel_jobs_share_the_cores_this_process_may_use_not_the_machines(monkeypatch):
+    import torch
+    from omegaconf import OmegaConf
+
+    from losslab.sweep import share_resources
+
+    threads = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)  # the machine, e.g. a cluster node
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)  # this job's share
+    cfg = OmegaConf.create({"trainer": {"device": "cpu"}})
+    for n_jobs in (2, 3, -1, 100):
+        share_resources(cfg, OmegaConf.create({"_target_": "hydra_plugins.hydra_joblib_launcher.JoblibLauncher",
+                                               "n_jobs": n_jobs}), 0)
+    share_resources(cfg, OmegaConf.create({"_target_": "hydra._internal.core_plugins.BasicLauncher"}), 0)
+    assert threads == [3, 2, 1, 1]  # 6 cores over 2, 3, 6 and 6 (at most one job per core) jobs; basic: untouched

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import traceback
 from pathlib import Path
 from typing import Any
@@ -65,11 +64,14 @@ def share_resources(cfg: DictConfig, launcher: DictConfig, job_num: int) -> None
     """Threads per parallel job on CPU, and one GPU per job when there are several."""
     import torch
 
+    from losslab.train import usable_cores
+
+    cores = usable_cores()
     parallel = int(launcher.get("n_jobs") or 1) if "joblib" in str(launcher.get("_target_", "")).lower() else 1
-    if parallel == -1 or parallel > (os.cpu_count() or 1):
-        parallel = os.cpu_count() or 1
+    if parallel == -1 or parallel > cores:
+        parallel = cores
     if parallel > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel))
+        torch.set_num_threads(max(1, cores // parallel))
     gpus = torch.cuda.device_count()
     if cfg.trainer.device == "auto" and gpus > 1:
         with open_dict(cfg):

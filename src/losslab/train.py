@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import pickle
 import random
 import signal
@@ -46,6 +47,11 @@ def pick_device(name: str) -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("trainer.device=mps but MPS is not available here; use trainer.device=auto or cpu.")
     return torch.device(name)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (what Slurm or taskset allow), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

@@ -27,7 +27,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -62,6 +61,7 @@ from losslab.train import (
     start_run_figures,
     step_counts,
     summary_of,
+    usable_cores,
     use_float32_math,
     validate,
 )
@@ -345,8 +345,7 @@ def drawing_workers(figures: bool, members: int):
     """A pool of processes that draw the members' figures side by side (4 per member, up to 8 workers and
     one per core), or None (`with` gives it): worth its start, about a second per worker while the stack
     trains, with several members and cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = min(8, 4 * members, cores)
+    workers = min(8, 4 * members, usable_cores())
     return drawing_pool(workers) if figures and workers > 1 else contextlib.nullcontext()
 
 
