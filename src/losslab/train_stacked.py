@@ -226,9 +226,7 @@ def fit_stacked(jobs: list[Job], conv_on_cpu: bool = False) -> list[dict]:
                      final.get("test/acc", "-"))
 
     def interrupt(signum: int) -> Interrupted:
-        """A stop signal: members already stopped finish their runs; every running member writes a mid-epoch
-        last.pt and an `interrupted` summary."""
-        close_stopped()
+        """A stop signal: every running member writes a mid-epoch last.pt and an `interrupted` summary."""
         for k in running:
             m = members[k]
             save_last(k)
