@@ -13,7 +13,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from losslab.config import CONF_DIR, register
-from losslab.errors import Interrupted, UserError
+from losslab.errors import Interrupted, RunDirBusy, UserError
 
 log = logging.getLogger("losslab")
 
@@ -48,9 +48,7 @@ def _train(cfg: DictConfig) -> float | None:
         return _sweep_job(cfg, hc, run_dir, overrides)
     try:
         if cfg.trainer.resume not in (None, False):
-            run_dir = resume_dir(cfg.trainer.resume)
-            original = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
-            summary = fit(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), run_dir, resume=True, overrides=original)
+            summary = resume(cfg, run_dir, overrides)
         else:
             summary = fit(cfg, run_dir, hparams_of(cfg, dict(hc.runtime.choices), overrides), overrides=overrides)
     except UserError as e:
@@ -58,6 +56,49 @@ def _train(cfg: DictConfig) -> float | None:
             raise
         _fail("losslab-train", str(e))
     return objective(summary)
+
+
+RESUME_CHANGES = ("trainer.epochs", "trainer.max_steps", "trainer.progress")  # what a resume may change
+
+
+def resume(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
+    """Continue the run in `run_dir` as it was configured; `trainer.epochs`/`trainer.max_steps` may grow (it
+    trains on to the new length) and `trainer.progress` may change, anything else is refused."""
+    from losslab.rundir import FINISHED, run_state
+    from losslab.train import fit
+
+    changes = {key: OmegaConf.select(cfg, key) for key in (_key(o) for o in overrides) if key != "trainer.resume"}
+    refused = [key for key in changes if key not in RESUME_CHANGES]
+    if refused:
+        raise UserError(f"trainer.resume continues {run_dir} with the config it started with; {', '.join(refused)} "
+                        f"cannot change on resume (only {', '.join(RESUME_CHANGES)} can): drop "
+                        f"{'it' if len(refused) == 1 else 'them'}, or start a fresh run.")
+    state = run_state(run_dir)
+    if state in FINISHED:
+        raise UserError(f"{run_dir} has finished (status {state}); there is nothing to resume and its results stay "
+                        f"as they are. To train longer, start a fresh run with the longer trainer.epochs.")
+    saved, original = (OmegaConf.load(run_dir / ".hydra" / name) for name in ("config.yaml", "overrides.yaml"))
+    if changes:
+        if saved.scheduler.get("T_max") is not None and "trainer.epochs" in changes:
+            raise UserError("trainer.epochs cannot change on resume with scheduler=cosine (its schedule spans the "
+                            "original trainer.epochs); start a fresh run instead.")
+        for key, value in changes.items():
+            OmegaConf.update(saved, key, value)
+        original = [o for o in original if _key(o) not in changes] + [f"{k}={v}" for k, v in changes.items()]
+        save_run_config(run_dir, saved, original)
+    return fit(saved, run_dir, resume=True, overrides=[str(o) for o in original])
+
+
+def save_run_config(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> None:
+    """The run's .hydra/config.yaml and overrides.yaml after a resume changed its length."""
+    from losslab.fileio import atomic_write
+
+    for name, node in (("config.yaml", cfg), ("overrides.yaml", OmegaConf.create(overrides))):
+        atomic_write(run_dir / ".hydra" / name, lambda tmp, node=node: OmegaConf.save(node, tmp))
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
 
 
 def objective(summary: dict) -> float:
@@ -79,28 +120,57 @@ def _sweep_job(cfg: DictConfig, hc, run_dir: Path, overrides: list[str]) -> floa
     try:
         summary = fit(cfg, run_dir, hparams_of(cfg, dict(hc.runtime.choices), overrides),
                       resume=can_resume(run_dir, overrides), overrides=overrides)
+    except RunDirBusy as e:  # its files belong to the process training there
+        log.error("job %s skipped: %s", hc.job.num, e)
+        return math.inf
     except Exception as e:  # a user mistake or a bug in one job must not cost the other jobs
         record_failure(run_dir, cfg, overrides, e)
         return math.inf
     return objective(summary)
 
 
-def resume_dir(resume) -> Path:
-    """The run dir that `trainer.resume` names: `true` means the current directory."""
-    run_dir = Path.cwd() if resume is True or str(resume).lower() == "true" else Path(str(resume))
-    if not (run_dir / ".hydra" / "config.yaml").exists():
-        raise UserError(f"trainer.resume={resume}: {run_dir} is not a losslab run dir (it has no .hydra/config.yaml).")
-    return run_dir
+def _overrides(argv: list[str]) -> dict[str, str]:
+    return {_key(arg): arg.split("=", 1)[1] for arg in argv if "=" in arg and not arg.startswith("-")}
 
 
-def _resume_arguments(argv: list[str]) -> list[str]:
-    """With trainer.resume=<dir>, Hydra runs inside that dir and keeps its .hydra/ (the original config)."""
-    for arg in argv:
-        key, _, value = arg.partition("=")
-        if key == "trainer.resume" and value.lower() not in ("", "null", "false", "none"):
-            run_dir = Path.cwd() if value.lower() == "true" else Path(value).resolve()
-            return [f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
+def check_dirs(argv: list[str]) -> list[str]:
+    """Before Hydra writes anything: refuse a command that would overwrite a run or mix two sweeps, and point a
+    resume at its run dir. Returns the arguments a resume adds (run inside that dir, keep its .hydra/)."""
+    from losslab.rundir import holds_run, run_state
+
+    given = _overrides(argv)
+    resume = given.get("trainer.resume", "null")
+    if resume.lower() not in ("", "null", "false", "none"):
+        if resume.lower() == "true":
+            run_dir = Path(given.get("hydra.run.dir", "."))
+        else:
+            run_dir = Path(resume)
+        if not holds_run(run_dir):
+            raise UserError(f"trainer.resume={resume}: {run_dir.resolve()} is not a losslab run dir (it has no "
+                            f".hydra/config.yaml); name the dir of the run to continue.")
+        return [f"hydra.run.dir={run_dir.resolve()}", "hydra.output_subdir=null"]
+    run_dir = given.get("hydra.run.dir")
+    if run_dir and holds_run(Path(run_dir)):
+        state = run_state(Path(run_dir))
+        raise UserError(f"hydra.run.dir={run_dir} already holds a run (status {state}) and is never overwritten; "
+                        f"continue an unfinished run with trainer.resume={run_dir}, or give a fresh hydra.run.dir.")
+    if "hydra.sweep.dir" in given:
+        check_relaunch(Path(given["hydra.sweep.dir"]), [a for a in argv if "=" in a and not a.startswith("-")
+                                                         and not _key(a).startswith(("hydra.", "hydra/"))])
     return []
+
+
+def check_relaunch(sweep_dir: Path, task_overrides: list[str]) -> None:
+    """A sweep dir holds one sweep: relaunching it with other overrides would mix or overwrite its jobs."""
+    try:
+        before = [str(o) for o in OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides.task]
+    except (OSError, ValueError, AttributeError):
+        return
+    if before != task_overrides:
+        raise UserError(
+            f"hydra.sweep.dir={sweep_dir} holds a sweep of other overrides ({' '.join(before)}); relaunch it with "
+            f"exactly those to continue it, or give a fresh hydra.sweep.dir for these ({' '.join(task_overrides)})."
+        )
 
 
 def train() -> None:
@@ -112,11 +182,15 @@ def train() -> None:
     register()
     _FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let compose errors reach this function, which prints them as one line
-    sys.argv += _resume_arguments(sys.argv[1:])
     try:
+        sys.argv += check_dirs(sys.argv[1:])
         _train()
     except Interrupted as e:
         sys.exit(128 + e.signum)
+    except UserError as e:  # raised before Hydra starts
+        if _FULL_ERROR:
+            raise
+        _fail("losslab-train", str(e))
     except (HydraException, OmegaConfBaseException) as e:
         if _FULL_ERROR:
             raise

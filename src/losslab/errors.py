@@ -15,6 +15,10 @@ def require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+class RunDirBusy(UserError):
+    """Another process is training in this run dir."""
+
+
 class DataError(UserError):
     """A data file that is missing, truncated, corrupt or does not match the task."""
 

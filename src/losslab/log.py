@@ -7,10 +7,14 @@ HParams go into the run's own event file (not a child run) so a sweep opens as o
 from __future__ import annotations
 
 import csv
+import functools
 import importlib.metadata
 import io
 import math
+import os
 import platform
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,28 +48,31 @@ def hparams_of(cfg: DictConfig, choices: dict[str, str | None], overrides: list[
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, cfg: DictConfig, hparams: dict, resume_step: int | None = None):
-        """`resume_step`: continue a run whose checkpoint is at that step; TensorBoard events and metrics.csv
-        rows written after it (by the run that stopped) are dropped, so nothing appears twice."""
+    def __init__(self, run_dir: Path, cfg: DictConfig, hparams: dict, resume_rows: int | None = None,
+                 resume_step: int = 0):
+        """`resume_rows`: continue a run whose checkpoint was written after that many metrics.csv rows, at
+        `resume_step`; the rows and TensorBoard events the stopped run wrote after it are dropped, so nothing
+        appears twice."""
         SummaryWriter, hparams_summary, self.Summary = import_tensorboard()
         self.run_dir = run_dir
         self.csv_path = run_dir / "metrics.csv"
-        if resume_step is not None:
+        if resume_rows is not None:
             self.writer = SummaryWriter(log_dir=str(run_dir), max_queue=1000, purge_step=resume_step + 1)
-            self._truncate_csv(resume_step)
+            self._truncate_csv(resume_rows)
+            self.rows = resume_rows
             return
         self.writer = SummaryWriter(log_dir=str(run_dir), max_queue=1000)
         self.writer.add_text("config", "```yaml\n" + OmegaConf.to_yaml(cfg, resolve=True) + "```", 0)
         for summary in hparams_summary(hparams, {tag: math.nan for tag in HPARAM_METRICS}):
             self.writer.file_writer.add_summary(summary)
         write_csv(self.csv_path, [COLUMNS])
+        self.rows = 0
 
-    def _truncate_csv(self, step: int) -> None:
-        """Keep the header and the complete rows up to `step` (rewritten atomically)."""
+    def _truncate_csv(self, rows: int) -> None:
+        """Keep the header and the first `rows` rows (rewritten atomically)."""
         lines = self.csv_path.read_text().splitlines(keepends=True) if self.csv_path.exists() else []
-        rows = [r for r in csv.reader(line for line in lines[1:] if line.endswith("\n")) if int(r[0]) <= step]
-        write_csv(self.csv_path, [COLUMNS, *rows])
-
+        kept = list(csv.reader(line for line in lines[1:rows + 1] if line.endswith("\n")))
+        write_csv(self.csv_path, [COLUMNS, *kept])
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         """All `values` at `step` as one event (a sweep logs train/loss and train/acc of every job every step:
@@ -76,6 +83,7 @@ class RunLogger:
 
     def row(self, values: dict[str, float]) -> None:
         append_csv_row(self.csv_path, ["" if values.get(c) is None else values[c] for c in COLUMNS])
+        self.rows += 1
 
     def text(self, tag: str, text: str, step: int) -> None:
         self.writer.add_text(tag, text, step)
@@ -131,6 +139,24 @@ def versions() -> dict[str, str]:
         "torchvision": importlib.metadata.version("torchvision"),
         "python": platform.python_version(),
     }
+
+
+@functools.cache
+def provenance() -> dict:
+    """Where a result comes from: the full command line, the working dir, and, when losslab runs from a git
+    checkout, its commit and whether the checkout had changes not committed (`dirty`)."""
+    found = {"command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]), "cwd": os.getcwd()}
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / ".git").exists():
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True, timeout=30,
+                                  check=True).stdout.strip()
+
+        try:
+            found["git"] = {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+        except (OSError, subprocess.SubprocessError):
+            found["git"] = None  # git missing or the checkout unreadable
+    return found
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:

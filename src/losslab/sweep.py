@@ -2,7 +2,7 @@
 
 - A job whose run dir already holds a finished result (status completed, early_stopped or diverged, for
   the same overrides) is skipped: relaunching a sweep into its `hydra.sweep.dir` reruns only the rest,
-  and a job that left `checkpoints/last.pt` (interrupted, killed) resumes from it.
+  and a job that stopped part-way (interrupted, killed) resumes from its `checkpoints/last.pt`.
 - A job that fails writes summary.json with status `failed` and the error, and the sweep goes on.
 - Parallel jobs (joblib) each get their share of the CPU threads and, with several GPUs, one GPU each.
 - At the end (a Hydra callback) the sweep report is written and a one-line tally printed; the command
@@ -11,26 +11,58 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import traceback
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from losslab.fileio import write_json
+from losslab.rundir import FINISHED, read_summary
 
 log = logging.getLogger("losslab")
-FINISHED = ("completed", "early_stopped", "diverged")
+NAMED_GROUPS = ("dataset", "model", "loss")  # the default `name` is <dataset>-<model>-<loss>
 
 
-def read_summary(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
+def sweep_name(config: DictConfig) -> str:
+    """The `<name>` of a multirun's dir `outputs/<name>/multirun/<timestamp>`: `name` when the command line or an
+    experiment sets it, else dataset-model-loss as the sweep chooses them, a swept group as its options joined by
+    `+` (`-m loss=ce,mbce` on MNIST: mnist-linear-ce+mbce)."""
+    if not OmegaConf.is_interpolation(config, "name"):
+        return str(config.name)
+    hydra = config.hydra
+    params = hydra.sweeper.get("params") or {}
+    swept = swept_options([*hydra.overrides.task, *(f"{key}={value}" for key, value in params.items())])
+    return "-".join("+".join(swept.get(group) or [str(hydra.runtime.choices[group])]) for group in NAMED_GROUPS)
+
+
+def swept_options(overrides: list[str]) -> dict[str, list[str]]:
+    """The options of each named group that `overrides` sweep over (`loss=ce,mbce` -> {"loss": ["ce", "mbce"]})."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    swept = {}
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.is_sweep_override() and override.get_key_element() in NAMED_GROUPS:
+            swept[override.get_key_element()] = list(override.sweep_string_iterator())
+    return swept
+
+
+def pin_sweep_dir(config: DictConfig) -> None:
+    """Resolve `hydra.sweep.dir` once, with the sweep's name, and hand it to every job as a Hydra override.
+
+    Hydra resolves the sweep dir again in each job's own config, where `name` names the job (jobs of
+    `loss=ce,mbce` would land in two sweep dirs), and the default `name` cannot resolve at all before a job's
+    Hydra config is set. A `hydra.sweep.dir=` from the command line is used as given."""
+    if any(o.startswith("hydra.sweep.dir=") for o in config.hydra.overrides.hydra):
+        return
+    with read_write(config), open_dict(config):
+        config.name = sweep_name(config)
+        sweep_dir = str(config.hydra.sweep.dir)
+        config.hydra.sweep.dir = sweep_dir
+        quoted = sweep_dir.replace("\\", "\\\\").replace("'", "\\'")
+        config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{quoted}'")
 
 
 def previous_result(run_dir: Path, overrides: list[str]) -> dict | None:
@@ -43,18 +75,20 @@ def previous_result(run_dir: Path, overrides: list[str]) -> dict | None:
 
 def can_resume(run_dir: Path, overrides: list[str]) -> bool:
     """A job that stopped part-way with the same overrides (interrupted, or killed before any summary)."""
-    if not (run_dir / "checkpoints" / "last.pt").exists():
+    if not (run_dir / "metrics.csv").exists():  # never started training
         return False
     summary = read_summary(run_dir)
     return summary is None or (summary.get("status") == "interrupted" and summary.get("overrides") == overrides)
 
 
 def record_failure(run_dir: Path, cfg: DictConfig, overrides: list[str], error: BaseException) -> None:
+    from losslab.log import provenance
+
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "error.txt").write_text("".join(traceback.format_exception(error)))
     write_json(run_dir / "summary.json", {
         "status": "failed", "name": cfg.get("name"), "seed": cfg.get("seed"), "run_dir": str(run_dir),
-        "overrides": overrides, "error": f"{type(error).__name__}: {error}", "best": {}, "final": {},
+        "overrides": overrides, "error": f"{type(error).__name__}: {error}", "best": {}, "final": {}, **provenance(),
     })
     log.error("job failed (%s: %s); the sweep goes on. Traceback in %s", type(error).__name__, error,
               run_dir / "error.txt")
@@ -78,8 +112,12 @@ def share_resources(cfg: DictConfig, launcher: DictConfig, job_num: int) -> None
             cfg.trainer.device = f"cuda:{job_num % gpus}"
 
 
-class SweepEnd(Callback):
-    """At the end of a multirun: write the report, print the tally, fail only if a job failed."""
+class SweepCallback(Callback):
+    """At the start of a multirun: one sweep dir for all jobs. At the end: write the report, print the tally,
+    fail only if a job failed."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        pin_sweep_dir(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from losslab.report import write_report

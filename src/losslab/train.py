@@ -28,8 +28,9 @@ from losslab.data import augment, load_splits
 from losslab.errors import ConfigError, Interrupted, UserError
 from losslab.figures import read_rows, start_figures, write_figures
 from losslab.fileio import atomic_write, remove_stale_temp_files
-from losslab.log import RunLogger, versions, write_summary
+from losslab.log import RunLogger, provenance, versions, write_summary
 from losslab.metrics import SplitMetrics
+from losslab.rundir import exclusive
 
 log = logging.getLogger("losslab")
 
@@ -157,6 +158,8 @@ class Progress:
     pending: list = field(default_factory=list)  # per-step device tensors not yet logged
     pending_sizes: list = field(default_factory=list)
     last_row: dict = field(default_factory=dict)  # the last evaluation (finite by construction)
+    outcome: str | None = None  # early_stopped or diverged once the loop has stopped for that reason
+    rows: int = 0  # metrics.csv rows written (a resume keeps exactly these)
 
 
 @contextlib.contextmanager
@@ -174,6 +177,18 @@ def catch_stop_signals():
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+STOP_AT = os.environ.get("LOSSLAB_TEST_STOP_AT", "").split()  # tests only: "<SIGNAL> <point> <step>"
+
+
+def stop_point(point: str, step: int) -> None:
+    """Where the tests stop a run at a chosen place: `LOSSLAB_TEST_STOP_AT="SIGKILL eval 8"` sends this process
+    SIGKILL when step 8's evaluation has been written. Points: `step` (after the update, before any
+    bookkeeping), `eval` (the evaluation row written), `epoch` (an epoch's end, before last.pt), `finish` (the
+    final row written, before best.pt and summary.json; any step)."""
+    if STOP_AT and STOP_AT[1] == point and STOP_AT[2] in (str(step), "any"):
+        os.kill(os.getpid(), getattr(signal, STOP_AT[0]))
 
 
 def rng_states(order_gen: torch.Generator) -> dict:
@@ -203,7 +218,22 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: boo
 
     `resume=True` continues the run in `run_dir` from checkpoints/last.pt: model, loss, optimizer,
     scheduler, early-stopping state, RNG states and data order, so the result equals an uninterrupted run.
+
+    Ctrl-C or SIGTERM is honoured between two steps: last.pt holds every step done with its evaluation, the
+    summary says `interrupted`, and Interrupted is raised. One that arrives while the run finishes (final
+    evaluation, figures, summary) lets it finish, then raises Interrupted.
     """
+    with exclusive(run_dir), catch_stop_signals() as stop_signals:
+        summary = train_run(cfg, run_dir, hparams or {}, resume, overrides, stop_signals)
+    if stop_signals:
+        log.warning("signal %d arrived while the run was finishing; it finished first (%s)", stop_signals[0], run_dir)
+        raise Interrupted(stop_signals[0])
+    return summary
+
+
+def train_run(cfg: DictConfig, run_dir: Path, hparams: dict, resume: bool, overrides: list[str] | None,
+              stop_signals: list[int]) -> dict:
+    """`fit`'s run, with the stop signals received so far in `stop_signals`."""
     started = time.perf_counter()
     config.check(cfg)
     tr = cfg.trainer
@@ -230,10 +260,10 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: boo
     if resume:
         for folder in (run_dir, ckpt_dir):
             remove_stale_temp_files(folder)
-    p = (load_for_resume(ckpt_dir / "last.pt", model, loss_fn, optimizer, scheduler, order_gen, device) if resume
-         else Progress())
-    run_dir.mkdir(parents=True, exist_ok=True)
-    logger = RunLogger(run_dir, cfg, hparams or {}, resume_step=p.step if resume else None)
+    p = Progress()  # a run killed before its first last.pt resumes from the start
+    if resume and (ckpt_dir / "last.pt").exists():
+        p = load_for_resume(ckpt_dir / "last.pt", model, loss_fn, optimizer, scheduler, order_gen, device)
+    logger = RunLogger(run_dir, cfg, hparams, resume_rows=p.rows if resume else None, resume_step=p.step)
     log.info(
         "%s: %d train / %d val / %d test images of shape %s, %d classes, on %s; %d steps of batch %d%s",
         cfg.dataset.name, n_train, len(data.val_y), len(data.test_y), data.shape, data.num_classes,
@@ -241,6 +271,7 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: boo
     )
 
     def save_last() -> None:
+        p.rows = logger.rows
         if tr.checkpoints:
             save_checkpoint(
                 ckpt_dir / "last.pt", **snapshot(model, loss_fn), optimizer=optimizer.state_dict(),
@@ -258,84 +289,85 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: boo
                           images=image_counts(data), **extra)
 
     bar = progress_bar(tr.progress, total_steps, p.step)
-    status, diverged_at = "completed", None
+    diverged_at = None
     blown_up = torch.zeros((), dtype=torch.bool, device=device)  # a step's loss was not finite or > loss_limit
     train_started, samples_at_start = time.perf_counter(), p.samples
-    with catch_stop_signals() as stop_signals:
-        while p.step < total_steps and status == "completed":
-            if p.order is None:
-                p.order = (torch.randperm(n_train, device=device, generator=order_gen) if shuffle
-                           else torch.arange(n_train, device=device))
-            for start in range(p.batch * batch_size, n_train, batch_size):
-                idx = p.order[start:start + batch_size]
-                x, y = data.train_x[idx], data.train_y[idx]
-                if hflip or crop_padding:
-                    x = augment(x, hflip, crop_padding, order_gen)
-                with autocast(device, precision):
-                    logits = step_fn(x)
-                logits = logits.float()
-                loss = loss_fn(logits, y)
-                logged = loss_fn.logged().values() if loss_tags else ()  # the values this step's loss used
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if l2:  # d/dw of l2 * sum(w^2)
-                    torch._foreach_add_([w.grad for w in weights], weights, alpha=2 * l2)
-                if grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
-                if constrained:
-                    before = [q.detach().clone() for q in model.parameters()]
-                optimizer.step()
-                if constrained:
-                    loss_fn.constrain_step(model, x, logits.detach(), before, p.epoch)
-
-                hits = (loss_fn.probs(logits.detach()).argmax(-1) == y).sum()
-                p.pending.append(torch.stack([loss.detach(), hits.float(), *logged]))
-                p.pending_sizes.append(len(y))
-                blown_up |= ~(loss.detach().abs() <= loss_limit)  # NaN compares false
-                p.step += 1
-                p.batch += 1
-                p.samples += len(y)
-                if bar is not None:
-                    bar.update(1)
-                if stop_signals:
-                    raise interrupt(stop_signals[0], p.step, run_dir, save_last, logger,
-                                    run_summary("interrupted", dict(p.last_row),
-                                                resume=f"losslab-train trainer.resume={run_dir}"))
-                last_of_run = p.step == total_steps
-                evaluating = p.step % eval_interval == 0 or last_of_run
-                if not evaluating and p.step % DIVERGENCE_CHECK_EVERY:
-                    continue
-                if blown_up.item():  # a host sync, at most every DIVERGENCE_CHECK_EVERY steps
-                    status, diverged_at = "diverged", log_pending(logger, p, loss_tags, loss_limit)
-                    break
-                if not evaluating:
-                    continue
-
-                # ---- evaluation: log the pending step values once, validate, early-stop
-                row = position() | log_pending(logger, p, loss_tags)
-                outcome = validate(run_dir, tr, model, loss_fn, data, p, logger, row, scheduler, loss_limit,
-                                   eval_interval)
-                if outcome == "diverged":
-                    status, diverged_at = "diverged", p.step
-                    break
-                report(bar, row)
-                if outcome == "early_stopped":
-                    status = "early_stopped"
-                    break
-                if last_of_run:
-                    break
-            if status == "diverged":
-                break
+    while p.step < total_steps and p.outcome is None:
+        if p.order is None:
+            p.order = (torch.randperm(n_train, device=device, generator=order_gen) if shuffle
+                       else torch.arange(n_train, device=device))
+        for start in range(p.batch * batch_size, n_train, batch_size):
+            if stop_signals:  # every step before this one is done, its evaluation included
+                raise interrupt(stop_signals[0], p.step, run_dir, save_last, logger,
+                                run_summary("interrupted", dict(p.last_row),
+                                            resume=f"losslab-train trainer.resume={run_dir}"))
+            idx = p.order[start:start + batch_size]
+            x, y = data.train_x[idx], data.train_y[idx]
+            if hflip or crop_padding:
+                x = augment(x, hflip, crop_padding, order_gen)
+            with autocast(device, precision):
+                logits = step_fn(x)
+            logits = logits.float()
+            loss = loss_fn(logits, y)
+            logged = loss_fn.logged().values() if loss_tags else ()  # the values this step's loss used
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if l2:  # d/dw of l2 * sum(w^2)
+                torch._foreach_add_([w.grad for w in weights], weights, alpha=2 * l2)
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
             if constrained:
-                logger.scalars(loss_fn.epoch_stats(p.epoch), p.step)
-            p.epoch, p.batch, p.order = p.epoch + 1, 0, None
-            if scheduler is not None and not plateau:
-                scheduler.step()
-            save_last()
+                before = [q.detach().clone() for q in model.parameters()]
+            optimizer.step()
+            if constrained:
+                loss_fn.constrain_step(model, x, logits.detach(), before, p.epoch)
+            stop_point("step", p.step + 1)
+
+            hits = (loss_fn.probs(logits.detach()).argmax(-1) == y).sum()
+            p.pending.append(torch.stack([loss.detach(), hits.float(), *logged]))
+            p.pending_sizes.append(len(y))
+            blown_up |= ~(loss.detach().abs() <= loss_limit)  # NaN compares false
+            p.step += 1
+            p.batch += 1
+            p.samples += len(y)
+            if bar is not None:
+                bar.update(1)
+            last_of_run = p.step == total_steps
+            evaluating = p.step % eval_interval == 0 or last_of_run
+            if not evaluating and p.step % DIVERGENCE_CHECK_EVERY:
+                continue
+            if blown_up.item():  # a host sync, at most every DIVERGENCE_CHECK_EVERY steps
+                p.outcome, diverged_at = "diverged", log_pending(logger, p, loss_tags, loss_limit)
+                break
+            if not evaluating:
+                continue
+
+            # ---- evaluation: log the pending step values once, validate, early-stop
+            row = position() | log_pending(logger, p, loss_tags)
+            outcome = validate(run_dir, tr, model, loss_fn, data, p, logger, row, scheduler, loss_limit,
+                               eval_interval)
+            stop_point("eval", p.step)
+            if outcome == "diverged":
+                p.outcome, diverged_at = "diverged", p.step
+                break
+            report(bar, row)
+            if outcome == "early_stopped" or last_of_run:
+                p.outcome = outcome
+                break
+        if p.outcome == "diverged":
+            break
+        if constrained:
+            logger.scalars(loss_fn.epoch_stats(p.epoch), p.step)
+        p.epoch, p.batch, p.order = p.epoch + 1, 0, None
+        if scheduler is not None and not plateau:
+            scheduler.step()
+        stop_point("epoch", p.epoch)
+        save_last()
     train_s = time.perf_counter() - train_started
     if bar is not None:
         bar.close()
 
+    status = p.outcome or "completed"
     final = finish(run_dir, tr, model, loss_fn, data, p, logger, status, diverged_at, position)
     summary = run_summary(status, final, train_s=train_s,
                           samples_per_s=(p.samples - samples_at_start) / train_s if train_s > 0 else None)
@@ -364,7 +396,7 @@ def summary_of(cfg, run_dir: Path, overrides, p: Progress, steps_per_epoch: int,
     return {"status": status, "name": cfg.name, "seed": cfg.seed, "run_dir": str(run_dir), "overrides": overrides,
             "best": p.best if p.best_state is not None else {}, "final": final, "steps": p.step,
             "epochs": round(p.step / steps_per_epoch, 4), "wall_s": time.perf_counter() - started,
-            "device": str(device), "versions": versions(), **extra}
+            "device": str(device), "versions": versions(), **provenance(), **extra}
 
 def validate(run_dir: Path, tr, model, loss_fn, data, p: Progress, logger: RunLogger, row: dict, scheduler,
              loss_limit: float, eval_interval: int) -> str | None:
@@ -428,6 +460,7 @@ def final_evaluation(tr, model, loss_fn, data, p: Progress, logger: RunLogger, s
     logger.scalars({k: v for k, v in final.items() if k.startswith("test/")
                     or (k.startswith("train/") and k not in ("train/loss", "train/acc"))}, p.step)
     logger.row(final)
+    stop_point("finish", p.step)
     return final
 
 
@@ -484,8 +517,6 @@ def interrupt(signum: int, step: int, run_dir: Path, save_last, logger: RunLogge
 
 
 def load_for_resume(path: Path, model, loss_fn, optimizer, scheduler, order_gen, device) -> Progress:
-    if not path.exists():
-        raise UserError(f"{path} does not exist, so there is nothing to resume; start the run afresh.")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])

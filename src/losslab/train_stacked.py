@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from losslab.data import augment
 from losslab.errors import Interrupted
 from losslab.figures import drawing_pool
 from losslab.log import RunLogger, write_summary
+from losslab.rundir import exclusive
 from losslab.stacked import StackedAdam, StackedOptimizer, StackedSGD, add_l2, stack_models, stacked_forward
 from losslab.train import (
     DIVERGENCE_CHECK_EVERY,
@@ -60,6 +62,7 @@ from losslab.train import (
     squared_norm,
     start_run_figures,
     step_counts,
+    stop_point,
     summary_of,
     usable_cores,
     use_float32_math,
@@ -121,6 +124,14 @@ class Member:
 def fit_stacked(jobs: list[Job], conv_on_cpu: bool = False) -> list[dict]:
     """Train `jobs` (configs equal up to STACKABLE_KEYS) as one stack; returns their summaries, in order.
     Convolutional models raise NotStackable on the CPU unless `conv_on_cpu` (see check_stackable)."""
+    with contextlib.ExitStack() as locks:
+        for job in jobs:
+            locks.enter_context(exclusive(job.run_dir))
+        return train_stack(jobs, conv_on_cpu)
+
+
+def train_stack(jobs: list[Job], conv_on_cpu: bool) -> list[dict]:
+    """`fit_stacked`'s training, with every member's run dir locked."""
     started = time.perf_counter()
     for job in jobs:
         config.check(job.cfg)
@@ -165,7 +176,6 @@ def fit_stacked(jobs: list[Job], conv_on_cpu: bool = False) -> list[dict]:
     n_train = len(data.train_y)
     steps_per_epoch, eval_interval, total_steps = step_counts(tr, n_train)
     for m in members:
-        m.job.run_dir.mkdir(parents=True, exist_ok=True)
         m.logger = RunLogger(m.job.run_dir, m.job.cfg, m.job.hparams)
     log.info("%d jobs stacked on %s: %s, %d train / %d val / %d test images, %d steps of batch %d each",
              M, device, jobs[0].cfg.name, n_train, len(data.val_y), len(data.test_y), total_steps, batch_size)
@@ -181,6 +191,7 @@ def fit_stacked(jobs: list[Job], conv_on_cpu: bool = False) -> list[dict]:
         m = members[k]
         m.p.pending = [torch.cat([values[k], torch.tensor(loss_values[k], device=device)]) for values in pending]
         m.p.pending_sizes = list(pending_sizes)
+        m.p.rows = m.logger.rows
         if tr.checkpoints:
             save_checkpoint(
                 m.job.run_dir / "checkpoints" / "last.pt", **snapshot(m.model, m.loss_fn),
@@ -194,7 +205,7 @@ def fit_stacked(jobs: list[Job], conv_on_cpu: bool = False) -> list[dict]:
         m.p.epoch, m.p.batch, m.p.order = m.p.epoch + 1, 0, None
         if m.scheduler is not None and not isinstance(m.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             with warnings.catch_warnings():  # the member's own optimizer is never stepped (the stack's is)
-                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
+                warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()`"))
                 m.scheduler.step()
 
     def stop(k: int, status: str, diverged_at: int | None = None) -> None:
@@ -253,6 +264,8 @@ def fit_stacked(jobs: list[Job], conv_on_cpu: bool = False) -> list[dict]:
             # members with the same seed draw the same data order: then the batch is gathered once and shared
             same_batches = not (hflip or crop_padding) and all(torch.equal(orders[0], order) for order in orders[1:])
             for start in range(0, n_train, batch_size):
+                if stop_signals:  # every step before this one is done, its evaluation included
+                    raise interrupt(stop_signals[0])
                 if same_batches:  # one batch read once, every member sees it
                     idx = orders[0, start:start + batch_size]
                     x, y = data.train_x[idx], data.train_y[idx].expand(M, -1)
@@ -275,6 +288,7 @@ def fit_stacked(jobs: list[Job], conv_on_cpu: bool = False) -> list[dict]:
                 optimizer.step(grads)
                 for q in params.values():
                     q.grad = None
+                stop_point("step", step + 1)
 
                 hits = (probs(logits.detach()).argmax(-1) == y).sum(-1)
                 pending.append(torch.stack([losses.detach(), hits.float()], dim=1))
@@ -287,8 +301,6 @@ def fit_stacked(jobs: list[Job], conv_on_cpu: bool = False) -> list[dict]:
                     members[k].p.samples += y.shape[1]
                 if bar is not None:
                     bar.update(1)
-                if stop_signals:
-                    raise interrupt(stop_signals[0])
                 last_of_run = step == total_steps
                 evaluating = step % eval_interval == 0 or last_of_run
                 if not evaluating and step % DIVERGENCE_CHECK_EVERY:
@@ -317,9 +329,11 @@ def fit_stacked(jobs: list[Job], conv_on_cpu: bool = False) -> list[dict]:
                     if outcome is not None:
                         running.remove(k)
                         if outcome == "early_stopped":  # what a separate run does after its loop
+                            m.p.outcome = outcome
                             end_epoch(k)
                             save_last(k)
                         stop(k, outcome, step if outcome == "diverged" else None)
+                stop_point("eval", step)
                 close_stopped()
                 optimizer.hparams["lr"] = current_lrs(members, optimizer)  # a plateau scheduler may have cut it
                 if bar is not None and running:
@@ -329,6 +343,8 @@ def fit_stacked(jobs: list[Job], conv_on_cpu: bool = False) -> list[dict]:
             epoch, batch = epoch + 1, 0
             for k in running:
                 end_epoch(k)
+            stop_point("epoch", epoch)
+            for k in running:
                 save_last(k)
             optimizer.hparams["lr"] = current_lrs(members, optimizer)
         if bar is not None:
@@ -336,6 +352,9 @@ def fit_stacked(jobs: list[Job], conv_on_cpu: bool = False) -> list[dict]:
         for k in running:
             stop(k, "completed")
         close_stopped()
+    if stop_signals:
+        log.warning("signal %d arrived while the stack was finishing; it finished first", stop_signals[0])
+        raise Interrupted(stop_signals[0])
     return [m.summary for m in members]
 
 

@@ -1,0 +1,129 @@
+"""A run dir holds one run: never overwritten, resumed only as it was configured, one process at a time; a
+sweep dir holds one sweep; every summary says where its result comes from."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from losslab.rundir import exclusive
+
+pytestmark = pytest.mark.slow
+
+FAST = ["dataset=synthetic", "trainer.progress=log", "trainer.figures=false"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def losslab_train(*args: str, cwd: Path, stop_at: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "LOSSLAB_TEST_STOP_AT")}
+    if stop_at:
+        env["LOSSLAB_TEST_STOP_AT"] = stop_at
+    return subprocess.run(["losslab-train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def one_error_line(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("losslab-train: error: "), done.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    done = losslab_train(*FAST, "model=fnn", "trainer.epochs=1", f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir
+
+
+def test_a_finished_run_is_never_overwritten(tmp_path, finished_run):
+    before = files(finished_run)
+    line = one_error_line(losslab_train(f"hydra.run.dir={finished_run}", "model=linear", "trainer.epochs=1",
+                                        cwd=tmp_path))
+    assert "already holds a run (status completed)" in line and "trainer.resume=" in line and "fresh" in line
+    assert files(finished_run) == before
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path, finished_run):
+    before = files(finished_run)
+    line = one_error_line(losslab_train(f"trainer.resume={finished_run}", cwd=tmp_path))
+    assert "has finished (status completed)" in line and "nothing to resume" in line
+    assert files(finished_run) == before
+
+
+def test_resume_names_only_run_dirs_and_creates_nothing(tmp_path):
+    missing = tmp_path / "outputs" / "nonexistent"
+    line = one_error_line(losslab_train(f"trainer.resume={missing}", cwd=tmp_path))
+    assert "is not a losslab run dir" in line and not missing.exists()
+    not_a_run = tmp_path / "notes"
+    not_a_run.mkdir()
+    one_error_line(losslab_train(f"trainer.resume={not_a_run}", cwd=tmp_path))
+    assert list(not_a_run.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["notes"]
+
+
+def test_resume_applies_a_longer_run_and_refuses_other_changes(tmp_path):
+    run = [*FAST, "trainer.deterministic=true", "scheduler=step", "scheduler.step_size=1", "trainer.eval_every=0.5"]
+    stopped, longer = tmp_path / "stopped", tmp_path / "longer"
+    done = losslab_train(*run, "trainer.epochs=2", f"hydra.run.dir={stopped}", cwd=tmp_path, stop_at="SIGTERM step 20")
+    assert done.returncode == 143, done.stderr[-3000:]
+
+    line = one_error_line(losslab_train(f"trainer.resume={stopped}", "optimizer.lr=0.5", cwd=tmp_path))
+    assert "optimizer.lr cannot change on resume" in line and "trainer.epochs" in line
+
+    # inside the run dir, `trainer.resume=true` with hydra.run.dir naming it; no log file left in the cwd
+    resumed = losslab_train(f"hydra.run.dir={stopped}", "trainer.resume=true", "trainer.epochs=3", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not list(tmp_path.glob("*.log"))
+    done = losslab_train(*run, "trainer.epochs=3", f"hydra.run.dir={longer}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (stopped / "metrics.csv").read_bytes() == (longer / "metrics.csv").read_bytes()
+    summary = json.loads((stopped / "summary.json").read_text())
+    assert summary["status"] == "completed" and "trainer.epochs=3" in summary["overrides"]
+    assert "epochs: 3" in (stopped / ".hydra" / "config.yaml").read_text()
+
+
+def test_a_run_dir_being_trained_is_left_to_its_process(tmp_path, finished_run):
+    run_dir = tmp_path / "run"
+    done = losslab_train(*FAST, "trainer.epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path, stop_at="SIGTERM step 3")
+    assert done.returncode == 143
+    before = files(run_dir)
+    with exclusive(run_dir):  # as a training process holds it
+        line = one_error_line(losslab_train(f"trainer.resume={run_dir}", cwd=tmp_path))
+        assert f"pid {os.getpid()}" in line and "being trained by another process" in line
+    after = files(run_dir)
+    assert after.pop(".lock") == f"{os.getpid()}\n".encode()  # the lock this test held
+    before.pop(".lock")
+    assert after == before
+
+
+def test_a_sweep_dir_holds_one_sweep_named_after_it(tmp_path):
+    grid = ["-m", *FAST, "loss=ce,mbce", "trainer.max_steps=3"]
+    done = losslab_train(*grid, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (sweep_dir,) = (tmp_path / "outputs" / "synthetic-linear-ce+mbce" / "multirun").iterdir()
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
+    before = files(sweep_dir)
+
+    other = [*grid[:-1], "trainer.max_steps=4", f"hydra.sweep.dir={sweep_dir}"]
+    line = one_error_line(losslab_train(*other, cwd=tmp_path))
+    assert "holds a sweep of other overrides" in line and "fresh hydra.sweep.dir" in line
+    assert files(sweep_dir) == before
+    relaunched = losslab_train(*grid, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    assert relaunched.returncode == 0 and "2 completed" in relaunched.stdout
+    assert files(sweep_dir)["0/metrics.csv"] == before["0/metrics.csv"]
+
+
+def test_a_summary_says_where_its_result_comes_from(tmp_path, finished_run):
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert summary["command"].startswith("losslab-train ") and f"hydra.run.dir={finished_run}" in summary["command"]
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if commit.returncode:
+        pytest.skip("losslab does not run from a git checkout here")
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True, text=True).stdout
+    assert summary["git"] == {"commit": commit.stdout.strip(), "dirty": bool(dirty.strip())}
