@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import os
@@ -21,8 +22,18 @@ _FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
 def _fail(prog: str, message: str) -> None:
+    _log_to_files(f"{prog}: error: {message}")
     print(f"{prog}: error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def _log_to_files(message: str) -> None:
+    """An error in the log files only (a run's cli.log, through Hydra's job logging): its dir then says why it
+    holds no results, and the screen shows the sentence once."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _one_sentence(error: BaseException) -> str:
@@ -31,7 +42,22 @@ def _one_sentence(error: BaseException) -> str:
             "Config search path", "provider=")
     lines = [line.strip() for e in (error, error.__cause__) if e is not None for line in str(e).splitlines()]
     text = " ".join(line for line in lines if line and not line.startswith(skip) and not line.endswith("_schema"))
-    return text + " (`losslab-train --cfg job` prints the composed config with every key.)"
+    return (text + _did_you_mean(error.__cause__)
+            + " (`losslab-train --cfg job` prints the composed config with every key.)")
+
+
+def _did_you_mean(cause: BaseException | None) -> str:
+    """For a key the config does not have: the closest key of the same node, if one is close."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    if not isinstance(cause, (ConfigAttributeError, ConfigKeyError)) or cause.parent_node is None:
+        return ""
+    keys = [str(k) for k in cause.parent_node.keys() if k != "hydra"]
+    close = difflib.get_close_matches(str(cause.key), keys, n=1)
+    if not close:
+        return ""
+    parent = str(cause.full_key).rpartition(".")[0]
+    return f"; did you mean {parent + '.' if parent else ''}{close[0]}?"
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")

@@ -46,7 +46,7 @@ SOURCES = {  # source -> (name, how to get it into <root>)
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("study", choices=list(STUDIES))
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="extra losslab-train overrides for every job (e.g. trainer.max_steps=5 seed=0,1)")

@@ -70,7 +70,7 @@ def build(cfg: DictConfig, device: torch.device, data=None):
     loss_fn = instantiate(cfg.loss).to(device)
     if loss_fn.binary_only and data.num_classes != 2:
         raise ConfigError(
-            f"loss={type(loss_fn).__name__} needs a binary task but dataset {cfg.dataset.name} has "
+            f"loss={choice('loss', cfg.loss._target_)} needs a binary task but dataset {cfg.dataset.name} has "
             f"{data.num_classes} classes; use loss=ce or loss=mbce, or a binary dataset (mnist_even_odd, mnist_2v3)."
         )
     model = instantiate(
@@ -84,6 +84,15 @@ def build(cfg: DictConfig, device: torch.device, data=None):
     optimizer = instantiate(cfg.optimizer, _convert_="all")(params=groups)
     scheduler = instantiate(cfg.scheduler)(optimizer) if cfg.scheduler._target_ else None
     return data, loss_fn, model, optimizer, scheduler
+
+
+def choice(group: str, fallback: str) -> str:
+    """The option of a config group this run was composed with (`loss=bce`), else `fallback`."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return fallback
+    return HydraConfig.get().runtime.choices.get(group) or fallback
 
 
 def memory_format(model: torch.nn.Module, device: torch.device) -> torch.memory_format:
@@ -342,7 +351,7 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: boo
     if diverged_at is not None:
         summary["diverged_at_step"] = diverged_at
     write_summary(run_dir, summary)
-    log.info("%s after %d steps: test/acc %s (%s)", status, p.step, final.get("test/acc", "-"), run_dir)
+    log.info("%s after %d steps: test/acc %s (%s)", status, p.step, rounded(final.get("test/acc")), run_dir)
     return summary
 
 
@@ -507,6 +516,11 @@ def progress_bar(mode: str, total: int, done: int = 0):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=done, unit="step", dynamic_ncols=True, leave=False)
+
+
+def rounded(value: float | None) -> str:
+    """A metric in a log line: 4 significant digits, `-` when there is none."""
+    return "-" if value is None else f"{value:.4g}"
 
 
 def report(bar, row: dict) -> None:

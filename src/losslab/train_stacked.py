@@ -54,6 +54,7 @@ from losslab.train import (
     pick_device,
     progress_bar,
     rng_states,
+    rounded,
     save_checkpoint,
     seed_everything,
     snapshot,
@@ -223,7 +224,7 @@ def fit_stacked(jobs: list[Job], conv_on_cpu: bool = False) -> list[dict]:
                 m.summary["diverged_at_step"] = diverged_at
             write_summary(m.job.run_dir, m.summary)
             log.info("job %s %s after %d steps: test/acc %s", m.job.run_dir.name, m.status, m.p.step,
-                     final.get("test/acc", "-"))
+                     rounded(final.get("test/acc")))
 
     def interrupt(signum: int) -> Interrupted:
         """A stop signal: every running member writes a mid-epoch last.pt and an `interrupted` summary."""
