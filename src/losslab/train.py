@@ -267,6 +267,7 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: boo
                           images=image_counts(data), **extra)
 
     bar = progress_bar(tr.progress, total_steps, p.step)
+    lines = ProgressLines(bar, steps_per_epoch, eval_interval, total_steps, p.step)
     status, diverged_at = "completed", None
     blown_up = torch.zeros((), dtype=torch.bool, device=device)  # a step's loss was not finite or > loss_limit
     train_started, samples_at_start = time.perf_counter(), p.samples
@@ -306,6 +307,7 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: boo
                 p.samples += len(y)
                 if bar is not None:
                     bar.update(1)
+                lines.at(p.step)
                 if stop_signals:
                     raise interrupt(stop_signals[0], p.step, run_dir, save_last, logger,
                                     run_summary("interrupted", dict(p.last_row),
@@ -327,7 +329,7 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: boo
                 if outcome == "diverged":
                     status, diverged_at = "diverged", p.step
                     break
-                report(bar, row)
+                report(row)
                 if outcome == "early_stopped":
                     status = "early_stopped"
                     break
@@ -510,12 +512,60 @@ def load_for_resume(path: Path, model, loss_fn, optimizer, scheduler, order_gen,
 
 
 def progress_bar(mode: str, total: int, done: int = 0):
-    """A tqdm bar on a terminal (or when asked for), else None and plain log lines per evaluation."""
+    """A ProgressBar on a terminal (or when asked for), else None and plain log lines."""
     if mode == "log" or (mode == "auto" and not sys.stderr.isatty()):
         return None
-    from tqdm.auto import tqdm
+    return ProgressBar(total, done)
 
-    return tqdm(total=total, initial=done, unit="step", dynamic_ncols=True, leave=False)
+
+class ProgressBar:
+    """tqdm's bar, with the log lines printed above it while it runs (tqdm.contrib.logging: the console handlers
+    write through tqdm, the log files as ever); its final state stays on the screen."""
+
+    def __init__(self, total: int, done: int):
+        from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        self.closing = contextlib.ExitStack()
+        self.closing.enter_context(logging_redirect_tqdm(tqdm_class=tqdm))
+        self.bar = self.closing.enter_context(tqdm(total=total, initial=done, unit="step", dynamic_ncols=True))
+
+    def update(self, steps: int) -> None:
+        self.bar.update(steps)
+
+    def set_postfix(self, values: dict) -> None:
+        self.bar.set_postfix(values, refresh=False)
+
+    def close(self) -> None:
+        self.closing.close()
+
+
+PROGRESS_LINES_PER_EPOCH = 10  # without a bar: a line at least every tenth of an epoch
+
+
+class ProgressLines:
+    """Without a bar, a log line every tenth of an epoch between evaluations (when they are further apart):
+    the step, the speed and the time left, so a log file shows a long epoch moving."""
+
+    def __init__(self, bar, steps_per_epoch: int, eval_interval: int, total: int, step: int):
+        every = math.ceil(steps_per_epoch / PROGRESS_LINES_PER_EPOCH)
+        self.every = 0 if bar is not None or eval_interval <= every else every
+        self.eval_interval, self.steps_per_epoch, self.total = eval_interval, steps_per_epoch, total
+        self.first_step, self.started = step, time.perf_counter()
+
+    def at(self, step: int, running: str = "") -> None:
+        """After `step`; `running` is added to the line (a stack's jobs)."""
+        if not self.every or step % self.every or not step % self.eval_interval or step == self.total:
+            return
+        rate = (step - self.first_step) / max(time.perf_counter() - self.started, 1e-9)
+        log.info("step %d/%d epoch %.2f | %s%.3g steps/s, %s left", step, self.total, step / self.steps_per_epoch,
+                 running, rate, duration((self.total - step) / rate))
+
+
+def duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
 def rounded(value: float | None) -> str:
@@ -523,9 +573,8 @@ def rounded(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
-def report(bar, row: dict) -> None:
-    text = {k: f"{row[k]:.4g}" for k in ("train/loss", "val/loss", "val/acc")}
-    if bar is not None:
-        bar.set_postfix(text, refresh=False)
-    else:
-        log.info("step %d epoch %.2f | %s", row["step"], row["epoch"], " ".join(f"{k} {v}" for k, v in text.items()))
+def report(row: dict, job: str = "") -> None:
+    """One evaluation's line, always logged: in cli.log, and above the bar on a terminal; `job` names a stack's
+    member."""
+    text = " ".join(f"{k} {rounded(row[k])}" for k in ("train/loss", "val/loss", "val/acc"))
+    log.info("%sstep %d epoch %.2f | %s", job, row["step"], row["epoch"], text)

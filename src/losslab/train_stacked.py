@@ -44,6 +44,7 @@ from losslab.stacked import StackedAdam, StackedOptimizer, StackedSGD, add_l2, s
 from losslab.train import (
     DIVERGENCE_CHECK_EVERY,
     Progress,
+    ProgressLines,
     autocast,
     build,
     catch_stop_signals,
@@ -53,6 +54,7 @@ from losslab.train import (
     log_steps,
     pick_device,
     progress_bar,
+    report,
     rng_states,
     rounded,
     save_checkpoint,
@@ -241,6 +243,7 @@ def fit_stacked(jobs: list[Job], conv_on_cpu: bool = False) -> list[dict]:
 
     running, stopped = list(range(M)), []
     bar = progress_bar(tr.progress, total_steps)
+    lines = ProgressLines(bar, steps_per_epoch, eval_interval, total_steps, 0)
     step, epoch, batch = 0, 0, 0
     pending, pending_sizes, first_pending = [], [], 1  # per step: (M, 2) loss and hits, on the device
     blown_up = torch.zeros(M, dtype=torch.bool, device=device)
@@ -288,6 +291,7 @@ def fit_stacked(jobs: list[Job], conv_on_cpu: bool = False) -> list[dict]:
                     members[k].p.samples += y.shape[1]
                 if bar is not None:
                     bar.update(1)
+                lines.at(step, f"{len(running)} jobs running, ")
                 if stop_signals:
                     raise interrupt(stop_signals[0])
                 last_of_run = step == total_steps
@@ -315,6 +319,8 @@ def fit_stacked(jobs: list[Job], conv_on_cpu: bool = False) -> list[dict]:
                     row = position(k) | log_steps(m.logger, rows, sizes, first, loss_tags)
                     outcome = validate(m.job.run_dir, m.job.cfg.trainer, m.model, m.loss_fn, data, m.p, m.logger,
                                        row, m.scheduler, loss_limits[k], eval_interval)
+                    if outcome != "diverged":
+                        report(row, f"job {m.job.run_dir.name} ")
                     if outcome is not None:
                         running.remove(k)
                         if outcome == "early_stopped":  # what a separate run does after its loop
