@@ -6,10 +6,15 @@ import fcntl
 import os
 import pty
 import re
+import shlex
+import signal
 import struct
 import subprocess
 import termios
+import time
 from pathlib import Path
+
+import pytest
 
 SHORT = ["dataset.train_size=2000", "trainer.epochs=2", "trainer.figures=false"]  # 16 steps of 128 per epoch
 
@@ -93,3 +98,26 @@ def test_a_stacked_sweep_logs_each_jobs_evaluations_and_its_progress(tmp_path):
     for job in ("0", "1"):
         assert evaluation_lines(result.stdout, f"job {job} ") == evaluated_steps(sweep_dir / job) == [16, 32]
     assert progress_lines(result.stdout, "2 jobs running, ") == [2, 4, 6, 8, 10, 12, 14, 18, 20, 22, 24, 26, 28, 30]
+
+
+@pytest.mark.parametrize("launcher", ["basic", "stacked"])
+def test_ctrl_c_in_a_sweep_prints_the_tally_and_the_command_that_relaunches_it(launcher, tmp_path):
+    """Job 0 of the basic sweep finishes in 3 steps; SIGINT comes once the long job has logged an evaluation (its
+    loop is running: the signal stops it at its next step)."""
+    steps = "trainer.max_steps=3,100000" if launcher == "basic" else "trainer.max_steps=100000"
+    args = ["-m", f"hydra/launcher={launcher}", "dataset.train_size=2000", "trainer.epochs=1000",
+            "trainer.eval_every=0.5", "trainer.figures=false", steps, "seed=0,1" if launcher == "stacked" else "seed=0"]
+    sweep_dir = tmp_path / "s"
+    proc = subprocess.Popen(["losslab-train", *args, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    long_job = sweep_dir / ("1" if launcher == "basic" else "0") / "metrics.csv"
+    deadline = time.monotonic() + 300
+    while not (long_job.exists() and len(long_job.read_text().splitlines()) > 1):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 128 + signal.SIGINT, output
+    tally = "1 completed, 1 interrupted" if launcher == "basic" else "2 interrupted"
+    relaunch = shlex.join(["losslab-train", *args, f"hydra.sweep.dir={sweep_dir}"])
+    assert f"losslab sweep {sweep_dir} stopped by signal 2: {tally}; run the rest with: {relaunch}\n" in output

@@ -94,7 +94,7 @@ def objective(summary: dict) -> float:
 def _sweep_job(cfg: DictConfig, hc, run_dir: Path, overrides: list[str]) -> float | None:
     """One job of a multirun: reuse a finished result, resume a stopped one, and never stop the sweep."""
     from losslab.log import hparams_of
-    from losslab.sweep import can_resume, previous_result, record_failure, share_resources
+    from losslab.sweep import can_resume, interrupted, previous_result, record_failure, share_resources
     from losslab.train import fit
 
     done = previous_result(run_dir, overrides)
@@ -105,6 +105,9 @@ def _sweep_job(cfg: DictConfig, hc, run_dir: Path, overrides: list[str]) -> floa
     try:
         summary = fit(cfg, run_dir, hparams_of(cfg, dict(hc.runtime.choices), overrides),
                       resume=can_resume(run_dir, overrides), overrides=overrides)
+    except Interrupted as e:
+        interrupted(Path(hc.sweep.dir), e.signum)
+        raise
     except Exception as e:  # a user mistake or a bug in one job must not cost the other jobs
         record_failure(run_dir, cfg, overrides, e)
         return math.inf

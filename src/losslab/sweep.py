@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,18 @@ def record_failure(run_dir: Path, cfg: DictConfig, overrides: list[str], error: 
     })
     log.error("job failed (%s: %s); the sweep goes on. Traceback in %s", type(error).__name__, error,
               run_dir / "error.txt")
+
+
+def interrupted(sweep_dir: Path, signum: int) -> None:
+    """A stop signal in a multirun: print the tally of the jobs started so far and the command that relaunches the
+    sweep into its dir (finished jobs are skipped there, stopped ones resume)."""
+    order = ("completed", "early_stopped", "diverged", "failed", "interrupted", "unfinished")
+    jobs = [d for d in sweep_dir.iterdir() if (d / ".hydra").is_dir()]
+    statuses = [(read_summary(d) or {}).get("status", "unfinished") for d in jobs]
+    tally = ", ".join(f"{statuses.count(s)} {s}" for s in order if s in statuses)
+    args = [arg for arg in sys.argv[1:] if not arg.startswith("hydra.sweep.dir=")]
+    print(f"losslab sweep {sweep_dir} stopped by signal {signum}: {tally or 'no job started'}; run the rest with: "
+          f"{shlex.join(['losslab-train', *args, f'hydra.sweep.dir={sweep_dir}'])}", flush=True)
 
 
 def share_resources(cfg: DictConfig, launcher: DictConfig, job_num: int) -> None:
