@@ -3,6 +3,7 @@ kept at the end; without one, lines within long epochs; a stacked sweep like sin
 
 import csv
 import fcntl
+import json
 import os
 import pty
 import re
@@ -121,3 +122,18 @@ def test_ctrl_c_in_a_sweep_prints_the_tally_and_the_command_that_relaunches_it(l
     tally = "1 completed, 1 interrupted" if launcher == "basic" else "2 interrupted"
     relaunch = shlex.join(["losslab-train", *args, f"hydra.sweep.dir={sweep_dir}"])
     assert f"losslab sweep {sweep_dir} stopped by signal 2: {tally}; run the rest with: {relaunch}\n" in output
+
+
+def test_a_submitit_sweep_says_where_the_jobs_output_goes_and_when_each_job_finishes(tmp_path):
+    sweep_dir = tmp_path / "s"
+    result = subprocess.run(["losslab-train", "-m", "hydra/launcher=submitit_local", "dataset=synthetic",
+                             "trainer.epochs=1", "optimizer.lr=0.5,0.05", f"hydra.sweep.dir={sweep_dir}"],
+                            cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == (f"losslab sweep {sweep_dir}: the jobs' output (stdout, stderr) goes to "
+                        f"{sweep_dir}/.submitit/<job id>/, each job's log to <its run dir>/cli.log")
+    assert any(d.name.isdigit() for d in (sweep_dir / ".submitit").iterdir())
+    for job in ("0", "1"):
+        accuracy = json.loads((sweep_dir / job / "summary.json").read_text())["final"]["test/acc"]
+        assert lines.count(f"job {job} completed: test/acc {accuracy:.4g}") == 1
