@@ -8,4 +8,5 @@ import sys
 
 from losslab.reproduce import main
 
-sys.exit(main())
+if __name__ == "__main__":  # the figure workers start by importing this file: they must not run the study
+    sys.exit(main())

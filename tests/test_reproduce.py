@@ -14,7 +14,7 @@ import yaml
 from fixtures import patch_cifar10_md5, write_cifar10, write_emnist_letters
 
 from losslab.config import REPO_ROOT
-from losslab.reproduce import main
+from losslab.reproduce import main, portable, write_page
 from losslab.studies import STUDIES
 
 TINY = ["trainer.max_steps=2", "trainer.progress=log", "trainer.checkpoints=false", "seed=0"]
@@ -179,3 +179,44 @@ def test_committed_pages_match_the_studies():
         assert f"python scripts/reproduce.py {name}" in page
         if "<!-- headline: not run yet -->" in page:
             assert "**Not run yet.**" in page
+
+
+def committed_docs() -> dict[Path, bytes]:
+    return {path: path.read_bytes() for path in sorted((REPO_ROOT / "docs").rglob("*")) if path.is_file()}
+
+
+def test_a_smoke_run_writes_its_page_beside_its_sweep_dirs_and_leaves_the_committed_pages_alone(tmp_path):
+    """The README's smoke run, as a user runs it (the real script, whose figure workers import it again)."""
+    before = committed_docs()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "reproduce.py"), "course_mnist",
+                           "trainer.max_steps=5", "seed=0", "--only", "logistic", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert committed_docs() == before
+    assert "usage:" not in proc.stdout + proc.stderr  # the drawing workers did not run the script's main
+    page = tmp_path / "out" / "course_mnist.md"
+    assert proc.stdout.strip().splitlines()[-1].startswith(f"reproduce.py: wrote {page} (a run given overrides")
+    text = page.read_text()
+    assert (page.parent / "course_mnist" / "logistic_curves.png").exists()
+    assert "python scripts/reproduce.py course_mnist trainer.max_steps=5 seed=0 --only logistic --out OUT" in text
+    assert ("losslab-train -m experiment=tdt4265_logistic sweep=course_logistic hydra/launcher=stacked "
+            "hydra.sweep.dir=OUT/course_mnist/logistic trainer.max_steps=5 seed=0") in text
+    assert str(tmp_path) not in text
+
+
+MACHINE_PATH = re.compile(r"(/tmp|/work|/root|/home)\b|(?<![:/])//")
+
+
+def test_pages_hold_no_machine_paths_and_no_double_slashes(tmp_path):
+    """The committed docs, the pages of studies not run yet as the generator writes them, and commands recorded with
+    absolute paths inside the repository."""
+    for study in STUDIES.values():
+        write_page(study, tmp_path / "out", tmp_path / "docs")
+    pages = {**committed_docs(), **{p: p.read_bytes() for p in (tmp_path / "docs").glob("*.md")}}
+    for path, content in pages.items():
+        if path.suffix == ".md":
+            for line in content.decode().splitlines():
+                assert not MACHINE_PATH.search(line), f"{path}: {line}"
+    recorded = f"losslab-train -m hydra.sweep.dir={REPO_ROOT}/outputs/reproduce/s/m dataset.root={REPO_ROOT}/data"
+    assert portable(recorded) == "losslab-train -m hydra.sweep.dir=outputs/reproduce/s/m dataset.root=data"

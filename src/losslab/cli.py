@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import os
@@ -21,8 +22,18 @@ _FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
 def _fail(prog: str, message: str) -> None:
+    _log_to_files(f"{prog}: error: {message}")
     print(f"{prog}: error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def _log_to_files(message: str) -> None:
+    """An error in the log files only (a run's cli.log, through Hydra's job logging): its dir then says why it
+    holds no results, and the screen shows the sentence once."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _one_sentence(error: BaseException) -> str:
@@ -31,7 +42,22 @@ def _one_sentence(error: BaseException) -> str:
             "Config search path", "provider=")
     lines = [line.strip() for e in (error, error.__cause__) if e is not None for line in str(e).splitlines()]
     text = " ".join(line for line in lines if line and not line.startswith(skip) and not line.endswith("_schema"))
-    return text + " (`losslab-train --cfg job` prints the composed config with every key.)"
+    return (text + _did_you_mean(error.__cause__)
+            + " (`losslab-train --cfg job` prints the composed config with every key.)")
+
+
+def _did_you_mean(cause: BaseException | None) -> str:
+    """For a key the config does not have: the closest key of the same node, if one is close."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    if not isinstance(cause, (ConfigAttributeError, ConfigKeyError)) or cause.parent_node is None:
+        return ""
+    keys = [str(k) for k in cause.parent_node.keys() if k != "hydra"]
+    close = difflib.get_close_matches(str(cause.key), keys, n=1)
+    if not close:
+        return ""
+    parent = str(cause.full_key).rpartition(".")[0]
+    return f"; did you mean {parent + '.' if parent else ''}{close[0]}?"
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
@@ -64,7 +90,6 @@ RESUME_CHANGES = ("trainer.epochs", "trainer.max_steps", "trainer.progress")  # 
 def resume(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     """Continue the run in `run_dir` as it was configured; `trainer.epochs`/`trainer.max_steps` may grow (it
     trains on to the new length) and `trainer.progress` may change, anything else is refused."""
-    from losslab.rundir import FINISHED, run_state
     from losslab.train import fit
 
     changes = {key: OmegaConf.select(cfg, key) for key in (_key(o) for o in overrides) if key != "trainer.resume"}
@@ -73,10 +98,6 @@ def resume(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
         raise UserError(f"trainer.resume continues {run_dir} with the config it started with; {', '.join(refused)} "
                         f"cannot change on resume (only {', '.join(RESUME_CHANGES)} can): drop "
                         f"{'it' if len(refused) == 1 else 'them'}, or start a fresh run.")
-    state = run_state(run_dir)
-    if state in FINISHED:
-        raise UserError(f"{run_dir} has finished (status {state}); there is nothing to resume and its results stay "
-                        f"as they are. To train longer, start a fresh run with the longer trainer.epochs.")
     saved, original = (OmegaConf.load(run_dir / ".hydra" / name) for name in ("config.yaml", "overrides.yaml"))
     if changes:
         if saved.scheduler.get("T_max") is not None and "trainer.epochs" in changes:
@@ -109,7 +130,7 @@ def objective(summary: dict) -> float:
 def _sweep_job(cfg: DictConfig, hc, run_dir: Path, overrides: list[str]) -> float | None:
     """One job of a multirun: reuse a finished result, resume a stopped one, and never stop the sweep."""
     from losslab.log import hparams_of
-    from losslab.sweep import can_resume, previous_result, record_failure, share_resources
+    from losslab.sweep import can_resume, interrupted, previous_result, record_failure, share_resources
     from losslab.train import fit
 
     done = previous_result(run_dir, overrides)
@@ -123,6 +144,9 @@ def _sweep_job(cfg: DictConfig, hc, run_dir: Path, overrides: list[str]) -> floa
     except RunDirBusy as e:  # its files belong to the process training there
         log.error("job %s skipped: %s", hc.job.num, e)
         return math.inf
+    except Interrupted as e:
+        interrupted(Path(hc.sweep.dir), e.signum)
+        raise
     except Exception as e:  # a user mistake or a bug in one job must not cost the other jobs
         record_failure(run_dir, cfg, overrides, e)
         return math.inf
@@ -136,7 +160,7 @@ def _overrides(argv: list[str]) -> dict[str, str]:
 def check_dirs(argv: list[str]) -> list[str]:
     """Before Hydra writes anything: refuse a command that would overwrite a run or mix two sweeps, and point a
     resume at its run dir. Returns the arguments a resume adds (run inside that dir, keep its .hydra/)."""
-    from losslab.rundir import holds_run, run_state
+    from losslab.rundir import FINISHED, busy, holds_run, locked_by, run_state
 
     given = _overrides(argv)
     resume = given.get("trainer.resume", "null")
@@ -148,6 +172,12 @@ def check_dirs(argv: list[str]) -> list[str]:
         if not holds_run(run_dir):
             raise UserError(f"trainer.resume={resume}: {run_dir.resolve()} is not a losslab run dir (it has no "
                             f".hydra/config.yaml); name the dir of the run to continue.")
+        state = run_state(run_dir)
+        if state in FINISHED:
+            raise UserError(f"{run_dir} has finished (status {state}); there is nothing to resume and its results "
+                            f"stay as they are. To train longer, start a fresh run with the longer trainer.epochs.")
+        if state == "running":
+            raise busy(run_dir, locked_by(run_dir))
         return [f"hydra.run.dir={run_dir.resolve()}", "hydra.output_subdir=null"]
     run_dir = given.get("hydra.run.dir")
     if run_dir and holds_run(Path(run_dir)):

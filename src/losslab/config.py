@@ -255,9 +255,17 @@ class TrainConf:
     trainer: TrainerConf = field(default_factory=TrainerConf)
 
 
+def group_options() -> str:
+    """`group: option, ...` per line for the config groups of conf/ (`losslab-train --help`)."""
+    groups = sorted(d for d in CONF_DIR.iterdir() if d.is_dir() and d.name != "hydra")
+    return "\n".join(f"{d.name}: {', '.join(sorted(f.stem for f in d.glob('*.yaml')))}" for d in groups)
+
+
 def register() -> None:
     if not OmegaConf.has_resolver("pid"):
         OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True)
+    if not OmegaConf.has_resolver("losslab_options"):
+        OmegaConf.register_new_resolver("losslab_options", group_options)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConf)
     schemas = {

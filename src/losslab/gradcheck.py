@@ -174,7 +174,7 @@ def format_table(rows: list[Row]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="losslab-gradcheck", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="losslab-gradcheck", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     args = parser.parse_args(argv)
     rows = run(args.seed)

@@ -438,7 +438,7 @@ def finite(value: float | None) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="the sweep dir of a `losslab-train -m` run")
     parser.add_argument("--metrics", nargs="+", metavar="TAG",
                         help="keys of summary.json's final, e.g. val/acc test/acc (the first one picks the best row; "

@@ -6,6 +6,10 @@ again skips the finished jobs and resumes the stopped ones; `--from-existing` on
 dirs. The multiruns run in this process, one after the other (one Python start for the whole study, and the
 jobs see whatever this process has set up, e.g. a test's data fixtures). The tables come from the runs'
 summary.json files through losslab.report: mean ± sample std over the seeds of each config.
+
+The committed pages hold the studies as defined. A run given extra overrides (a smoke run such as
+`trainer.max_steps=5 seed=0`) keeps its sweep dirs apart, under outputs/reproduce-with-overrides/, and writes its
+page beside them, <out>/<study>.md, unless `--docs` says where the pages go.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from losslab.studies import STUDIES, Figure, Multirun, Original, Study, Table, T
 PROG = "reproduce.py"
 DEFAULT_LAUNCHER = "stacked"
 OUT_DIR = REPO_ROOT / "outputs" / "reproduce"
+OVERRIDES_OUT_DIR = REPO_ROOT / "outputs" / "reproduce-with-overrides"  # runs given extra overrides
 DOCS_DIR = REPO_ROOT / "docs" / "results"
 RECORD = "reproduce.json"  # in each sweep dir: the command, the equivalent losslab-train command, the machine
 NOTES = ("<!-- notes: kept when the page is written again -->", "<!-- /notes -->")
@@ -38,7 +43,8 @@ TOLERANCE_POINTS = 1.0  # an accuracy "agrees" with the original within max(1 po
 
 SOURCES = {  # source -> (name, how to get it into <root>)
     "mnist": ("MNIST", "the repo ships it gzipped under data/MNIST/raw/ (git checkout data/MNIST)"),
-    "cifar10": ("CIFAR-10", "download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and unpack it in {root}"),
+    "cifar10": ("CIFAR-10",
+                "download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and unpack it in {root}/"),
     "emnist_letters": ("EMNIST letters", "download https://biometrics.nist.gov/cs_links/EMNIST/gzip.zip and put its "
                        "emnist-letters-* files (.gz is fine) in {root}/EMNIST/raw"),
 }
@@ -46,7 +52,7 @@ SOURCES = {  # source -> (name, how to get it into <root>)
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("study", choices=list(STUDIES))
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="extra losslab-train overrides for every job (e.g. trainer.max_steps=5 seed=0,1)")
@@ -54,14 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path,
                         help="dataset.root for every job (default: $LOSSLAB_DATA_DIR or data/)")
     parser.add_argument("--no-download", action="store_true", help="fail at once if a dataset is missing")
-    parser.add_argument("--out", type=Path, default=OUT_DIR, help="where the sweep dirs go (<out>/<study>/<multirun>)")
-    parser.add_argument("--docs", type=Path, default=DOCS_DIR, help="where the pages go (<docs>/<study>.md)")
+    parser.add_argument("--out", type=Path, help="where the sweep dirs go (<out>/<study>/<multirun>; default "
+                        "outputs/reproduce, or outputs/reproduce-with-overrides for a run given overrides)")
+    parser.add_argument("--docs", type=Path, help="where the pages go (<docs>/<study>.md; default docs/results, or "
+                        "beside the sweep dirs, <out>/<study>.md, for a run given overrides)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--only", nargs="+", metavar="MULTIRUN", help="run only these multiruns of the study")
     which.add_argument("--from-existing", action="store_true",
                        help="train nothing: rebuild the page from the sweep dirs")
     args = parser.parse_intermixed_args(argv)
     study = STUDIES[args.study]
+    args.out = args.out or (OVERRIDES_OUT_DIR if args.overrides else OUT_DIR)
     try:
         code = 0
         if not args.from_existing:
@@ -69,13 +78,23 @@ def main(argv: list[str] | None = None) -> int:
             check_data(study, runs, data_root(str(args.data_root) if args.data_root else None), not args.no_download)
             code = run_study(study, runs, args, command=shlex.join(["python", "scripts/reproduce.py", *argv]))
         if code in (0, 1):
-            page = write_page(study, args.out, args.docs)
-            write_index(args.docs)
-            print(f"{PROG}: wrote {page}")
+            print(f"{PROG}: wrote {write_pages(study, args)}")
         return code
     except UserError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+
+
+def write_pages(study: Study, args) -> str:
+    """The study's page, and the index beside it in a docs dir; what was written, in words."""
+    if args.docs is not None or not args.overrides:
+        docs = args.docs or DOCS_DIR
+        page = write_page(study, args.out, docs)
+        write_index(docs)
+        return str(page)
+    page = write_page(study, args.out, args.out)
+    return (f"{page} (a run given overrides writes its page beside its sweep dirs; {display(DOCS_DIR)}/ holds "
+            f"the runs without overrides, or pass --docs)")
 
 
 def selected(study: Study, names: list[str] | None) -> list[Multirun]:
@@ -409,20 +428,41 @@ def draw(figure: Figure, result: Result, target: Path) -> str | None:
 # ---- the page
 
 
-def display(path: Path) -> str:
+def display(path: Path, outside: str | None = None) -> str:
+    """A path as a page shows it: relative to the repository inside it (the commands run from its root), else
+    `outside` (a placeholder such as OUT) when given: a page never holds a path of the machine that wrote it."""
     path = path.resolve()
-    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+    if path.is_relative_to(REPO_ROOT):
+        return path.relative_to(REPO_ROOT).as_posix()
+    return str(path) if outside is None else outside
+
+
+# paths outside the repository, as --help names them
+PLACEHOLDERS = {"--out": "OUT", "--docs": "DOCS", "--data-root": "DATA_ROOT", "dataset.root": "DATA_ROOT"}
+
+
+def portable(command: str) -> str:
+    """A recorded command with its absolute paths shown by `display` (a sweep dir as OUT/<study>/<multirun>)."""
+    tokens = shlex.split(command)
+    for i, token in enumerate(tokens):
+        key, eq, value = token.partition("=")
+        if i > 0 and tokens[i - 1] in PLACEHOLDERS and Path(token).is_absolute():
+            tokens[i] = display(Path(token), PLACEHOLDERS[tokens[i - 1]])
+        elif eq and Path(value).is_absolute() and (key in PLACEHOLDERS or key == "hydra.sweep.dir"):
+            path = Path(value)
+            placeholder = PLACEHOLDERS.get(key) or "/".join(["OUT", *path.parts[-2:]])
+            tokens[i] = f"{key}={display(path, placeholder)}"
+    return shlex.join(tokens)
 
 
 def default_command(study: Study, run: Multirun, out: Path) -> str:
-    sweep_dir = display(out / study.name / run.name)
-    return shlex.join(["losslab-train", "-m", *run.overrides(), f"hydra/launcher={DEFAULT_LAUNCHER}",
-                       f"hydra.sweep.dir={sweep_dir}"])
+    return portable(shlex.join(["losslab-train", "-m", *run.overrides(), f"hydra/launcher={DEFAULT_LAUNCHER}",
+                                f"hydra.sweep.dir={(out / study.name / run.name).resolve()}"]))
 
 
 def data_lines(study: Study) -> list[str]:
     needed = sources(study.multiruns())
-    return [f"- {SOURCES[s][0]}: {SOURCES[s][1].format(root='data/')} (or pass `--data-root DIR`)." for s in needed]
+    return [f"- {SOURCES[s][0]}: {SOURCES[s][1].format(root='data')} (or pass `--data-root DIR`)." for s in needed]
 
 
 def write_page(study: Study, out: Path, docs: Path) -> Path:
@@ -468,13 +508,13 @@ def write_page(study: Study, out: Path, docs: Path) -> Path:
 
 def command_section(study: Study, results: list[Result], out: Path, ran: bool) -> list[str]:
     records = {name: record for result in results for name, record in result.records.items()}
-    commands = list(dict.fromkeys(record["command"] for record in records.values())) or [
+    commands = list(dict.fromkeys(portable(record["command"]) for record in records.values())) or [
         f"python scripts/reproduce.py {study.name}"]
     lines = ["## Command", "", "```bash", *commands, "```", "",
              "runs these multiruns, one after the other (a second run skips finished jobs; delete a sweep dir to "
              "train it again, or add `--from-existing` to rebuild this page from the sweep dirs without training):",
              "", "```bash"]
-    lines += [records[run.name]["losslab_train"] if run.name in records else default_command(study, run, out)
+    lines += [portable(records[run.name]["losslab_train"]) if run.name in records else default_command(study, run, out)
               for run in study.multiruns()]
     lines += ["```", ""]
     if not ran:

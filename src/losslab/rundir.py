@@ -51,6 +51,11 @@ def locked_by(run_dir: Path) -> int | None:
         return None
 
 
+def busy(run_dir: Path, pid) -> RunDirBusy:
+    return RunDirBusy(f"{run_dir} is being trained by another process (pid {pid}); wait for it to end, or stop it "
+                      f"first.")
+
+
 @contextlib.contextmanager
 def exclusive(run_dir: Path):
     """Hold `run_dir`'s lock while training in it (released when the process ends, however it ends)."""
@@ -60,8 +65,7 @@ def exclusive(run_dir: Path):
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            raise RunDirBusy(f"{run_dir} is being trained by another process (pid {f.read().strip() or '?'}); "
-                            f"wait for it to end, or stop it first.") from None
+            raise busy(run_dir, f.read().strip() or "?") from None
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()}\n")

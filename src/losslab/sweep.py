@@ -12,6 +12,9 @@
 from __future__ import annotations
 
 import logging
+import shlex
+import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Any
@@ -94,6 +97,18 @@ def record_failure(run_dir: Path, cfg: DictConfig, overrides: list[str], error: 
               run_dir / "error.txt")
 
 
+def interrupted(sweep_dir: Path, signum: int) -> None:
+    """A stop signal in a multirun: print the tally of the jobs started so far and the command that relaunches the
+    sweep into its dir (finished jobs are skipped there, stopped ones resume)."""
+    order = ("completed", "early_stopped", "diverged", "failed", "interrupted", "unfinished")
+    jobs = [d for d in sweep_dir.iterdir() if (d / ".hydra").is_dir()]
+    statuses = [(read_summary(d) or {}).get("status", "unfinished") for d in jobs]
+    tally = ", ".join(f"{statuses.count(s)} {s}" for s in order if s in statuses)
+    args = [arg for arg in sys.argv[1:] if not arg.startswith("hydra.sweep.dir=")]
+    print(f"losslab sweep {sweep_dir} stopped by signal {signum}: {tally or 'no job started'}; run the rest with: "
+          f"{shlex.join(['losslab-train', *args, f'hydra.sweep.dir={sweep_dir}'])}", flush=True)
+
+
 def share_resources(cfg: DictConfig, launcher: DictConfig, job_num: int) -> None:
     """Threads per parallel job on CPU, and one GPU per job when there are several."""
     import torch
@@ -113,16 +128,23 @@ def share_resources(cfg: DictConfig, launcher: DictConfig, job_num: int) -> None
 
 
 class SweepCallback(Callback):
-    """At the start of a multirun: one sweep dir for all jobs. At the end: write the report, print the tally,
-    fail only if a job failed."""
+    """At the start of a multirun: one sweep dir for all jobs, and where submitit's jobs write their output. At the
+    end: write the report, print the tally, fail only if a job failed."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         pin_sweep_dir(config)
+        folder = config.hydra.launcher.get("submitit_folder")
+        if folder:  # jobs that submitit runs write their output to its folder, not to this screen
+            print(f"losslab sweep {config.hydra.sweep.dir}: the jobs' output (stdout, stderr) goes to "
+                  f"{str(folder).replace('%j', '<job id>')}/, each job's log to <its run dir>/cli.log", flush=True)
+            WATCHERS[str(config.hydra.sweep.dir)] = FinishedJobs(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from losslab.report import write_report
 
         sweep_dir = Path(config.hydra.sweep.dir)
+        if str(config.hydra.sweep.dir) in WATCHERS:
+            WATCHERS.pop(str(config.hydra.sweep.dir)).stop()
         statuses = [(read_summary(d) or {}).get("status", "unfinished")
                     for d in sorted(sweep_dir.iterdir()) if d.is_dir() and d.name.isdigit()]
         counts = {s: statuses.count(s) for s in ("completed", "early_stopped", "diverged", "failed", "unfinished")}
@@ -131,3 +153,34 @@ class SweepCallback(Callback):
         print(f"losslab sweep {sweep_dir}: {tally}" + (f"; report: {sweep_dir / 'report.md'}" if report else ""))
         if counts["failed"]:
             raise SystemExit(1)
+
+
+WATCHERS = {}  # sweep dir -> its FinishedJobs (not on the callback, which submitit pickles)
+
+
+class FinishedJobs:
+    """For jobs that run elsewhere (submitit): a line on this screen as each job's summary.json appears, read every
+    few seconds; `stop` reads once more, so every finished job has its line."""
+
+    def __init__(self, sweep_dir: Path, every_s: float = 2.0):
+        self.sweep_dir, self.seen, self.stopping = sweep_dir, set(), threading.Event()
+        self.thread = threading.Thread(target=self.watch, args=(every_s,), daemon=True)
+        self.thread.start()
+
+    def watch(self, every_s: float) -> None:
+        while not self.stopping.wait(every_s):
+            self.announce()
+
+    def announce(self) -> None:
+        for job in sorted(self.sweep_dir.iterdir()) if self.sweep_dir.is_dir() else []:
+            summary = read_summary(job) if job.name not in self.seen else None
+            if summary and summary.get("status") != "interrupted":
+                self.seen.add(job.name)
+                accuracy = summary.get("final", {}).get("test/acc")
+                result = "" if accuracy is None else f": test/acc {accuracy:.4g}"
+                print(f"job {job.name} {summary['status']}{result}", flush=True)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join()
+        self.announce()

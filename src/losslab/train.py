@@ -71,7 +71,7 @@ def build(cfg: DictConfig, device: torch.device, data=None):
     loss_fn = instantiate(cfg.loss).to(device)
     if loss_fn.binary_only and data.num_classes != 2:
         raise ConfigError(
-            f"loss={type(loss_fn).__name__} needs a binary task but dataset {cfg.dataset.name} has "
+            f"loss={choice('loss', cfg.loss._target_)} needs a binary task but dataset {cfg.dataset.name} has "
             f"{data.num_classes} classes; use loss=ce or loss=mbce, or a binary dataset (mnist_even_odd, mnist_2v3)."
         )
     model = instantiate(
@@ -85,6 +85,15 @@ def build(cfg: DictConfig, device: torch.device, data=None):
     optimizer = instantiate(cfg.optimizer, _convert_="all")(params=groups)
     scheduler = instantiate(cfg.scheduler)(optimizer) if cfg.scheduler._target_ else None
     return data, loss_fn, model, optimizer, scheduler
+
+
+def choice(group: str, fallback: str) -> str:
+    """The option of a config group this run was composed with (`loss=bce`), else `fallback`."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return fallback
+    return HydraConfig.get().runtime.choices.get(group) or fallback
 
 
 def memory_format(model: torch.nn.Module, device: torch.device) -> torch.memory_format:
@@ -289,6 +298,7 @@ def train_run(cfg: DictConfig, run_dir: Path, hparams: dict, resume: bool, overr
                           images=image_counts(data), **extra)
 
     bar = progress_bar(tr.progress, total_steps, p.step)
+    lines = ProgressLines(bar, steps_per_epoch, eval_interval, total_steps, p.step)
     diverged_at = None
     blown_up = torch.zeros((), dtype=torch.bool, device=device)  # a step's loss was not finite or > loss_limit
     train_started, samples_at_start = time.perf_counter(), p.samples
@@ -332,6 +342,7 @@ def train_run(cfg: DictConfig, run_dir: Path, hparams: dict, resume: bool, overr
             p.samples += len(y)
             if bar is not None:
                 bar.update(1)
+            lines.at(p.step)
             last_of_run = p.step == total_steps
             evaluating = p.step % eval_interval == 0 or last_of_run
             if not evaluating and p.step % DIVERGENCE_CHECK_EVERY:
@@ -350,7 +361,7 @@ def train_run(cfg: DictConfig, run_dir: Path, hparams: dict, resume: bool, overr
             if outcome == "diverged":
                 p.outcome, diverged_at = "diverged", p.step
                 break
-            report(bar, row)
+            report(row)
             if outcome == "early_stopped" or last_of_run:
                 p.outcome = outcome
                 break
@@ -374,7 +385,7 @@ def train_run(cfg: DictConfig, run_dir: Path, hparams: dict, resume: bool, overr
     if diverged_at is not None:
         summary["diverged_at_step"] = diverged_at
     write_summary(run_dir, summary)
-    log.info("%s after %d steps: test/acc %s (%s)", status, p.step, final.get("test/acc", "-"), run_dir)
+    log.info("%s after %d steps: test/acc %s (%s)", status, p.step, rounded(final.get("test/acc")), run_dir)
     return summary
 
 
@@ -532,17 +543,69 @@ def load_for_resume(path: Path, model, loss_fn, optimizer, scheduler, order_gen,
 
 
 def progress_bar(mode: str, total: int, done: int = 0):
-    """A tqdm bar on a terminal (or when asked for), else None and plain log lines per evaluation."""
+    """A ProgressBar on a terminal (or when asked for), else None and plain log lines."""
     if mode == "log" or (mode == "auto" and not sys.stderr.isatty()):
         return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=done, unit="step", dynamic_ncols=True, leave=False)
+    return ProgressBar(total, done)
 
 
-def report(bar, row: dict) -> None:
-    text = {k: f"{row[k]:.4g}" for k in ("train/loss", "val/loss", "val/acc")}
-    if bar is not None:
-        bar.set_postfix(text, refresh=False)
-    else:
-        log.info("step %d epoch %.2f | %s", row["step"], row["epoch"], " ".join(f"{k} {v}" for k, v in text.items()))
+class ProgressBar:
+    """tqdm's bar, with the log lines printed above it while it runs (tqdm.contrib.logging: the console handlers
+    write through tqdm, the log files as ever); its final state stays on the screen."""
+
+    def __init__(self, total: int, done: int):
+        from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        self.closing = contextlib.ExitStack()
+        self.closing.enter_context(logging_redirect_tqdm(tqdm_class=tqdm))
+        self.bar = self.closing.enter_context(tqdm(total=total, initial=done, unit="step", dynamic_ncols=True))
+
+    def update(self, steps: int) -> None:
+        self.bar.update(steps)
+
+    def set_postfix(self, values: dict) -> None:
+        self.bar.set_postfix(values, refresh=False)
+
+    def close(self) -> None:
+        self.closing.close()
+
+
+PROGRESS_LINES_PER_EPOCH = 10  # without a bar: a line at least every tenth of an epoch
+
+
+class ProgressLines:
+    """Without a bar, a log line every tenth of an epoch between evaluations (when they are further apart):
+    the step, the speed and the time left, so a log file shows a long epoch moving."""
+
+    def __init__(self, bar, steps_per_epoch: int, eval_interval: int, total: int, step: int):
+        every = math.ceil(steps_per_epoch / PROGRESS_LINES_PER_EPOCH)
+        self.every = 0 if bar is not None or eval_interval <= every else every
+        self.eval_interval, self.steps_per_epoch, self.total = eval_interval, steps_per_epoch, total
+        self.first_step, self.started = step, time.perf_counter()
+
+    def at(self, step: int, running: str = "") -> None:
+        """After `step`; `running` is added to the line (a stack's jobs)."""
+        if not self.every or step % self.every or not step % self.eval_interval or step == self.total:
+            return
+        rate = (step - self.first_step) / max(time.perf_counter() - self.started, 1e-9)
+        log.info("step %d/%d epoch %.2f | %s%.3g steps/s, %s left", step, self.total, step / self.steps_per_epoch,
+                 running, rate, duration((self.total - step) / rate))
+
+
+def duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def rounded(value: float | None) -> str:
+    """A metric in a log line: 4 significant digits, `-` when there is none."""
+    return "-" if value is None else f"{value:.4g}"
+
+
+def report(row: dict, job: str = "") -> None:
+    """One evaluation's line, always logged: in cli.log, and above the bar on a terminal; `job` names a stack's
+    member."""
+    text = " ".join(f"{k} {rounded(row[k])}" for k in ("train/loss", "val/loss", "val/acc"))
+    log.info("%sstep %d epoch %.2f | %s", job, row["step"], row["epoch"], text)

@@ -46,6 +46,7 @@ from losslab.stacked import StackedAdam, StackedOptimizer, StackedSGD, add_l2, s
 from losslab.train import (
     DIVERGENCE_CHECK_EVERY,
     Progress,
+    ProgressLines,
     autocast,
     build,
     catch_stop_signals,
@@ -55,7 +56,9 @@ from losslab.train import (
     log_steps,
     pick_device,
     progress_bar,
+    report,
     rng_states,
+    rounded,
     save_checkpoint,
     seed_everything,
     snapshot,
@@ -234,7 +237,7 @@ def train_stack(jobs: list[Job], conv_on_cpu: bool) -> list[dict]:
                 m.summary["diverged_at_step"] = diverged_at
             write_summary(m.job.run_dir, m.summary)
             log.info("job %s %s after %d steps: test/acc %s", m.job.run_dir.name, m.status, m.p.step,
-                     final.get("test/acc", "-"))
+                     rounded(final.get("test/acc")))
 
     def interrupt(signum: int) -> Interrupted:
         """A stop signal: every running member writes a mid-epoch last.pt and an `interrupted` summary."""
@@ -251,6 +254,7 @@ def train_stack(jobs: list[Job], conv_on_cpu: bool) -> list[dict]:
 
     running, stopped = list(range(M)), []
     bar = progress_bar(tr.progress, total_steps)
+    lines = ProgressLines(bar, steps_per_epoch, eval_interval, total_steps, 0)
     step, epoch, batch = 0, 0, 0
     pending, pending_sizes, first_pending = [], [], 1  # per step: (M, 2) loss and hits, on the device
     blown_up = torch.zeros(M, dtype=torch.bool, device=device)
@@ -301,6 +305,7 @@ def train_stack(jobs: list[Job], conv_on_cpu: bool) -> list[dict]:
                     members[k].p.samples += y.shape[1]
                 if bar is not None:
                     bar.update(1)
+                lines.at(step, f"{len(running)} jobs running, ")
                 last_of_run = step == total_steps
                 evaluating = step % eval_interval == 0 or last_of_run
                 if not evaluating and step % DIVERGENCE_CHECK_EVERY:
@@ -326,6 +331,8 @@ def train_stack(jobs: list[Job], conv_on_cpu: bool) -> list[dict]:
                     row = position(k) | log_steps(m.logger, rows, sizes, first, loss_tags)
                     outcome = validate(m.job.run_dir, m.job.cfg.trainer, m.model, m.loss_fn, data, m.p, m.logger,
                                        row, m.scheduler, loss_limits[k], eval_interval)
+                    if outcome != "diverged":
+                        report(row, f"job {m.job.run_dir.name} ")
                     if outcome is not None:
                         running.remove(k)
                         if outcome == "early_stopped":  # what a separate run does after its loop

@@ -85,7 +85,8 @@ class StackedLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from losslab.cli import objective
-        from losslab.sweep import can_resume, previous_result
+        from losslab.errors import Interrupted
+        from losslab.sweep import can_resume, interrupted, previous_result
         from losslab.train_stacked import NotStackable, fit_stacked, group_key
 
         setup_globals()
@@ -115,6 +116,9 @@ class StackedLauncher(Launcher):
                 if len(chunk) > 1:
                     try:
                         summaries = fit_stacked([returns[i].return_value for i in chunk], self.conv_on_cpu)
+                    except Interrupted as e:
+                        interrupted(Path(str(self.config.hydra.sweep.dir)), e.signum)
+                        raise
                     except NotStackable as e:
                         log.info("jobs %s run one by one: %s", [initial_job_idx + i for i in chunk], e)
                     except Exception as e:  # a job's own run then records what is wrong (failed summary, error.txt)

@@ -1,0 +1,75 @@
+"""What the commands say: --help of every entry point, mistakes as one sentence (with a did-you-mean, the config
+choice's name, and in the failed run's cli.log), and log lines with rounded metrics."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from losslab.config import CONF_DIR, REPO_ROOT
+
+
+def run(*command: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "LOSSLAB_DATA_DIR")}
+    return subprocess.run(list(command), cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_train_help_lists_the_groups_options_and_no_internal_schema(tmp_path):
+    result = run("losslab-train", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert text.startswith("losslab-train: train one config")
+    assert "_schema" not in text and "powered by Hydra" not in text
+    for group in ("dataset", "model", "loss", "optimizer", "scheduler", "trainer", "experiment", "sweep"):
+        options = sorted(f.stem for f in (CONF_DIR / group).glob("*.yaml"))
+        assert f"\n{group}: {', '.join(options)}\n" in text
+    assert "\ntrainer:\n  epochs: 5\n" in text  # the composed config follows
+    assert "losslab-train --hydra-help" in text
+
+
+@pytest.mark.parametrize("command", [["losslab-report"], ["losslab-eval"], ["losslab-gradcheck"],
+                                     [sys.executable, str(REPO_ROOT / "scripts" / "reproduce.py")]])
+def test_argparse_help_describes_the_command_in_whole_sentences(command, tmp_path):
+    result = run(*command, "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    usage, description = result.stdout.split("\n\n")[:2]
+    assert usage.startswith("usage: ")
+    assert description.rstrip().endswith("."), description  # not cut after the docstring's first line
+    assert "_schema" not in result.stdout
+
+
+def test_a_mistyped_key_gets_a_did_you_mean(tmp_path):
+    result = run("losslab-train", "trainer.epoch=3", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "did you mean trainer.epochs?" in result.stderr
+    assert "did you mean" not in run("losslab-train", "trainer.zzzzzz=3", cwd=tmp_path).stderr  # nothing close
+
+
+def test_the_binary_loss_error_names_the_config_choice(tmp_path):
+    result = run("losslab-train", "loss=bce", "trainer=debug", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == ("losslab-train: error: loss=bce needs a binary task but dataset mnist has 10 classes; "
+                             "use loss=ce or loss=mbce, or a binary dataset (mnist_even_odd, mnist_2v3).\n")
+
+
+def test_a_failed_runs_cli_log_holds_the_error(tmp_path):
+    result = run("losslab-train", "optimizer.lr=-1", "trainer=debug", cwd=tmp_path)
+    assert result.returncode == 2
+    sentence = result.stderr.removeprefix("losslab-train: error: ").strip()
+    assert "optimizer.lr must be > 0" in sentence
+    assert sentence not in result.stdout  # said once on the screen
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")
+    assert sentence in (run_dir / "cli.log").read_text()
+
+
+def test_the_last_log_line_rounds_the_test_accuracy(tmp_path):
+    result = run("losslab-train", "trainer=debug", "trainer.progress=log", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")
+    accuracy = json.loads((run_dir / "summary.json").read_text())["final"]["test/acc"]
+    last = result.stdout.strip().splitlines()[-1]
+    assert re.search(r"completed after 1 steps: test/acc (\S+) ", last).group(1) == f"{accuracy:.4g}"

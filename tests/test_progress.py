@@ -1,0 +1,139 @@
+"""Progress as a user sees it: on a terminal (a pseudo-terminal) the bar with each evaluation's line above it,
+kept at the end; without one, lines within long epochs; a stacked sweep like single runs; all of it in cli.log."""
+
+import csv
+import fcntl
+import json
+import os
+import pty
+import re
+import shlex
+import signal
+import struct
+import subprocess
+import termios
+import time
+from pathlib import Path
+
+import pytest
+
+SHORT = ["dataset.train_size=2000", "trainer.epochs=2", "trainer.figures=false"]  # 16 steps of 128 per epoch
+
+
+def env() -> dict:
+    return {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "LOSSLAB_DATA_DIR")}
+
+
+def on_a_terminal(*args: str, cwd: Path) -> str:
+    """`losslab-train *args` with stdout and stderr on a 100-column pseudo-terminal; what it wrote there."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the terminal's size, then the real command
+        try:
+            os.chdir(cwd)
+            fcntl.ioctl(1, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+            os.execvpe("losslab-train", ["losslab-train", *args], env())
+        finally:
+            os._exit(127)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, output.decode()
+    return output.decode()
+
+
+def evaluated_steps(run_dir: Path) -> list[int]:
+    """The steps of metrics.csv's evaluation rows (the last row is the final evaluation)."""
+    with open(run_dir / "metrics.csv") as f:
+        return [int(row["step"]) for row in csv.DictReader(f)][:-1]
+
+
+LINE = r"\]\[\w+\](?:\[INFO\] -)? "  # a log line's prefix in Hydra's job logging (and its launcher's) format
+
+
+def progress_lines(text: str, running: str = "") -> list[int]:
+    return [int(step) for step in re.findall(rf"{LINE}step (\d+)/32 epoch [\d.]+ \| {running}\S+ steps/s, \S+ left\n",
+                                             text)]
+
+
+def evaluation_lines(text: str, job: str = "") -> list[int]:
+    return [int(step) for step in re.findall(rf"{LINE}{job}step (\d+) epoch [\d.]+ \| train/loss \S+ val/loss \S+ "
+                                             r"val/acc \S+\r?\n", text)]
+
+
+def test_on_a_terminal_each_evaluation_is_a_line_above_the_bar_and_in_cli_log(tmp_path):
+    screen = on_a_terminal(*SHORT, "trainer.eval_every=0.5", cwd=tmp_path)
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")
+    steps = evaluated_steps(run_dir)
+    assert steps == [8, 16, 24, 32]
+    assert evaluation_lines(screen) == steps
+    assert evaluation_lines((run_dir / "cli.log").read_text()) == steps
+    # the bar's final state stays on the screen, above the run's last line
+    assert re.search(r"100%\|[^\r\n]*\| 32/32 [^\r\n]*\r\n\[[^]]*\]\[losslab\]\[INFO\] - completed after 32 steps",
+                     screen), screen[-600:]
+
+
+def test_without_a_terminal_a_line_every_tenth_of_an_epoch_between_evaluations(tmp_path):
+    result = subprocess.run(["losslab-train", *SHORT], cwd=tmp_path, env=env(), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")
+    assert evaluation_lines(result.stdout) == evaluated_steps(run_dir) == [16, 32]
+    # every ceil(16 / 10) = 2 steps, but not at an evaluation
+    assert progress_lines(result.stdout) == [2, 4, 6, 8, 10, 12, 14, 18, 20, 22, 24, 26, 28, 30]
+    assert result.stdout.count("\n") == len((run_dir / "cli.log").read_text().splitlines())
+
+
+def test_a_stacked_sweep_logs_each_jobs_evaluations_and_its_progress(tmp_path):
+    sweep_dir = tmp_path / "s"
+    result = subprocess.run(["losslab-train", "-m", "hydra/launcher=stacked", *SHORT, "seed=0,1",
+                             f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, env=env(), capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    for job in ("0", "1"):
+        assert evaluation_lines(result.stdout, f"job {job} ") == evaluated_steps(sweep_dir / job) == [16, 32]
+    assert progress_lines(result.stdout, "2 jobs running, ") == [2, 4, 6, 8, 10, 12, 14, 18, 20, 22, 24, 26, 28, 30]
+
+
+@pytest.mark.parametrize("launcher", ["basic", "stacked"])
+def test_ctrl_c_in_a_sweep_prints_the_tally_and_the_command_that_relaunches_it(launcher, tmp_path):
+    """Job 0 of the basic sweep finishes in 3 steps; SIGINT comes once the long job has logged an evaluation (its
+    loop is running: the signal stops it at its next step)."""
+    steps = "trainer.max_steps=3,100000" if launcher == "basic" else "trainer.max_steps=100000"
+    args = ["-m", f"hydra/launcher={launcher}", "dataset.train_size=2000", "trainer.epochs=1000",
+            "trainer.eval_every=0.5", "trainer.figures=false", steps, "seed=0,1" if launcher == "stacked" else "seed=0"]
+    sweep_dir = tmp_path / "s"
+    proc = subprocess.Popen(["losslab-train", *args, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    long_job = sweep_dir / ("1" if launcher == "basic" else "0") / "metrics.csv"
+    deadline = time.monotonic() + 300
+    while not (long_job.exists() and len(long_job.read_text().splitlines()) > 1):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 128 + signal.SIGINT, output
+    tally = "1 completed, 1 interrupted" if launcher == "basic" else "2 interrupted"
+    relaunch = shlex.join(["losslab-train", *args, f"hydra.sweep.dir={sweep_dir}"])
+    assert f"losslab sweep {sweep_dir} stopped by signal 2: {tally}; run the rest with: {relaunch}\n" in output
+
+
+def test_a_submitit_sweep_says_where_the_jobs_output_goes_and_when_each_job_finishes(tmp_path):
+    sweep_dir = tmp_path / "s"
+    result = subprocess.run(["losslab-train", "-m", "hydra/launcher=submitit_local", "dataset=synthetic",
+                             "trainer.epochs=1", "optimizer.lr=0.5,0.05", f"hydra.sweep.dir={sweep_dir}"],
+                            cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == (f"losslab sweep {sweep_dir}: the jobs' output (stdout, stderr) goes to "
+                        f"{sweep_dir}/.submitit/<job id>/, each job's log to <its run dir>/cli.log")
+    assert any(d.name.isdigit() for d in (sweep_dir / ".submitit").iterdir())
+    for job in ("0", "1"):
+        accuracy = json.loads((sweep_dir / job / "summary.json").read_text())["final"]["test/acc"]
+        assert lines.count(f"job {job} completed: test/acc {accuracy:.4g}") == 1
