@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from losslab.errors import UserError
+from losslab.job_dirs import job_dir, job_dirs
 from losslab.report import Report, main, read_curves, spans_decades, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -21,15 +22,16 @@ LOSSES, L2S, SEEDS = ("ce", "mbce"), ("0.001", "0.1"), (0, 1)
 
 
 def write_job(sweep: Path, job: int, overrides: list[str], summary: dict | None = None,
-              metrics_csv: str | None = None) -> Path:
-    job_dir = sweep / str(job)
-    (job_dir / ".hydra").mkdir(parents=True)
-    (job_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+              metrics_csv: str | None = None, name: str = "") -> Path:
+    """Job `job`'s dir, named `<job>_<name>` as losslab-train names it (`<job>` alone, as before names, without)."""
+    folder = sweep / (f"{job}_{name}" if name else str(job))
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     if summary is not None:
-        (job_dir / "summary.json").write_text(json.dumps(summary))
+        (folder / "summary.json").write_text(json.dumps(summary))
     if metrics_csv is not None:
-        (job_dir / "metrics.csv").write_text(metrics_csv)
-    return job_dir
+        (folder / "metrics.csv").write_text(metrics_csv)
+    return folder
 
 
 def metrics_csv(rng: random.Random, final: dict) -> str:
@@ -46,7 +48,8 @@ def metrics_csv(rng: random.Random, final: dict) -> str:
 def write_sweep(sweep: Path) -> Path:
     """A 2×2 grid (loss × trainer.l2) with 2 seeds each, one of them early stopped; then a diverged job, a failed
     job, a job still running (no summary.json, metrics.csv cut mid-line) and a job killed before Hydra wrote its
-    overrides. The diverged job's numbers would win and shift the means if it were aggregated."""
+    overrides. The grid's job dirs are named by what they vary, the others by their number alone (as sweeps were
+    named before). The diverged job's numbers would win and shift the means if it were aggregated."""
     rng = random.Random(0)
     job = 0
     for loss in LOSSES:
@@ -58,7 +61,7 @@ def write_sweep(sweep: Path) -> Path:
                 status = "early_stopped" if job == 3 else "completed"
                 write_job(sweep, job, ["dataset=synthetic", f"loss={loss}", f"seed={seed}", f"trainer.l2={l2}"],
                           {"status": status, "seed": seed, "best": {}, "final": final, "wall_s": 1.0},
-                          metrics_csv(rng, final))
+                          metrics_csv(rng, final), name=f"loss={loss},seed={seed},trainer.l2={l2}")
                 job += 1
     write_job(sweep, 8, ["dataset=synthetic", "loss=ce", "seed=2", "trainer.l2=0.001"],
               {"status": "diverged", "seed": 2, "diverged_at_step": 7,
@@ -86,14 +89,14 @@ def reported(tmp_path_factory) -> tuple[Path, Report]:
 def expected_stats(sweep: Path) -> dict[tuple[str, str], dict[str, list[float]]]:
     """Per (loss, l2), each final metric's values over the completed and early_stopped runs, read back from disk."""
     values: dict = {}
-    for job_dir in sweep.iterdir():
-        summary_path = job_dir / "summary.json"
+    for folder in sweep.iterdir():
+        summary_path = folder / "summary.json"
         if not summary_path.exists():
             continue
         summary = json.loads(summary_path.read_text())
         if summary["status"] not in ("completed", "early_stopped"):
             continue
-        overrides = dict(line[2:].split("=") for line in (job_dir / ".hydra/overrides.yaml").read_text().splitlines())
+        overrides = dict(line[2:].split("=") for line in (folder / ".hydra/overrides.yaml").read_text().splitlines())
         config = values.setdefault((overrides["loss"], overrides["trainer.l2"]), {})
         for metric, value in summary["final"].items():
             config.setdefault(metric, []).append(value)
@@ -121,6 +124,7 @@ def test_one_row_per_config_with_mean_and_sample_std_over_seeds(reported):
 def test_runs_that_did_not_finish_are_listed_not_aggregated(reported):
     sweep, report = reported
     listed = {run["job"]: run for run in report.not_aggregated}
+    assert [run["job"] for run in report.not_aggregated] == ["8", "9", "10", "11"]  # in job order
     assert {job: run["status"] for job, run in listed.items()} == {
         "8": "diverged", "9": "failed", "10": "unfinished", "11": "unfinished"}
     assert listed["8"]["overrides"] == "dataset=synthetic loss=ce seed=2 trainer.l2=0.001"
@@ -183,7 +187,8 @@ def test_log_axis_only_for_positive_values_spanning_two_decades():
 
 def test_curves_drop_the_final_row_and_a_line_still_being_written(reported):
     sweep, _ = reported
-    assert [row["step"] for row in read_curves(sweep / "0")] == [10, 20]  # the final row (test metrics) is not a curve
+    first = read_curves(job_dir(sweep, 0))
+    assert [row["step"] for row in first] == [10, 20]  # the final row (test metrics) is not a curve
     running = read_curves(sweep / "10")
     assert [row["step"] for row in running] == [10] and running[0]["val/acc"] == 0.6
 
@@ -215,7 +220,7 @@ def test_bad_input_is_one_sentence(sweep, tmp_path, monkeypatch, capsys, case, e
     (tmp_path / "file.txt").write_text("x")
     (tmp_path / "empty").mkdir()
     target = {"missing": tmp_path / "nope", "file": tmp_path / "file.txt", "empty": tmp_path / "empty",
-              "single run": sweep / "0", "unknown metric": sweep}[case]
+              "single run": job_dir(sweep, 0), "unknown metric": sweep}[case]
     metrics = ["test/acc", "test/accuracy"] if case == "unknown metric" else None
     with pytest.raises(UserError, match=re.escape(expected)):
         write_report(target, metrics)
@@ -240,6 +245,8 @@ def test_real_sweep(tmp_path, capsys):
     rows = [line for line in printed.splitlines() if line.startswith("| 0.")]
     assert [line.split(" | ")[:2] for line in rows] == [["| 0.1", "2"], ["| 0.01", "2"]]
     assert sum("**best**" in line for line in rows) == 1
+    assert [d.name for d in job_dirs(sweep)] == ["0_optimizer.lr=0.1,seed=0", "1_optimizer.lr=0.1,seed=1",
+                                                 "2_optimizer.lr=0.01,seed=0", "3_optimizer.lr=0.01,seed=1"]
     assert "None: every job completed or stopped early." in printed
     for name in ("report.csv", "report.md", "val_curves.png", "vs_optimizer.lr.png"):
         assert (sweep / name).exists()

@@ -57,12 +57,13 @@ def session_groups(get, n: int) -> list[dict]:
         time.sleep(0.5)
 
 
-def test_the_hparams_dashboard_shows_the_swept_keys(tmp_path):
+def test_the_hparams_dashboard_shows_the_swept_keys_and_runs_are_named_by_them(tmp_path):
     sweep = tmp_path / "sweep"
     losslab_train("-m", *GRID, "optimizer.lr=0.5,0.05", "trainer.l2=0,0.1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     with tensorboard(sweep) as get:
         groups = session_groups(get, 4)
         infos = get("/data/plugin/hparams/experiment", experimentName="")["hparamInfos"]
+        runs = get("/data/runs")
     differs = {info["name"]: info.get("differs", False) for info in infos}
     assert {name for name, differ in differs.items() if differ} == {"optimizer.lr", "trainer.l2"}
     assert {"seed", "loss", "model", "trainer.max_steps", "optimizer.weight_decay"} <= set(differs)
@@ -70,6 +71,8 @@ def test_the_hparams_dashboard_shows_the_swept_keys(tmp_path):
     assert [info["name"] for info in infos[:2]] == ["optimizer.lr", "trainer.l2"]
     assert {(g["hparams"]["optimizer.lr"], g["hparams"]["trainer.l2"]) for g in groups} == {
         (0.5, 0), (0.5, 0.1), (0.05, 0), (0.05, 0.1)}
+    assert sorted(runs) == ["0_optimizer.lr=0.5,trainer.l2=0", "1_optimizer.lr=0.5,trainer.l2=0.1",
+                            "2_optimizer.lr=0.05,trainer.l2=0", "3_optimizer.lr=0.05,trainer.l2=0.1"]
 
 
 def test_a_single_run_shows_its_hparams(tmp_path):

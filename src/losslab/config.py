@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from losslab.errors import ConfigError, require
+from losslab.job_dirs import job_dir_name
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO_ROOT / "conf"
@@ -258,6 +259,8 @@ class TrainConf:
 def register() -> None:
     if not OmegaConf.has_resolver("pid"):
         OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True)
+    if not OmegaConf.has_resolver("losslab.job_dir"):
+        OmegaConf.register_new_resolver("losslab.job_dir", job_dir_name)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConf)
     schemas = {

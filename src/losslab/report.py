@@ -29,6 +29,7 @@ import yaml
 
 from losslab.errors import UserError
 from losslab.fileio import atomic_write
+from losslab.job_dirs import job_dirs
 
 PROG = "losslab-report"
 FINISHED = ("completed", "early_stopped")
@@ -125,11 +126,11 @@ def read_runs(sweep_dir: Path) -> list[Run]:
         raise UserError(f"{sweep_dir} does not exist; pass the sweep dir of a `losslab-train -m` run.")
     if not sweep_dir.is_dir():
         raise UserError(f"{sweep_dir} is not a directory; pass the sweep dir of a `losslab-train -m` run.")
-    jobs = sorted((d for d in sweep_dir.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name))
+    jobs = job_dirs(sweep_dir)
     if not jobs:
         hint = " (it looks like a single run's dir)" if (sweep_dir / "summary.json").exists() else ""
-        raise UserError(f"{sweep_dir} has no job folders (0, 1, ...){hint}; pass the sweep dir of a "
-                        "`losslab-train -m` run, e.g. outputs/<name>/multirun/<timestamp>.")
+        raise UserError(f"{sweep_dir} has no job folders (0_..., 1_..., named by job number){hint}; pass the sweep "
+                        "dir of a `losslab-train -m` run, e.g. outputs/<name>/multirun/<timestamp>.")
     return [read_run(job) for job in jobs]
 
 

@@ -5,6 +5,7 @@
   and a job that left `checkpoints/last.pt` (interrupted, killed) resumes from it.
 - A job that fails writes summary.json with status `failed` and the error, and the sweep goes on.
 - Parallel jobs (joblib) each get their share of the CPU threads and, with several GPUs, one GPU each.
+- At the start (a Hydra callback) the job dirs are set to be named by the keys the sweep varies.
 - At the end (a Hydra callback) the sweep report is written and a one-line tally printed; the command
   exits non-zero only if a job failed (divergence is a result, not a failure).
 """
@@ -18,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from losslab.fileio import write_json
+from losslab.job_dirs import job_dirs
 
 log = logging.getLogger("losslab")
 FINISHED = ("completed", "early_stopped", "diverged")
@@ -78,6 +80,34 @@ def share_resources(cfg: DictConfig, launcher: DictConfig, job_num: int) -> None
             cfg.trainer.device = f"cuda:{job_num % gpus}"
 
 
+def shared_override_keys(config: DictConfig) -> list[str]:
+    """The keys of the sweep's overrides (command line and `hydra.sweeper.params`, as the sweepers read them) that
+    take one value in every job."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    lines = [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
+    overrides = OverridesParser.create().parse_overrides(lines)
+    swept = {o.key_or_group for o in overrides if o.is_sweep_override()}
+    return list(dict.fromkeys(o.key_or_group for o in overrides if o.key_or_group not in swept))
+
+
+class JobDirNames(Callback):
+    """Job dirs named `<job number>_<key=value,...>` of the keys the sweep varies (conf/train.yaml's
+    hydra.sweep.subdir): Hydra's override_dirname of each job, without the overrides that every job shares. The
+    launchers compose each job's config with the multirun's `hydra.overrides.hydra`, so one more override there
+    reaches every job, in this process or another."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        shared = shared_override_keys(config)
+        if not shared:
+            return
+        excluded = [*config.hydra.job.config.override_dirname.exclude_keys, *shared]
+        with read_write(config.hydra.overrides):
+            config.hydra.overrides.hydra.append("hydra.job.config.override_dirname.exclude_keys=["
+                                                + ",".join(f"'{key}'" for key in excluded) + "]")
+
+
 class SweepEnd(Callback):
     """At the end of a multirun: write the report, print the tally, fail only if a job failed."""
 
@@ -86,7 +116,7 @@ class SweepEnd(Callback):
 
         sweep_dir = Path(config.hydra.sweep.dir)
         statuses = [(read_summary(d) or {}).get("status", "unfinished")
-                    for d in sorted(sweep_dir.iterdir()) if d.is_dir() and d.name.isdigit()]
+                    for d in job_dirs(sweep_dir)]
         counts = {s: statuses.count(s) for s in ("completed", "early_stopped", "diverged", "failed", "unfinished")}
         report = write_report(sweep_dir) if counts["completed"] + counts["early_stopped"] else None
         tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s in ("completed", "diverged", "failed"))
