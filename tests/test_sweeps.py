@@ -51,12 +51,12 @@ def test_two_by_two_grid_with_two_seeds(launcher, tmp_path):
     configs = [r for r in report_rows(tmp_path / "s") if r["status"] == "aggregate"]
     assert len(configs) == 4 and all(r["n"] == "2" for r in configs)
     for row in configs:  # mean and sample std over the two seeds, recomputed from the summaries
-        values = [r["final"]["test/loss"] for r in runs.values()
+        values = [r["final"]["test/nll"] for r in runs.values()
                   if f"optimizer.lr={row['optimizer.lr']}" in r["overrides"]
                   and f"trainer.l2={row['trainer.l2']}" in r["overrides"]]
         assert len(values) == 2
-        assert float(row["test/loss mean"]) == pytest.approx(statistics.mean(values), rel=1e-9)
-        assert float(row["test/loss std"]) == pytest.approx(statistics.stdev(values), rel=1e-9)
+        assert float(row["test/nll mean"]) == pytest.approx(statistics.mean(values), rel=1e-9)
+        assert float(row["test/nll std"]) == pytest.approx(statistics.stdev(values), rel=1e-9)
     # one TensorBoard logdir for the sweep: every job's own event file has HParams with the same key set
     key_sets = {tuple(sorted(hparams(job))) for job in job_dirs(tmp_path / "s")}
     assert len(key_sets) == 1 and {"optimizer.lr", "trainer.l2", "seed", "loss"} <= set(next(iter(key_sets)))
