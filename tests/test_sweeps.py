@@ -93,6 +93,12 @@ def test_a_presets_grid_names_the_job_dirs_and_an_unsafe_value_is_made_safe(tmp_
     assert sorted(p.name for p in (tmp_path / "s").iterdir() if p.is_dir()) == [
         f"{job}_name={name},seed={seed}" for job, (seed, name) in enumerate(itertools.product((0, 1, 2), ("a_b", "c")))]
     assert "6 completed" in proc.output
+    # a command-line value replaces the preset's grid of that key, as in Hydra's sweepers: seed no longer varies
+    proc = sweep("dataset=synthetic", "trainer.max_steps=1", "trainer.figures=false", "trainer.progress=log",
+                 "sweep=seeds", "seed=1", "optimizer.lr=0.5,0.05", f"hydra.sweep.dir={tmp_path / 'one_seed'}",
+                 cwd=tmp_path)
+    assert proc.returncode == 0, proc.output
+    assert [d.name for d in job_dirs(tmp_path / "one_seed")] == ["0_optimizer.lr=0.5", "1_optimizer.lr=0.05"]
 
 
 def test_a_failing_and_a_diverging_job_do_not_stop_the_others(tmp_path):

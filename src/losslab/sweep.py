@@ -81,15 +81,25 @@ def share_resources(cfg: DictConfig, launcher: DictConfig, job_num: int) -> None
 
 
 def shared_override_keys(config: DictConfig) -> list[str]:
-    """The keys of the sweep's overrides (command line and `hydra.sweeper.params`, as the sweepers read them) that
-    take one value in every job."""
+    """The keys of the sweep's overrides (`hydra.sweeper.params`, then the command line, the later of two for one
+    key winning, as in Hydra's sweepers) that take one value in every job."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}
     lines = [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
-    overrides = OverridesParser.create().parse_overrides(lines)
-    swept = {o.key_or_group for o in overrides if o.is_sweep_override()}
-    return list(dict.fromkeys(o.key_or_group for o in overrides if o.key_or_group not in swept))
+    last = {o.key_or_group: o for o in OverridesParser.create().parse_overrides(lines)}
+    return [key for key, override in last.items() if not varies(override)]
+
+
+def varies(override) -> bool:
+    """Whether a parsed override gives the jobs more than one value (a list or range of one value does not)."""
+    from hydra.core.override_parser.types import ValueType
+
+    if not override.is_sweep_override():
+        return False
+    if override.value_type in (ValueType.CHOICE_SWEEP, ValueType.SIMPLE_CHOICE_SWEEP, ValueType.RANGE_SWEEP):
+        return len(set(override.sweep_string_iterator())) > 1
+    return True  # a glob of config options or an interval (Optuna)
 
 
 class JobDirNames(Callback):
