@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from losslab.job_dirs import job_dir, job_dirs, job_number
+
 GRIDS = {  # name: (title, the grid's overrides, the stacked launcher's options)
     "softmax": ("softmax regression, 4 lr x 4 l2, 3 epochs",
                 ["model=linear", "trainer.epochs=3", "optimizer.lr=0.3,0.1,0.03,0.01", "trainer.l2=0,0.001,0.01,0.1"],
@@ -50,8 +52,8 @@ def timed(command: list[str], cwd: Path) -> float:
 
 
 def test_accuracies(sweep_dir: Path) -> dict[int, float]:
-    return {int(d.name): json.loads((d / "summary.json").read_text())["final"]["test/acc"]
-            for d in sweep_dir.iterdir() if d.is_dir() and d.name.isdigit()}
+    return {job_number(d): json.loads((d / "summary.json").read_text())["final"]["test/acc"]
+            for d in job_dirs(sweep_dir)}
 
 
 def job_overrides(job_dir: Path) -> str:
@@ -101,7 +103,7 @@ def main() -> None:
             worst = max(gaps, key=gaps.get)
             print(f"{title + f' ({jobs} jobs): basic vs stacked':52} {walls['basic']:8.1f} {walls['stacked']:8.1f} "
                   f"{walls['basic'] / walls['stacked']:6.2f}x  max |test acc difference| {gaps[worst]:.2f} points "
-                  f"(job {worst}: {job_overrides(stacked_dir / str(worst))}, test acc "
+                  f"(job {worst}: {job_overrides(job_dir(stacked_dir, worst))}, test acc "
                   f"{accuracies['basic'][worst]:.4f} basic)", flush=True)
 
         debug, imports = [], []

@@ -11,13 +11,11 @@ def read_events(run_dir: Path):
     return events
 
 
-def hparams(run_dir: Path) -> tuple[dict, list[str]]:
-    """The HParams of the run's own event file: (hparam values, metric tags)."""
+def hparams(run_dir: Path) -> dict:
+    """The HParam values of the run's own event file."""
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     content = read_events(run_dir).PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
-    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
-    values = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind")) for k, v in
-              start.session_start_info.hparams.items()}
-    return values, [m.name.tag for m in experiment.experiment.metric_infos]
+    return {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind")) for k, v in
+            start.session_start_info.hparams.items()}

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from losslab.job_dirs import job_dirs, job_number
+
 SHORT = ["dataset.train_size=2000", "trainer.epochs=2", "trainer.figures=false"]  # 16 steps of 128 per epoch
 
 
@@ -96,9 +98,15 @@ def test_a_stacked_sweep_logs_each_jobs_evaluations_and_its_progress(tmp_path):
                              f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, env=env(), capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    for job in ("0", "1"):
-        assert evaluation_lines(result.stdout, f"job {job} ") == evaluated_steps(sweep_dir / job) == [16, 32]
+    for job in job_dirs(sweep_dir):
+        assert evaluation_lines(result.stdout, f"job {job.name} ") == evaluated_steps(job) == [16, 32]
     assert progress_lines(result.stdout, "2 jobs running, ") == [2, 4, 6, 8, 10, 12, 14, 18, 20, 22, 24, 26, 28, 30]
+
+
+def evaluated(sweep_dir: Path, num: int) -> bool:
+    """Whether job `num` of the sweep has logged an evaluation (its metrics.csv has a row)."""
+    metrics = [d / "metrics.csv" for d in job_dirs(sweep_dir) if job_number(d) == num] if sweep_dir.is_dir() else []
+    return bool(metrics) and metrics[0].exists() and len(metrics[0].read_text().splitlines()) > 1
 
 
 @pytest.mark.parametrize("launcher", ["basic", "stacked"])
@@ -111,9 +119,9 @@ def test_ctrl_c_in_a_sweep_prints_the_tally_and_the_command_that_relaunches_it(l
     sweep_dir = tmp_path / "s"
     proc = subprocess.Popen(["losslab-train", *args, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    long_job = sweep_dir / ("1" if launcher == "basic" else "0") / "metrics.csv"
+    long_job = 1 if launcher == "basic" else 0
     deadline = time.monotonic() + 300
-    while not (long_job.exists() and len(long_job.read_text().splitlines()) > 1):
+    while not evaluated(sweep_dir, long_job):
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
@@ -134,6 +142,6 @@ def test_a_submitit_sweep_says_where_the_jobs_output_goes_and_when_each_job_fini
     assert lines[0] == (f"losslab sweep {sweep_dir}: the jobs' output (stdout, stderr) goes to "
                         f"{sweep_dir}/.submitit/<job id>/, each job's log to <its run dir>/cli.log")
     assert any(d.name.isdigit() for d in (sweep_dir / ".submitit").iterdir())
-    for job in ("0", "1"):
-        accuracy = json.loads((sweep_dir / job / "summary.json").read_text())["final"]["test/acc"]
-        assert lines.count(f"job {job} completed: test/acc {accuracy:.4g}") == 1
+    for job in job_dirs(sweep_dir):
+        accuracy = json.loads((job / "summary.json").read_text())["final"]["test/acc"]
+        assert lines.count(f"job {job.name} completed: test/acc {accuracy:.4g}") == 1

@@ -17,6 +17,7 @@ from tb_events import read_events
 from losslab.cli import compose
 from losslab.errors import UserError
 from losslab.fileio import write_json
+from losslab.job_dirs import job_dir
 from losslab.log import append_csv_row
 from losslab.train import fit, save_checkpoint
 
@@ -37,11 +38,11 @@ def test_divergence_is_a_result_and_the_sweep_goes_on(tmp_path):
                          "trainer.progress=log", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
-    statuses = [summary(sweep / str(i))["status"] for i in range(3)]
+    statuses = [summary(job_dir(sweep, i))["status"] for i in range(3)]
     assert statuses == ["completed", "diverged", "completed"]
-    diverged = summary(sweep / "1")
+    diverged = summary(job_dir(sweep, 1))
     assert diverged["diverged_at_step"] >= 1 and diverged["final"] == {}  # no finite evaluation before it
-    text = read_events(sweep / "1").Tensors("status/text_summary")
+    text = read_events(job_dir(sweep, 1)).Tensors("status/text_summary")
     assert b"diverged" in text[0].tensor_proto.string_val[0]
 
 

@@ -13,23 +13,26 @@ from pathlib import Path
 import pytest
 
 from losslab.errors import UserError
-from losslab.report import Report, main, read_curves, spans_decades, write_report
+from losslab.job_dirs import job_dir, job_dirs
+from losslab.report import Config, Report, Run, main, parameter_figure, read_curves, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-HEADER = ["step", "epoch", "lr", "weights/sq_norm", "train/loss", "val/loss", "val/acc", "test/loss", "test/acc"]
+HEADER = ["step", "epoch", "lr", "weights/sq_norm", "train/loss", "val/loss", "val/acc", "test/loss", "test/nll",
+          "test/acc"]
 LOSSES, L2S, SEEDS = ("ce", "mbce"), ("0.001", "0.1"), (0, 1)
 
 
 def write_job(sweep: Path, job: int, overrides: list[str], summary: dict | None = None,
-              metrics_csv: str | None = None) -> Path:
-    job_dir = sweep / str(job)
-    (job_dir / ".hydra").mkdir(parents=True)
-    (job_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+              metrics_csv: str | None = None, name: str = "") -> Path:
+    """Job `job`'s dir, named `<job>_<name>` as losslab-train names it (`<job>` alone, as before names, without)."""
+    folder = sweep / (f"{job}_{name}" if name else str(job))
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     if summary is not None:
-        (job_dir / "summary.json").write_text(json.dumps(summary))
+        (folder / "summary.json").write_text(json.dumps(summary))
     if metrics_csv is not None:
-        (job_dir / "metrics.csv").write_text(metrics_csv)
-    return job_dir
+        (folder / "metrics.csv").write_text(metrics_csv)
+    return folder
 
 
 def metrics_csv(rng: random.Random, final: dict) -> str:
@@ -37,16 +40,17 @@ def metrics_csv(rng: random.Random, final: dict) -> str:
     rows = [HEADER]
     for step in (10, 20):
         rows.append([step, step / 10, 0.1, rng.uniform(1, 2), rng.uniform(0, 1), rng.uniform(0, 1),
-                     rng.uniform(0.5, 1), "", ""])
+                     rng.uniform(0.5, 1), "", "", ""])
     rows.append([20, 2.0, 0.1, final["weights/sq_norm"], "", final["val/loss"], final["val/acc"],
-                 final["test/loss"], final["test/acc"]])
+                 final["test/loss"], final["test/nll"], final["test/acc"]])
     return "".join(",".join(map(str, row)) + "\n" for row in rows)
 
 
 def write_sweep(sweep: Path) -> Path:
     """A 2×2 grid (loss × trainer.l2) with 2 seeds each, one of them early stopped; then a diverged job, a failed
     job, a job still running (no summary.json, metrics.csv cut mid-line) and a job killed before Hydra wrote its
-    overrides. The diverged job's numbers would win and shift the means if it were aggregated."""
+    overrides. The grid's job dirs are named by what they vary, the others by their number alone (as sweeps were
+    named before). The diverged job's numbers would win and shift the means if it were aggregated."""
     rng = random.Random(0)
     job = 0
     for loss in LOSSES:
@@ -54,11 +58,12 @@ def write_sweep(sweep: Path) -> Path:
             for seed in SEEDS:
                 final = {"val/loss": rng.uniform(0.1, 1), "val/acc": rng.uniform(0.5, 0.95),
                          "val/ece": rng.uniform(0, 0.2), "test/loss": rng.uniform(0.1, 1),
-                         "test/acc": rng.uniform(0.5, 0.95), "weights/sq_norm": float(l2) * 10 + rng.uniform(0, 1)}
+                         "test/nll": rng.uniform(0.1, 2), "test/acc": rng.uniform(0.5, 0.95),
+                         "weights/sq_norm": float(l2) * 10 + rng.uniform(0, 1)}
                 status = "early_stopped" if job == 3 else "completed"
                 write_job(sweep, job, ["dataset=synthetic", f"loss={loss}", f"seed={seed}", f"trainer.l2={l2}"],
                           {"status": status, "seed": seed, "best": {}, "final": final, "wall_s": 1.0},
-                          metrics_csv(rng, final))
+                          metrics_csv(rng, final), name=f"loss={loss},seed={seed},trainer.l2={l2}")
                 job += 1
     write_job(sweep, 8, ["dataset=synthetic", "loss=ce", "seed=2", "trainer.l2=0.001"],
               {"status": "diverged", "seed": 2, "diverged_at_step": 7,
@@ -66,7 +71,7 @@ def write_sweep(sweep: Path) -> Path:
     write_job(sweep, 9, ["dataset=synthetic", "loss=mbce", "seed=2", "trainer.l2=0.1"],
               {"status": "failed", "error": "CUDA out of memory"})
     write_job(sweep, 10, ["dataset=synthetic", "loss=ce", "seed=2", "trainer.l2=0.1"],
-              metrics_csv=",".join(HEADER) + "\n10,1.0,0.1,1.5,0.9,0.8,0.6,,\n20,2.0,0.1,1.")
+              metrics_csv=",".join(HEADER) + "\n10,1.0,0.1,1.5,0.9,0.8,0.6,,,\n20,2.0,0.1,1.")
     (sweep / "11").mkdir()
     return sweep
 
@@ -86,14 +91,14 @@ def reported(tmp_path_factory) -> tuple[Path, Report]:
 def expected_stats(sweep: Path) -> dict[tuple[str, str], dict[str, list[float]]]:
     """Per (loss, l2), each final metric's values over the completed and early_stopped runs, read back from disk."""
     values: dict = {}
-    for job_dir in sweep.iterdir():
-        summary_path = job_dir / "summary.json"
+    for folder in sweep.iterdir():
+        summary_path = folder / "summary.json"
         if not summary_path.exists():
             continue
         summary = json.loads(summary_path.read_text())
         if summary["status"] not in ("completed", "early_stopped"):
             continue
-        overrides = dict(line[2:].split("=") for line in (job_dir / ".hydra/overrides.yaml").read_text().splitlines())
+        overrides = dict(line[2:].split("=") for line in (folder / ".hydra/overrides.yaml").read_text().splitlines())
         config = values.setdefault((overrides["loss"], overrides["trainer.l2"]), {})
         for metric, value in summary["final"].items():
             config.setdefault(metric, []).append(value)
@@ -103,7 +108,7 @@ def expected_stats(sweep: Path) -> dict[tuple[str, str], dict[str, list[float]]]
 def test_one_row_per_config_with_mean_and_sample_std_over_seeds(reported):
     sweep, report = reported
     assert report.keys == ["loss", "trainer.l2"]  # dataset is the same everywhere, seed is aggregated
-    assert report.metrics == ["val/acc", "test/acc", "test/loss", "val/ece"]
+    assert report.metrics == ["val/acc", "test/acc", "test/nll", "val/ece"]  # test/nll: comparable across losses
     assert [(row["loss"], row["trainer.l2"]) for row in report.rows] == [(lo, l2) for lo in LOSSES for l2 in L2S]
     expected = expected_stats(sweep)
     for row in report.rows:
@@ -121,6 +126,7 @@ def test_one_row_per_config_with_mean_and_sample_std_over_seeds(reported):
 def test_runs_that_did_not_finish_are_listed_not_aggregated(reported):
     sweep, report = reported
     listed = {run["job"]: run for run in report.not_aggregated}
+    assert [run["job"] for run in report.not_aggregated] == ["8", "9", "10", "11"]  # in job order
     assert {job: run["status"] for job, run in listed.items()} == {
         "8": "diverged", "9": "failed", "10": "unfinished", "11": "unfinished"}
     assert listed["8"]["overrides"] == "dataset=synthetic loss=ce seed=2 trainer.l2=0.001"
@@ -152,7 +158,7 @@ def test_report_csv_has_config_rows_and_the_runs_left_out(reported):
         reader = csv.DictReader(f)
         records = list(reader)
     for column in ("loss", "trainer.l2", "status", "n", "best", "seeds", "jobs", "note",
-                   "val/acc mean", "val/acc std", "test/acc mean", "test/acc std", "test/loss mean", "val/ece std"):
+                   "val/acc mean", "val/acc std", "test/acc mean", "test/acc std", "test/nll mean", "val/ece std"):
         assert column in reader.fieldnames
     aggregates = [r for r in records if r["status"] == "aggregate"]
     assert len(aggregates) == 4
@@ -175,15 +181,36 @@ def test_plots_are_pngs_with_one_figure_per_numeric_parameter(reported):
         assert f"]({name})" in (sweep / "report.md").read_text()
 
 
-def test_log_axis_only_for_positive_values_spanning_two_decades():
-    assert spans_decades([0.001, 0.1])
-    assert not spans_decades([0.01, 0.1])
-    assert not spans_decades([0.0, 0.1, 1.0])
+@pytest.mark.parametrize("key, values, scale", [
+    ("optimizer.lr", ("0.1", "0.01"), "log"),  # a learning rate: log however few decades
+    ("optimizer.weight_decay", ("0.001", "0.0005"), "log"),
+    ("trainer.l2", ("0", "0.1", "1"), "linear"),  # 0 has no place on a log axis
+    ("trainer.batch_size", ("32", "64"), "linear"),
+    ("trainer.batch_size", ("8", "1024"), "log"),  # any parameter spanning two decades
+])
+def test_learning_rates_and_parameters_spanning_decades_are_plotted_on_a_log_axis(key, values, scale):
+    run = Run("0", {key: values[0]}, "completed", {"final": {"val/acc": 0.5}}, "")
+    configs = [Config({key: value}, [run]) for value in values]
+    fig = parameter_figure(configs, key, ["val/acc"])
+    assert fig.axes[0].get_xscale() == scale
+
+
+def test_the_best_row_names_its_run_dirs(reported):
+    sweep, report = reported
+    best = report.best
+    expected = sorted(d.name for d in sweep.iterdir() if (d / "summary.json").exists()
+                      and json.loads((d / "summary.json").read_text())["status"] in ("completed", "early_stopped")
+                      and f"loss={best['loss']}," in d.name and d.name.endswith(f"trainer.l2={best['trainer.l2']}"))
+    assert len(expected) == 2
+    config = f"loss={best['loss']} trainer.l2={best['trainer.l2']}"
+    line = f"**best**: {config}; run dirs: `{expected[0]}/`, `{expected[1]}/`."
+    assert line in (sweep / "report.md").read_text().splitlines()
 
 
 def test_curves_drop_the_final_row_and_a_line_still_being_written(reported):
     sweep, _ = reported
-    assert [row["step"] for row in read_curves(sweep / "0")] == [10, 20]  # the final row (test metrics) is not a curve
+    first = read_curves(job_dir(sweep, 0))
+    assert [row["step"] for row in first] == [10, 20]  # the final row (test metrics) is not a curve
     running = read_curves(sweep / "10")
     assert [row["step"] for row in running] == [10] and running[0]["val/acc"] == 0.6
 
@@ -198,9 +225,9 @@ def test_chosen_metrics_a_loss_picks_the_lowest_and_one_seed_has_no_std(sweep, t
     single = tmp_path / "single"
     for job, lr in enumerate(("0.1", "0.01")):
         write_job(single, job, [f"optimizer.lr={lr}", "seed=0"],
-                  {"status": "completed", "final": {"val/acc": 0.5 + job / 10, "test/acc": 0.4, "test/loss": 1.0}})
+                  {"status": "completed", "final": {"val/acc": 0.5 + job / 10, "test/acc": 0.4, "test/nll": 1.0}})
     report = write_report(single)
-    assert report.metrics == ["val/acc", "test/acc", "test/loss"]  # no val/ece in these summaries
+    assert report.metrics == ["val/acc", "test/acc", "test/nll"]  # no val/ece in these summaries
     assert [row["n"] for row in report.rows] == [1, 1] and report.rows[0]["val/acc std"] is None
     assert report.best["optimizer.lr"] == "0.01"
     assert "| 0.01 | 1 | 0.6 ± – |" in (single / "report.md").read_text()
@@ -215,7 +242,7 @@ def test_bad_input_is_one_sentence(sweep, tmp_path, monkeypatch, capsys, case, e
     (tmp_path / "file.txt").write_text("x")
     (tmp_path / "empty").mkdir()
     target = {"missing": tmp_path / "nope", "file": tmp_path / "file.txt", "empty": tmp_path / "empty",
-              "single run": sweep / "0", "unknown metric": sweep}[case]
+              "single run": job_dir(sweep, 0), "unknown metric": sweep}[case]
     metrics = ["test/acc", "test/accuracy"] if case == "unknown metric" else None
     with pytest.raises(UserError, match=re.escape(expected)):
         write_report(target, metrics)
@@ -240,6 +267,12 @@ def test_real_sweep(tmp_path, capsys):
     rows = [line for line in printed.splitlines() if line.startswith("| 0.")]
     assert [line.split(" | ")[:2] for line in rows] == [["| 0.1", "2"], ["| 0.01", "2"]]
     assert sum("**best**" in line for line in rows) == 1
+    assert [d.name for d in job_dirs(sweep)] == ["0_optimizer.lr=0.1,seed=0", "1_optimizer.lr=0.1,seed=1",
+                                                 "2_optimizer.lr=0.01,seed=0", "3_optimizer.lr=0.01,seed=1"]
+    best_lr = next(line for line in rows if "**best**" in line).split(" | ")[0].removeprefix("| ")
+    first = 0 if best_lr == "0.1" else 2
+    dirs = [f"`{first + seed}_optimizer.lr={best_lr},seed={seed}/`" for seed in (0, 1)]
+    assert f"**best**: optimizer.lr={best_lr}; run dirs: {dirs[0]}, {dirs[1]}." in printed
     assert "None: every job completed or stopped early." in printed
     for name in ("report.csv", "report.md", "val_curves.png", "vs_optimizer.lr.png"):
         assert (sweep / name).exists()

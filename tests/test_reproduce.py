@@ -14,6 +14,7 @@ import yaml
 from fixtures import patch_cifar10_md5, write_cifar10, write_emnist_letters
 
 from losslab.config import REPO_ROOT
+from losslab.job_dirs import job_dir, job_dirs
 from losslab.reproduce import main, portable, write_page
 from losslab.studies import STUDIES
 
@@ -40,7 +41,7 @@ def page_tables(page: Path) -> dict[str, list[dict[str, str]]]:
 def summaries(sweep_dir: Path) -> list[tuple[dict[str, str], dict]]:
     """(overrides by key, summary) of every job of a sweep, read straight from the files."""
     jobs = []
-    for job in sorted(d for d in sweep_dir.iterdir() if d.name.isdigit()):
+    for job in job_dirs(sweep_dir):
         overrides = dict(o.split("=", 1) for o in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()))
         jobs.append((overrides, json.loads((job / "summary.json").read_text())))
     return jobs
@@ -119,7 +120,7 @@ def test_cifar10_linear_end_to_end_on_fixture_data(data, tmp_path, monkeypatch):
     assert [(r["loss"], r["original"]) for r in improved] == [("ce", "42.17 % test"), ("mbce", "41.06 % test")]
     assert all(r["n"] == "1" and re.fullmatch(r"\d+\.\d\d ± –", r["test/acc (%)"]) for r in settings + improved)
     # train on batch 1, validate on batch 2, in fixture sizes
-    job = tmp_path / "out" / "cifar10_linear" / "settings" / "0"
+    job = job_dir(tmp_path / "out" / "cifar10_linear" / "settings", 0)
     assert json.loads((job / "summary.json").read_text())["images"] == {"train": 100, "val": 100, "test": 100}
     text = page.read_text()
     for name in ("templates_lr0.001_l2_0", "templates_lr0.001_l2_1", "confidence_ce", "confidence_mbce"):
@@ -150,7 +151,7 @@ def test_emnist_entropy_losses_end_to_end_on_fixture_data(data, tmp_path, monkey
     text = page.read_text()
     assert "Not run yet: mnist_ce, mnist_entropy." in text and "Not run yet: cifar10_entropy." in text
     assert "(not available: 0/figures/reliability_test.png was not written.)" in text  # trainer.figures=false
-    images = {name: json.loads((tmp_path / "out" / "emnist_entropy_losses" / name / "0" / "summary.json")
+    images = {name: json.loads((job_dir(tmp_path / "out" / "emnist_entropy_losses" / name, 0) / "summary.json")
                                .read_text())["images"]["train"] for name in ("emnist_ce", "cifar10_ce")}
     assert images == {"emnist_ce": 420, "cifar10_ce": 400}
 

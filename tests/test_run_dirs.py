@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from losslab.job_dirs import job_dirs
 from losslab.rundir import exclusive
 
 pytestmark = pytest.mark.slow
@@ -107,7 +108,7 @@ def test_a_sweep_dir_holds_one_sweep_named_after_it(tmp_path):
     done = losslab_train(*grid, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     (sweep_dir,) = (tmp_path / "outputs" / "synthetic-linear-ce+mbce" / "multirun").iterdir()
-    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
+    assert [d.name for d in job_dirs(sweep_dir)] == ["0_loss=ce", "1_loss=mbce"]
     before = files(sweep_dir)
 
     other = [*grid[:-1], "trainer.max_steps=4", f"hydra.sweep.dir={sweep_dir}"]
@@ -116,7 +117,7 @@ def test_a_sweep_dir_holds_one_sweep_named_after_it(tmp_path):
     assert files(sweep_dir) == before
     relaunched = losslab_train(*grid, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     assert relaunched.returncode == 0 and "2 completed" in relaunched.stdout
-    assert files(sweep_dir)["0/metrics.csv"] == before["0/metrics.csv"]
+    assert files(sweep_dir)["0_loss=ce/metrics.csv"] == before["0_loss=ce/metrics.csv"]
 
 
 def test_a_summary_says_where_its_result_comes_from(tmp_path, finished_run):

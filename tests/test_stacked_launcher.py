@@ -12,6 +12,7 @@ from tb_events import read_events
 from test_sweeps import summaries, sweep
 
 from losslab.cli import compose
+from losslab.job_dirs import job_dir
 from losslab.train_stacked import group_key
 
 TINY = ["dataset=synthetic", "trainer.progress=log", "trainer.figures=false"]
@@ -47,8 +48,9 @@ def assert_same_runs(tmp_path: Path, separate: dict, stacked: dict, tol: float =
         assert together["final"].keys() == alone["final"].keys()
         for key, value in alone["final"].items():
             assert together["final"][key] == close(key, value), (job, key)
-        rows_alone = metrics_rows(tmp_path / "basic" / str(job))
-        rows_together = metrics_rows(tmp_path / "stacked" / str(job))
+        alone_dir, together_dir = job_dir(tmp_path / "basic", job), job_dir(tmp_path / "stacked", job)
+        assert alone_dir.name == together_dir.name
+        rows_alone, rows_together = metrics_rows(alone_dir), metrics_rows(together_dir)
         assert len(rows_alone) == len(rows_together)
         for a, b in zip(rows_alone, rows_together):
             for key in a:
@@ -56,11 +58,10 @@ def assert_same_runs(tmp_path: Path, separate: dict, stacked: dict, tol: float =
                     assert b[key] == ""
                 else:
                     assert float(b[key]) == close(key, float(a[key])), (job, key)
-        files = {p.relative_to(tmp_path / "basic" / str(job)).as_posix()
-                 for p in (tmp_path / "basic" / str(job)).rglob("*") if "events" not in p.name}
-        assert files == {p.relative_to(tmp_path / "stacked" / str(job)).as_posix()
-                         for p in (tmp_path / "stacked" / str(job)).rglob("*") if "events" not in p.name}
-        assert len(list((tmp_path / "stacked" / str(job)).glob("events.out.tfevents.*"))) == 1
+        files = [{p.relative_to(run).as_posix() for p in run.rglob("*") if "events" not in p.name}
+                 for run in (alone_dir, together_dir)]
+        assert files[0] == files[1]
+        assert len(list(together_dir.glob("events.out.tfevents.*"))) == 1
 
 
 def test_stacked_jobs_draw_the_figures_of_separate_runs(tmp_path):
@@ -71,7 +72,7 @@ def test_stacked_jobs_draw_the_figures_of_separate_runs(tmp_path):
         proc = sweep(*grid, f"hydra/launcher={launcher}", f"hydra.sweep.dir={tmp_path / launcher}", cwd=tmp_path)
         assert proc.returncode == 0, proc.output
     for job in (0, 1):
-        runs = [tmp_path / launcher / str(job) for launcher in ("basic", "stacked")]
+        runs = [job_dir(tmp_path / launcher, job) for launcher in ("basic", "stacked")]
         figures = [sorted(p.name for p in (run / "figures").iterdir()) for run in runs]
         assert len(figures[0]) == 4 and figures[0] == figures[1]
         tags = [sorted(read_events(run).Tags()["images"]) for run in runs]
@@ -161,7 +162,8 @@ def test_an_interrupted_stack_resumes_job_by_job_to_the_same_results(tmp_path):
 
     stopped = sweep(*grid, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path, wait=False)
     deadline = time.time() + 300
-    while not (tmp_path / "s" / "0" / "checkpoints" / "last.pt").exists():  # the first epoch is done
+    first = tmp_path / "s" / "0_optimizer.lr=0.3,seed=0"
+    while not (first / "checkpoints" / "last.pt").exists():  # the first epoch is done
         assert stopped.poll() is None and time.time() < deadline
         time.sleep(0.02)
     stopped.send_signal(signal.SIGTERM)
@@ -169,7 +171,7 @@ def test_an_interrupted_stack_resumes_job_by_job_to_the_same_results(tmp_path):
     assert stopped.returncode == 128 + signal.SIGTERM, output
     interrupted = summaries(tmp_path / "s")
     assert [r["status"] for r in interrupted.values()] == ["interrupted"] * 4
-    state = torch.load(tmp_path / "s" / "0" / "checkpoints" / "last.pt", weights_only=True)
+    state = torch.load(first / "checkpoints" / "last.pt", weights_only=True)
     assert state["optimizer"]["param_groups"][0]["momentum"] == 0.9 and state["optimizer"]["state"]
 
     relaunch = sweep(*grid, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)

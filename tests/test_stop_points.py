@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from losslab.job_dirs import job_dirs
+
 pytestmark = pytest.mark.slow
 
 RUN = ["dataset=synthetic", "model=fnn", "model.dropout=0.2", "dataset.hflip=true", "trainer.epochs=3",
@@ -95,12 +97,14 @@ def test_a_stacked_sweep_stopped_at_any_point_relaunches_to_the_same_metrics(tmp
     command = [*STACK, f"hydra.sweep.dir={sweep_dir}"]
     stopped = losslab_train(*command, cwd=tmp_path, stop_at=f"{signal_name} {point}")
     assert stopped.returncode == expected_exit(signal_name), stopped.stderr[-3000:]
-    before = {job: rows(sweep_dir / job) for job in ("0", "1")}
+    jobs = [d.name for d in job_dirs(sweep_dir)]
+    assert jobs == [d.name for d in job_dirs(stacked_reference)] and len(jobs) == 2
+    before = {job: rows(sweep_dir / job) for job in jobs}
 
     relaunched = losslab_train(*command, cwd=tmp_path)
     assert relaunched.returncode == 0, relaunched.stderr[-3000:]
     assert "2 completed" in relaunched.stdout
-    for job in ("0", "1"):
+    for job in jobs:
         expected, got = rows(stacked_reference / job), rows(sweep_dir / job)
         if signal_name == "SIGTERM":  # nothing written before the stop is dropped (a kill drops what last.pt lacks)
             assert got[:len(before[job])] == before[job] == expected[:len(before[job])]

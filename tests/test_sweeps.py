@@ -1,6 +1,7 @@
 """Sweeps on the real Hydra launchers: grids, seeds, failures, relaunching into the same sweep dir."""
 
 import csv
+import itertools
 import json
 import os
 import signal
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from tb_events import hparams
+
+from losslab.job_dirs import MAX_NAME, job_dir, job_dir_name, job_dirs, job_number
 
 GRID = ["dataset=synthetic", "trainer.epochs=1", "trainer.progress=log", "optimizer.lr=0.5,0.05", "trainer.l2=0,0.1"]
 
@@ -30,8 +33,7 @@ def report_rows(sweep_dir: Path) -> list[dict]:
 
 
 def summaries(sweep_dir: Path) -> dict[int, dict]:
-    return {int(d.name): json.loads((d / "summary.json").read_text())
-            for d in sweep_dir.iterdir() if d.is_dir() and d.name.isdigit()}
+    return {job_number(d): json.loads((d / "summary.json").read_text()) for d in job_dirs(sweep_dir)}
 
 
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
@@ -42,17 +44,21 @@ def test_two_by_two_grid_with_two_seeds(launcher, tmp_path):
     runs = summaries(tmp_path / "s")
     assert len(runs) == 8 and all(r["status"] == "completed" for r in runs.values())
     assert "8 completed, 0 diverged, 0 failed" in proc.output
+    # each job dir says what its job varies (joblib's workers name them in their own processes)
+    grid = itertools.product(("0.5", "0.05"), ("0", "0.1"), ("0", "1"))
+    assert [d.name for d in job_dirs(tmp_path / "s")] == [
+        f"{job}_optimizer.lr={lr},seed={seed},trainer.l2={l2}" for job, (lr, l2, seed) in enumerate(grid)]
     configs = [r for r in report_rows(tmp_path / "s") if r["status"] == "aggregate"]
     assert len(configs) == 4 and all(r["n"] == "2" for r in configs)
     for row in configs:  # mean and sample std over the two seeds, recomputed from the summaries
-        values = [r["final"]["test/loss"] for r in runs.values()
+        values = [r["final"]["test/nll"] for r in runs.values()
                   if f"optimizer.lr={row['optimizer.lr']}" in r["overrides"]
                   and f"trainer.l2={row['trainer.l2']}" in r["overrides"]]
         assert len(values) == 2
-        assert float(row["test/loss mean"]) == pytest.approx(statistics.mean(values), rel=1e-9)
-        assert float(row["test/loss std"]) == pytest.approx(statistics.stdev(values), rel=1e-9)
+        assert float(row["test/nll mean"]) == pytest.approx(statistics.mean(values), rel=1e-9)
+        assert float(row["test/nll std"]) == pytest.approx(statistics.stdev(values), rel=1e-9)
     # one TensorBoard logdir for the sweep: every job's own event file has HParams with the same key set
-    key_sets = {tuple(sorted(hparams(tmp_path / "s" / str(job))[0])) for job in runs}
+    key_sets = {tuple(sorted(hparams(job))) for job in job_dirs(tmp_path / "s")}
     assert len(key_sets) == 1 and {"optimizer.lr", "trainer.l2", "seed", "loss"} <= set(next(iter(key_sets)))
 
 
@@ -62,6 +68,7 @@ def test_submitit_local_runs_a_sweep(tmp_path):
     assert proc.returncode == 0, proc.output
     runs = summaries(tmp_path / "s")
     assert sorted(runs) == [0, 1] and all(r["status"] == "completed" for r in runs.values())
+    assert [d.name for d in job_dirs(tmp_path / "s")] == ["0_optimizer.lr=0.5", "1_optimizer.lr=0.05"]
     assert (tmp_path / "s" / "report.md").exists()
 
 
@@ -72,8 +79,26 @@ def test_optuna_sweeper_minimises_the_val_loss_the_jobs_return(tmp_path):
     assert proc.returncode == 0, proc.output
     runs = summaries(tmp_path / "s")
     assert len(runs) == 3 and all(r["status"] == "completed" for r in runs.values())
+    for job in job_dirs(tmp_path / "s"):  # named by the lr Optuna chose
+        lr = next(o for o in runs[job_number(job)]["overrides"] if o.startswith("optimizer.lr="))
+        assert job.name == f"{job_number(job)}_{lr}"
     best = min(r["final"]["val/loss"] for r in runs.values())
     assert f"Best value: {best}" in proc.output  # the objective is the val/loss each job returns
+
+
+def test_a_presets_grid_names_the_job_dirs_and_an_unsafe_value_is_made_safe(tmp_path):
+    proc = sweep("dataset=synthetic", "trainer.max_steps=1", "trainer.figures=false", "trainer.progress=log",
+                 "sweep=seeds", "name=a/b,c", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.output
+    assert sorted(p.name for p in (tmp_path / "s").iterdir() if p.is_dir()) == [
+        f"{job}_name={name},seed={seed}" for job, (seed, name) in enumerate(itertools.product((0, 1, 2), ("a_b", "c")))]
+    assert "6 completed" in proc.output
+    # a command-line value replaces the preset's grid of that key, as in Hydra's sweepers: seed no longer varies
+    proc = sweep("dataset=synthetic", "trainer.max_steps=1", "trainer.figures=false", "trainer.progress=log",
+                 "sweep=seeds", "seed=1", "optimizer.lr=0.5,0.05", f"hydra.sweep.dir={tmp_path / 'one_seed'}",
+                 cwd=tmp_path)
+    assert proc.returncode == 0, proc.output
+    assert [d.name for d in job_dirs(tmp_path / "one_seed")] == ["0_optimizer.lr=0.5", "1_optimizer.lr=0.05"]
 
 
 def test_a_failing_and_a_diverging_job_do_not_stop_the_others(tmp_path):
@@ -84,9 +109,9 @@ def test_a_failing_and_a_diverging_job_do_not_stop_the_others(tmp_path):
     assert "2 completed, 1 diverged, 1 failed" in proc.output
     runs = summaries(tmp_path / "s")
     assert [runs[i]["status"] for i in range(4)] == ["completed", "failed", "diverged", "completed"]
-    assert "optimizer.lr must be > 0" in runs[1]["error"] and (tmp_path / "s" / "1" / "error.txt").exists()
+    assert "optimizer.lr must be > 0" in runs[1]["error"] and (job_dir(tmp_path / "s", 1) / "error.txt").exists()
     listed = {r["jobs"]: r["status"] for r in report_rows(tmp_path / "s") if r["status"] != "aggregate"}
-    assert listed == {"1": "failed", "2": "diverged"}
+    assert listed == {"1_optimizer.lr=-1": "failed", "2_optimizer.lr=1000000.0": "diverged"}
 
 
 def test_relaunching_a_killed_sweep_runs_only_the_unfinished_jobs(tmp_path):
@@ -96,12 +121,12 @@ def test_relaunching_a_killed_sweep_runs_only_the_unfinished_jobs(tmp_path):
 
     killed = sweep(*grid, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path, wait=False)
     deadline = time.time() + 300
-    while not (tmp_path / "s" / "1" / "summary.json").exists():
+    while not (tmp_path / "s" / "1_optimizer.lr=0.5,trainer.l2=0.1" / "summary.json").exists():
         assert killed.poll() is None and time.time() < deadline
         time.sleep(0.05)
     killed.send_signal(signal.SIGKILL)
     killed.communicate()
-    finished = sum(1 for d in (tmp_path / "s").glob("[0-9]") if (d / "summary.json").exists())
+    finished = sum(1 for d in job_dirs(tmp_path / "s") if (d / "summary.json").exists())
     assert 2 <= finished < 4
 
     relaunch = sweep(*grid, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
@@ -131,3 +156,15 @@ def test_parallel_jobs_share_the_cores_this_process_may_use_not_the_machines(mon
                                                "n_jobs": n_jobs}), 0)
     share_resources(cfg, OmegaConf.create({"_target_": "hydra._internal.core_plugins.BasicLauncher"}), 0)
     assert threads == [3, 2, 1, 1]  # 6 cores over 2, 3, 6 and 6 (at most one job per core) jobs; basic: untouched
+
+
+def test_job_dir_names_are_safe_short_and_in_job_order(tmp_path):
+    assert job_dir_name(3, "optimizer.lr=0.1,trainer.l2=0") == "3_optimizer.lr=0.1,trainer.l2=0"
+    assert job_dir_name(0, "") == "0"  # a multirun that varies nothing
+    assert job_dir_name(2, "dataset.root=/data/x,name='a b'") == "2_dataset.root=_data_x,name=_a_b_"
+    long = job_dir_name(7, ",".join(f"model.layer{i}=[{i},{i}]" for i in range(40)))
+    assert len(long) == len("7_") + MAX_NAME and long.startswith("7_model.layer0=_0,0_,model.layer1=")
+    for name in ("10_seed=1", "9_seed=0", "2", "report.md", ".submitit", "1_x"):
+        (tmp_path / name).mkdir()
+    assert [d.name for d in job_dirs(tmp_path)] == ["1_x", "2", "9_seed=0", "10_seed=1"]
+    assert job_dir(tmp_path, 10).name == "10_seed=1"

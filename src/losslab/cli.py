@@ -7,6 +7,7 @@ import difflib
 import logging
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -157,12 +158,17 @@ def _overrides(argv: list[str]) -> dict[str, str]:
     return {_key(arg): arg.split("=", 1)[1] for arg in argv if "=" in arg and not arg.startswith("-")}
 
 
-def check_dirs(argv: list[str]) -> list[str]:
-    """Before Hydra writes anything: refuse a command that would overwrite a run or mix two sweeps, and point a
-    resume at its run dir. Returns the arguments a resume adds (run inside that dir, keep its .hydra/)."""
+def check_command(argv: list[str]) -> list[str]:
+    """Before Hydra writes anything: refuse a command that would overwrite a run, mix two sweeps or submit to a
+    cluster that is not there, and point a resume at its run dir. Returns the arguments a resume adds (run inside
+    that dir, keep its .hydra/)."""
     from losslab.rundir import FINISHED, busy, holds_run, locked_by, run_state
 
     given = _overrides(argv)
+    if given.get("hydra/launcher") == "submitit_slurm" and shutil.which("srun") is None:
+        raise UserError("hydra/launcher=submitit_slurm submits to a Slurm cluster, but this machine has no `srun` on "
+                        "its PATH; run the command on a cluster's login node, or try the sweep here with "
+                        "hydra/launcher=submitit_local.")
     resume = given.get("trainer.resume", "null")
     if resume.lower() not in ("", "null", "false", "none"):
         if resume.lower() == "true":
@@ -213,7 +219,7 @@ def train() -> None:
     _FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let compose errors reach this function, which prints them as one line
     try:
-        sys.argv += check_dirs(sys.argv[1:])
+        sys.argv += check_command(sys.argv[1:])
         _train()
     except Interrupted as e:
         sys.exit(128 + e.signum)

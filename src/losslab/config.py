@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from losslab.errors import ConfigError, require
+from losslab.job_dirs import job_dir_name
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO_ROOT / "conf"
@@ -266,6 +267,8 @@ def register() -> None:
         OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True)
     if not OmegaConf.has_resolver("losslab_options"):
         OmegaConf.register_new_resolver("losslab_options", group_options)
+    if not OmegaConf.has_resolver("losslab.job_dir"):
+        OmegaConf.register_new_resolver("losslab.job_dir", job_dir_name)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConf)
     schemas = {

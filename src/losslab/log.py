@@ -1,7 +1,10 @@
 """What a run writes: TensorBoard events, metrics.csv (one row per evaluation) and summary.json.
 
 TensorBoard is imported on first use, so a run that fails its checks never pays for the import.
-HParams go into the run's own event file (not a child run) so a sweep opens as one run per job.
+HParams go into the run's own event file (not a child run) so a sweep opens as one run per job. A run writes its
+session start info and no experiment summary: TensorBoard's HParams plugin takes the first experiment summary it
+finds as the whole logdir's, with `differs` false for every hparam; without one it gathers the hparams of all runs
+and marks those whose values differ, which the dashboard sorts first and shows by default.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ import csv
 import functools
 import importlib.metadata
 import io
-import math
 import os
 import platform
 import shlex
@@ -27,7 +29,6 @@ from losslab.fileio import atomic_write, write_json
 SPLITS = ("train", "val", "test")
 METRICS = ("loss", "acc", "nll", "brier", "ece", "entropy")
 COLUMNS = ["step", "epoch", "lr", "weights/sq_norm"] + [f"{s}/{m}" for s in SPLITS for m in METRICS]
-HPARAM_METRICS = ("val/loss", "val/acc", "test/loss", "test/acc")
 
 
 GROUPS = ("experiment", "dataset", "model", "loss", "optimizer", "scheduler", "trainer")
@@ -63,7 +64,8 @@ class RunLogger:
             return
         self.writer = SummaryWriter(log_dir=str(run_dir), max_queue=1000)
         self.writer.add_text("config", "```yaml\n" + OmegaConf.to_yaml(cfg, resolve=True) + "```", 0)
-        for summary in hparams_summary(hparams, {tag: math.nan for tag in HPARAM_METRICS}):
+        _, session_start, session_end = hparams_summary(hparams, {})
+        for summary in (session_start, session_end):
             self.writer.file_writer.add_summary(summary)
         write_csv(self.csv_path, [COLUMNS])
         self.rows = 0

@@ -29,14 +29,16 @@ import yaml
 
 from losslab.errors import UserError
 from losslab.fileio import atomic_write
+from losslab.job_dirs import job_dirs
 
 PROG = "losslab-report"
 FINISHED = ("completed", "early_stopped")
-DEFAULT_METRICS = ("val/acc", "test/acc", "test/loss")
+DEFAULT_METRICS = ("val/acc", "test/acc", "test/nll")  # the NLL compares across losses, test/loss does not
 DEFAULT_IF_PRESENT = ("val/ece",)
 LOWER_IS_BETTER = ("loss", "nll", "ece", "brier")
 CURVE_METRICS = ("val/loss", "val/acc")
 WEIGHT_NORM = "weights/sq_norm"
+LOG_SCALE_KEYS = ("lr", "weight_decay", "l2", "eps")
 SUMMARY_NOTES = (("error", "{}"), ("diverged_at_step", "diverged at step {}"), ("resume", "resume: {}"))
 
 
@@ -125,11 +127,11 @@ def read_runs(sweep_dir: Path) -> list[Run]:
         raise UserError(f"{sweep_dir} does not exist; pass the sweep dir of a `losslab-train -m` run.")
     if not sweep_dir.is_dir():
         raise UserError(f"{sweep_dir} is not a directory; pass the sweep dir of a `losslab-train -m` run.")
-    jobs = sorted((d for d in sweep_dir.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name))
+    jobs = job_dirs(sweep_dir)
     if not jobs:
         hint = " (it looks like a single run's dir)" if (sweep_dir / "summary.json").exists() else ""
-        raise UserError(f"{sweep_dir} has no job folders (0, 1, ...){hint}; pass the sweep dir of a "
-                        "`losslab-train -m` run, e.g. outputs/<name>/multirun/<timestamp>.")
+        raise UserError(f"{sweep_dir} has no job folders (0_..., 1_..., named by job number){hint}; pass the sweep "
+                        "dir of a `losslab-train -m` run, e.g. outputs/<name>/multirun/<timestamp>.")
     return [read_run(job) for job in jobs]
 
 
@@ -303,6 +305,7 @@ def markdown(report: Report) -> str:
         table([*report.keys, "n", *report.metrics, "best"],
               [[*(row[k] for k in report.keys), row["n"], *(stat_cell(row, m) for m in report.metrics),
                 "**best**" if row["best"] else ""] for row in report.rows]),
+        *best_line(report),
         "",
         "## Runs not aggregated",
         "",
@@ -317,6 +320,15 @@ def markdown(report: Report) -> str:
     if plots:
         lines += ["", "## Plots", "", *(f"![{path.stem}]({path.name})" for path in plots)]
     return "\n".join(lines) + "\n"
+
+
+def best_line(report: Report) -> list[str]:
+    """The best row's config and run dirs (in the sweep dir), as a paragraph after the table."""
+    best = report.best
+    if best is None:
+        return []
+    config = " ".join(f"{key}={best[key]}" for key in report.keys) or "all jobs"
+    return ["", f"**best**: {config}; run dirs: " + ", ".join(f"`{job}/`" for job in best["jobs"]) + "."]
 
 
 def stat_cell(row: dict, metric: str) -> str:
@@ -390,33 +402,37 @@ def plot_curves(sweep_dir: Path, configs: list[Config], runs: list[Run]) -> list
 
 def plot_against_parameters(sweep_dir: Path, configs: list[Config], keys: list[str], metrics: list[str]) -> list[Path]:
     """Per numeric swept parameter: each metric (and weights/sq_norm) against it, mean ± std over seeds, one line
-    per combination of the other swept values; log x when the values are positive and span two decades."""
+    per combination of the other swept values."""
     finished = [config for config in configs if config.runs]
     plotted = list(metrics)
     if WEIGHT_NORM not in plotted and any(run.value(WEIGHT_NORM) is not None for c in finished for run in c.runs):
         plotted.append(WEIGHT_NORM)
     numeric = [key for key in keys if all(to_float(config.values[key]) is not None for config in configs)]
-    files = []
-    for key in numeric if finished else []:
-        lines: dict[str, list[Config]] = {}
-        for config in finished:
+    return [save(parameter_figure(configs, key, plotted), sweep_dir / ("vs_" + re.sub(r"[^\w.=-]", "_", key) + ".png"))
+            for key in (numeric if finished else [])]
+
+
+def parameter_figure(configs: list[Config], key: str, plotted: list[str]):
+    """The figure of `plotted` metrics against `key` (a log x axis where `log_axis` says so)."""
+    lines: dict[str, list[Config]] = {}
+    for config in configs:
+        if config.runs:
             others = " ".join(f"{k}={v}" for k, v in config.values.items() if k != key)
             lines.setdefault(others, []).append(config)
-        xs = [float(config.values[key]) for config in configs]
-        fig, axes = new_figure(len(plotted))
-        for ax, metric in zip(axes, plotted):
-            for others, line in lines.items():
-                points = sorted(point for config in line if (point := mean_point(config, key, metric)))
-                if points:
-                    ax.errorbar(*zip(*points), marker="o", capsize=3, label=others or None)
-            if spans_decades(xs):
-                ax.set_xscale("log")
-            ax.set(xlabel=key, ylabel=metric, title=f"{metric} vs {key}")
-            ax.grid(alpha=0.3)
-        if len(lines) > 1:
-            fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize="small")
-        files.append(save(fig, sweep_dir / ("vs_" + re.sub(r"[^\w.=-]", "_", key) + ".png")))
-    return files
+    xs = [float(config.values[key]) for config in configs]
+    fig, axes = new_figure(len(plotted))
+    for ax, metric in zip(axes, plotted):
+        for others, line in lines.items():
+            points = sorted(point for config in line if (point := mean_point(config, key, metric)))
+            if points:
+                ax.errorbar(*zip(*points), marker="o", capsize=3, label=others or None)
+        if log_axis(key, xs):
+            ax.set_xscale("log")
+        ax.set(xlabel=key, ylabel=metric, title=f"{metric} vs {key}")
+        ax.grid(alpha=0.3)
+    if len(lines) > 1:
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize="small")
+    return fig
 
 
 def mean_point(config: Config, key: str, metric: str) -> tuple[float, float, float] | None:
@@ -425,9 +441,12 @@ def mean_point(config: Config, key: str, metric: str) -> tuple[float, float, flo
     return None if mean is None else (float(config.values[key]), mean, std or 0.0)
 
 
-def spans_decades(xs: list[float]) -> bool:
-    """Whether a log axis suits `xs`: all positive, spanning at least two decades."""
-    return min(xs) > 0 and max(xs) >= 100 * min(xs)
+def log_axis(key: str, xs: list[float]) -> bool:
+    """Whether `key`'s values `xs` go on a log axis: all positive, and either a scale parameter (a learning rate,
+    weight decay, L2 coefficient or epsilon, swept by factors however few) or spanning at least two decades."""
+    if min(xs) <= 0:
+        return False
+    return key.rsplit(".", 1)[-1] in LOG_SCALE_KEYS or max(xs) >= 100 * min(xs)
 
 
 def finite(value: float | None) -> bool:

@@ -28,6 +28,7 @@ from pathlib import Path
 from losslab.config import REPO_ROOT, data_root
 from losslab.errors import DataError, UserError
 from losslab.fileio import atomic_write, write_json
+from losslab.job_dirs import job_dirs, job_number
 from losslab.report import new_figure, read_runs, save, table, write_report
 from losslab.studies import STUDIES, Figure, Multirun, Original, Study, Table, Trend
 
@@ -240,7 +241,7 @@ class Result:
 
 
 def has_jobs(sweep_dir: Path) -> bool:
-    return sweep_dir.is_dir() and any(d.is_dir() and d.name.isdigit() for d in sweep_dir.iterdir())
+    return sweep_dir.is_dir() and bool(job_dirs(sweep_dir))
 
 
 def collect(study: Study, tab: Table, out: Path) -> Result:
@@ -385,7 +386,7 @@ def copy_figure(study: Study, figure: Figure, result: Result, out: Path, target:
         finished = [run for run in runs if run.aggregated and matches(run.overrides, figure.match)]
         if not finished:
             return "no finished run of that config"
-        first = min(finished, key=lambda run: (seed_order(run.seed), int(run.job)))
+        first = min(finished, key=lambda run: (seed_order(run.seed), job_number(sweep_dir / run.job)))
         source = sweep_dir / first.job / figure.source
     if not source.exists():
         return f"{source.relative_to(sweep_dir)} was not written"

@@ -5,6 +5,7 @@
   and a job that stopped part-way (interrupted, killed) resumes from its `checkpoints/last.pt`.
 - A job that fails writes summary.json with status `failed` and the error, and the sweep goes on.
 - Parallel jobs (joblib) each get their share of the CPU threads and, with several GPUs, one GPU each.
+- At the start (a Hydra callback) the job dirs are set to be named by the keys the sweep varies.
 - At the end (a Hydra callback) the sweep report is written and a one-line tally printed; the command
   exits non-zero only if a job failed (divergence is a result, not a failure).
 """
@@ -19,14 +20,17 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.types import ValueType
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from losslab.fileio import write_json
+from losslab.job_dirs import job_dirs
 from losslab.rundir import FINISHED, read_summary
 
 log = logging.getLogger("losslab")
 NAMED_GROUPS = ("dataset", "model", "loss")  # the default `name` is <dataset>-<model>-<loss>
+DISCRETE_SWEEPS = (ValueType.CHOICE_SWEEP, ValueType.SIMPLE_CHOICE_SWEEP, ValueType.RANGE_SWEEP)
 
 
 def sweep_name(config: DictConfig) -> str:
@@ -35,21 +39,34 @@ def sweep_name(config: DictConfig) -> str:
     `+` (`-m loss=ce,mbce` on MNIST: mnist-linear-ce+mbce)."""
     if not OmegaConf.is_interpolation(config, "name"):
         return str(config.name)
-    hydra = config.hydra
-    params = hydra.sweeper.get("params") or {}
-    swept = swept_options([*hydra.overrides.task, *(f"{key}={value}" for key, value in params.items())])
-    return "-".join("+".join(swept.get(group) or [str(hydra.runtime.choices[group])]) for group in NAMED_GROUPS)
+    overrides = sweep_overrides(config)
+
+    def options(group: str) -> str:
+        override = overrides.get(group)
+        if override is not None and varies(override) and override.value_type in DISCRETE_SWEEPS:
+            return "+".join(override.sweep_string_iterator())
+        return str(config.hydra.runtime.choices[group])
+
+    return "-".join(options(group) for group in NAMED_GROUPS)
 
 
-def swept_options(overrides: list[str]) -> dict[str, list[str]]:
-    """The options of each named group that `overrides` sweep over (`loss=ce,mbce` -> {"loss": ["ce", "mbce"]})."""
+def sweep_overrides(config: DictConfig) -> dict:
+    """The sweep's parsed overrides by key (`hydra.sweeper.params`, then the command line; the later of two for one
+    key wins, as in Hydra's sweepers)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    swept = {}
-    for override in OverridesParser.create().parse_overrides(overrides):
-        if override.is_sweep_override() and override.get_key_element() in NAMED_GROUPS:
-            swept[override.get_key_element()] = list(override.sweep_string_iterator())
-    return swept
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    lines = [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
+    return {o.key_or_group: o for o in OverridesParser.create().parse_overrides(lines)}
+
+
+def varies(override) -> bool:
+    """Whether a parsed override gives the jobs more than one value (a list or range of one value does not)."""
+    if not override.is_sweep_override():
+        return False
+    if override.value_type in DISCRETE_SWEEPS:
+        return len(set(override.sweep_string_iterator())) > 1
+    return True  # a glob of config options or an interval (Optuna)
 
 
 def pin_sweep_dir(config: DictConfig) -> None:
@@ -101,8 +118,7 @@ def interrupted(sweep_dir: Path, signum: int) -> None:
     """A stop signal in a multirun: print the tally of the jobs started so far and the command that relaunches the
     sweep into its dir (finished jobs are skipped there, stopped ones resume)."""
     order = ("completed", "early_stopped", "diverged", "failed", "interrupted", "unfinished")
-    jobs = [d for d in sweep_dir.iterdir() if (d / ".hydra").is_dir()]
-    statuses = [(read_summary(d) or {}).get("status", "unfinished") for d in jobs]
+    statuses = [(read_summary(d) or {}).get("status", "unfinished") for d in job_dirs(sweep_dir)]
     tally = ", ".join(f"{statuses.count(s)} {s}" for s in order if s in statuses)
     args = [arg for arg in sys.argv[1:] if not arg.startswith("hydra.sweep.dir=")]
     print(f"losslab sweep {sweep_dir} stopped by signal {signum}: {tally or 'no job started'}; run the rest with: "
@@ -127,12 +143,27 @@ def share_resources(cfg: DictConfig, launcher: DictConfig, job_num: int) -> None
             cfg.trainer.device = f"cuda:{job_num % gpus}"
 
 
+def name_job_dirs(config: DictConfig) -> None:
+    """Job dirs named `<job number>_<key=value,...>` of the keys the sweep varies (conf/train.yaml's
+    hydra.sweep.subdir): Hydra's override_dirname of each job, without the overrides that every job shares. The
+    launchers compose each job's config with the multirun's `hydra.overrides.hydra`, so one more override there
+    reaches every job, in this process or another."""
+    shared = [key for key, override in sweep_overrides(config).items() if not varies(override)]
+    if not shared:
+        return
+    excluded = [*config.hydra.job.config.override_dirname.exclude_keys, *shared]
+    with read_write(config.hydra.overrides):
+        config.hydra.overrides.hydra.append("hydra.job.config.override_dirname.exclude_keys=["
+                                            + ",".join(f"'{key}'" for key in excluded) + "]")
+
+
 class SweepCallback(Callback):
-    """At the start of a multirun: one sweep dir for all jobs, and where submitit's jobs write their output. At the
-    end: write the report, print the tally, fail only if a job failed."""
+    """At the start of a multirun: one sweep dir for all jobs, job dirs named by what varies, and where submitit's
+    jobs write their output. At the end: write the report, print the tally, fail only if a job failed."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         pin_sweep_dir(config)
+        name_job_dirs(config)
         folder = config.hydra.launcher.get("submitit_folder")
         if folder:  # jobs that submitit runs write their output to its folder, not to this screen
             print(f"losslab sweep {config.hydra.sweep.dir}: the jobs' output (stdout, stderr) goes to "
@@ -146,7 +177,7 @@ class SweepCallback(Callback):
         if str(config.hydra.sweep.dir) in WATCHERS:
             WATCHERS.pop(str(config.hydra.sweep.dir)).stop()
         statuses = [(read_summary(d) or {}).get("status", "unfinished")
-                    for d in sorted(sweep_dir.iterdir()) if d.is_dir() and d.name.isdigit()]
+                    for d in job_dirs(sweep_dir)]
         counts = {s: statuses.count(s) for s in ("completed", "early_stopped", "diverged", "failed", "unfinished")}
         report = write_report(sweep_dir) if counts["completed"] + counts["early_stopped"] else None
         tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s in ("completed", "diverged", "failed"))

@@ -1,0 +1,86 @@
+"""What TensorBoard shows of a sweep and of a single run, read from a real `tensorboard` server's HTTP API."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+GRID = ["dataset=synthetic", "trainer.max_steps=2", "trainer.figures=false", "trainer.progress=log"]
+
+
+def losslab_train(*args: str, cwd: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "LOSSLAB_DATA_DIR")}
+    done = subprocess.run(["losslab-train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@contextmanager
+def tensorboard(logdir: Path):
+    """A `tensorboard --logdir` server on a free loopback port; yields a function that GETs a path as JSON."""
+    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", "0",
+                               "--host", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in server.stderr:
+            if found := re.search(r"http://127\.0\.0\.1:(\d+)/", line):
+                break
+        else:
+            raise AssertionError("tensorboard exited without serving")
+        base = f"http://127.0.0.1:{found[1]}"
+
+        def get(path: str, **request) -> dict | list:
+            query = "?request=" + urllib.parse.quote(json.dumps(request)) if request else ""
+            with urllib.request.urlopen(base + path + query, timeout=60) as response:
+                return json.load(response)
+
+        yield get
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def session_groups(get, n: int) -> list[dict]:
+    """The HParams dashboard's rows (name, hparams, metric values) once TensorBoard has read the HParams of all `n`
+    runs (it loads the logdir in the background)."""
+    deadline = time.monotonic() + 120
+    while True:
+        groups = get("/data/plugin/hparams/session_groups", startIndex=0, sliceSize=100,
+                     allowedStatuses=["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"])
+        groups = groups.get("sessionGroups", [])
+        if len(groups) == n or time.monotonic() > deadline:
+            return groups
+        time.sleep(0.5)
+
+
+def test_the_hparams_dashboard_shows_the_swept_keys_and_runs_are_named_by_them(tmp_path):
+    sweep = tmp_path / "sweep"
+    losslab_train("-m", *GRID, "optimizer.lr=0.5,0.05", "trainer.l2=0,0.1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    with tensorboard(sweep) as get:
+        groups = session_groups(get, 4)
+        infos = get("/data/plugin/hparams/experiment", experimentName="")["hparamInfos"]
+        runs = get("/data/runs")
+    differs = {info["name"]: info.get("differs", False) for info in infos}
+    assert {name for name, differ in differs.items() if differ} == {"optimizer.lr", "trainer.l2"}
+    assert {"seed", "loss", "model", "trainer.max_steps", "optimizer.weight_decay"} <= set(differs)
+    # the dashboard ticks the first five hparams it is sent, after sorting by `differs`
+    assert [info["name"] for info in infos[:2]] == ["optimizer.lr", "trainer.l2"]
+    assert {(g["hparams"]["optimizer.lr"], g["hparams"]["trainer.l2"]) for g in groups} == {
+        (0.5, 0), (0.5, 0.1), (0.05, 0), (0.05, 0.1)}
+    assert sorted(runs) == ["0_optimizer.lr=0.5,trainer.l2=0", "1_optimizer.lr=0.5,trainer.l2=0.1",
+                            "2_optimizer.lr=0.05,trainer.l2=0", "3_optimizer.lr=0.05,trainer.l2=0.1"]
+
+
+def test_a_single_run_shows_its_hparams(tmp_path):
+    run_dir = tmp_path / "run"
+    losslab_train(*GRID, "optimizer.lr=0.3", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    with tensorboard(run_dir) as get:
+        (group,) = session_groups(get, 1)
+        infos = get("/data/plugin/hparams/experiment", experimentName="")["hparamInfos"]
+    assert {"optimizer.lr", "loss", "model", "seed", "trainer.max_steps"} <= {info["name"] for info in infos}
+    assert not any(info.get("differs") for info in infos)
+    assert (group["hparams"]["optimizer.lr"], group["hparams"]["model"]) == (0.3, "linear")
