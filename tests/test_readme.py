@@ -299,9 +299,10 @@ def check_train(session: Newcomer, line: Line, argv: list[str]) -> None:
 
 
 def result_dirs(home: Path, pattern: str) -> list[Path]:
-    """The finished run dirs (summary.json) and sweep dirs (multirun.yaml) that match `pattern`'s placeholders."""
+    """The dirs matching `pattern`'s placeholders that hold results: runs with a summary.json, sweeps with jobs that
+    have one (a sweep stopped before its first job, such as submitit_slurm's without a cluster, has none)."""
     glob = re.sub(r"<[^>]+>", "*", pattern)
-    return sorted(p for p in home.glob(glob) if (p / "summary.json").is_file() or (p / "multirun.yaml").is_file())
+    return sorted(p for p in home.glob(glob) if (p / "summary.json").is_file() or any(p.glob("*/summary.json")))
 
 
 def filled(session: Newcomer, argv: list[str]) -> list[tuple[Path, list[str]]]:
