@@ -234,9 +234,21 @@ def check_print_config(session: Newcomer, line: Line, argv: list[str]) -> None:
     expect(sorted(session.home.rglob("*")) == before, "printing the config wrote files")
 
 
+def composed(overrides: list[str]):
+    """The config `overrides` compose to, or None where they do not (the command itself then says why)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from losslab.cli import compose
+
+    try:
+        return compose(overrides)
+    except (HydraException, OmegaConfBaseException):
+        return None
+
+
 def sources_of(argv: list[str]) -> set[str]:
     """The on-disk data sources a losslab-train command reads (from its dataset= and experiment= choices)."""
-    from losslab.cli import compose
     from losslab.data import TASKS
 
     names = []
@@ -245,8 +257,8 @@ def sources_of(argv: list[str]) -> set[str]:
         if key == "dataset":
             names += value.split(",")
         elif key == "experiment":
-            names += [compose([f"experiment={e}"]).dataset.name for e in value.split(",")]
-    return {TASKS[name][0] for name in names or [compose([]).dataset.name]}
+            names += [cfg.dataset.name for e in value.split(",") if (cfg := composed([f"experiment={e}"]))]
+    return {TASKS[name][0] for name in names or [composed([]).dataset.name] if name in TASKS}
 
 
 def missing_sources(argv: list[str]) -> dict[str, list[Path]]:
@@ -266,10 +278,9 @@ def is_sweep_value(word: str) -> bool:
 
 def run_length(argv: list[str]) -> list[str]:
     """The run-length overrides appended to a losslab-train command: only those that make its runs shorter."""
-    from losslab.cli import compose
-
     chosen = [w for w in argv if re.match(r"(trainer|experiment|sweep)[.=]", w) and not is_sweep_value(w)]
-    trainer = compose(chosen).trainer
+    cfg = composed(chosen)
+    trainer = cfg.trainer if cfg is not None else dict.fromkeys(name.split(".")[1] for name in RUN_LENGTH)
     extra = [f"{key}={limit}" for key, limit in RUN_LENGTH.items()
              if trainer[key.split(".")[1]] is None or trainer[key.split(".")[1]] > limit]
     trials = [int(w.partition("=")[2]) for w in argv if w.startswith("hydra.sweeper.n_trials=")]
