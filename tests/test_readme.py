@@ -181,7 +181,7 @@ class Newcomer:
             return traceback.format_exc()
         return None
 
-    def summaries(self) -> dict[Path, float]:
+    def summaries(self) -> dict[Path, int]:
         return {p: p.stat().st_mtime_ns for p in self.home.glob("outputs/**/summary.json")}
 
     def checkout(self) -> Path:
