@@ -35,10 +35,19 @@ def test_bf16_stacked_members_train(tmp_path):
     assert all(s["final"]["test/acc"] > 0.9 for s in summaries)
 
 
-def test_fp32_is_ieee_on_cuda_and_tf32_is_asked_for(tmp_path, caplog, monkeypatch):
+@pytest.fixture
+def tf32_flags():
+    """torch's process-wide TF32 flags, restored after the test. Not monkeypatch.setattr: these attributes live
+    behind the backend modules' __getattr__/__setattr__, and pytest 9's undo deletes them instead."""
     flags = (torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32")
-    for module, name in flags:
-        monkeypatch.setattr(module, name, getattr(module, name))  # restored after the test
+    saved = [getattr(module, name) for module, name in flags]
+    yield flags
+    for (module, name), value in zip(flags, saved):
+        setattr(module, name, value)
+
+
+def test_fp32_is_ieee_on_cuda_and_tf32_is_asked_for(tmp_path, caplog, tf32_flags):
+    flags = tf32_flags
     for precision, expected in (("tf32", True), ("fp32", False), ("bf16", False), ("tf32", True)):
         use_float32_math(precision, torch.device("cuda"))
         assert [getattr(module, name) for module, name in flags] == [expected, expected], precision

@@ -221,3 +221,10 @@ def test_pages_hold_no_machine_paths_and_no_double_slashes(tmp_path):
                 assert not MACHINE_PATH.search(line), f"{path}: {line}"
     recorded = f"losslab-train -m hydra.sweep.dir={REPO_ROOT}/outputs/reproduce/s/m dataset.root={REPO_ROOT}/data"
     assert portable(recorded) == "losslab-train -m hydra.sweep.dir=outputs/reproduce/s/m dataset.root=data"
+
+
+def test_rebuilding_a_page_from_no_sweep_dirs_is_refused(tmp_path, capsys):
+    docs = tmp_path / "docs"
+    code = main(["course_mnist", "--from-existing", "--out", str(tmp_path / "out"), "--docs", str(docs)])
+    assert code == 2 and "found no sweep dir of course_mnist" in capsys.readouterr().err
+    assert not docs.exists()

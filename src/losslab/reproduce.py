@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or (OVERRIDES_OUT_DIR if args.overrides else OUT_DIR)
     try:
         code = 0
+        if args.from_existing and not any(has_jobs(args.out / study.name / run.name) for run in study.multiruns()):
+            raise UserError(f"--from-existing found no sweep dir of {study.name} under {display(args.out)}, so there "
+                            f"is no page to rebuild (the one in place stays); run the study first.")
         if not args.from_existing:
             runs = selected(study, args.only)
             check_data(study, runs, data_root(str(args.data_root) if args.data_root else None), not args.no_download)
