@@ -73,3 +73,20 @@ def test_the_last_log_line_rounds_the_test_accuracy(tmp_path):
     accuracy = json.loads((run_dir / "summary.json").read_text())["final"]["test/acc"]
     last = result.stdout.strip().splitlines()[-1]
     assert re.search(r"completed after 1 steps: test/acc (\S+) ", last).group(1) == f"{accuracy:.4g}"
+
+
+def test_hydras_own_slurm_launcher_is_refused_with_a_pointer_to_losslabs(tmp_path):
+    result = run("losslab-train", "-m", "hydra/launcher=submitit_slurm", "seed=0,1", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "use hydra/launcher=slurm, which takes the same hydra.launcher keys" in result.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_the_slurm_launcher_without_srun_says_so_in_one_sentence(tmp_path):
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}  # losslab-train and python, no Slurm commands
+    result = subprocess.run(["losslab-train", "-m", "hydra/launcher=slurm", "seed=0,1"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "submits to a Slurm cluster, but this machine has no `srun` on its PATH" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "outputs").exists()

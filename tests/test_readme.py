@@ -37,7 +37,7 @@ TRIALS = 2  # hydra.sweeper.n_trials, appended where a command asks for more
 SMOKE = ["trainer.max_steps=5", "seed=0"]  # README: "e.g. `trainer.max_steps=5 seed=0` for a smoke run"
 OFFLINE = "http://127.0.0.1:9"  # a proxy nobody listens on: every download fails at once
 FINISHED = {"completed", "early_stopped", "diverged"}
-CLUSTER_WORDS = ("srun", "slurm cluster")  # the README's sentence on submitit_slurm without a cluster
+CLUSTER_WORDS = ("srun", "slurm cluster")  # the README's sentence on the slurm launcher without a cluster
 
 
 @dataclass(frozen=True)
@@ -290,7 +290,7 @@ def run_length(argv: list[str]) -> list[str]:
 def check_train(session: Newcomer, line: Line, argv: list[str]) -> None:
     before = session.summaries()
     result = run(argv + run_length(argv), session.home, session.env)
-    if "hydra/launcher=submitit_slurm" in argv and shutil.which("srun") is None:
+    if "hydra/launcher=slurm" in argv and shutil.which("srun") is None:
         missing = [w for w in CLUSTER_WORDS if w.lower() not in README.read_text().lower()]
         expect(not missing, f"README.md does not say what happens without a Slurm cluster ({missing})")
         assert_documented_failure(result, list(CLUSTER_WORDS))
@@ -311,7 +311,7 @@ def check_train(session: Newcomer, line: Line, argv: list[str]) -> None:
 
 def result_dirs(home: Path, pattern: str) -> list[Path]:
     """The dirs matching `pattern`'s placeholders that hold results: runs with a summary.json, sweeps with jobs that
-    have one (a sweep stopped before its first job, such as submitit_slurm's without a cluster, has none)."""
+    have one (a sweep stopped before its first job, such as the slurm launcher's without a cluster, has none)."""
     glob = re.sub(r"<[^>]+>", "*", pattern)
     return sorted(p for p in home.glob(glob) if (p / "summary.json").is_file() or any(p.glob("*/summary.json")))
 

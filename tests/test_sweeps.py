@@ -43,7 +43,7 @@ def test_two_by_two_grid_with_two_seeds(launcher, tmp_path):
     assert proc.returncode == 0, proc.output
     runs = summaries(tmp_path / "s")
     assert len(runs) == 8 and all(r["status"] == "completed" for r in runs.values())
-    assert "8 completed, 0 diverged, 0 failed" in proc.output
+    assert f"losslab sweep {tmp_path / 's'}: 8 completed; report: " in proc.output
     # each job dir says what its job varies (joblib's workers name them in their own processes)
     grid = itertools.product(("0.5", "0.05"), ("0", "0.1"), ("0", "1"))
     assert [d.name for d in job_dirs(tmp_path / "s")] == [

@@ -131,14 +131,18 @@ def objective(summary: dict) -> float:
 def _sweep_job(cfg: DictConfig, hc, run_dir: Path, overrides: list[str]) -> float | None:
     """One job of a multirun: reuse a finished result, resume a stopped one, and never stop the sweep."""
     from losslab.log import hparams_of
+    from losslab.rundir import wait_for_lock
     from losslab.sweep import can_resume, interrupted, previous_result, record_failure, share_resources
     from losslab.train import fit
 
+    if "slurm" in str(hc.launcher.get("_target_", "")):  # a relaunch while an earlier launch's task trains here
+        wait_for_lock(run_dir)
     done = previous_result(run_dir, overrides)
     if done is not None:
         log.info("job %s already %s in %s: skipped", hc.job.num, done["status"], run_dir)
         return objective(done)
     share_resources(cfg, hc.launcher, hc.job.num)
+    (run_dir / "error.txt").unlink(missing_ok=True)  # an earlier attempt's
     try:
         summary = fit(cfg, run_dir, hparams_of(cfg, dict(hc.runtime.choices), overrides),
                       resume=can_resume(run_dir, overrides), overrides=overrides)
@@ -165,9 +169,14 @@ def check_command(argv: list[str]) -> list[str]:
     from losslab.rundir import FINISHED, busy, holds_run, locked_by, run_state
 
     given = _overrides(argv)
-    if given.get("hydra/launcher") == "submitit_slurm" and shutil.which("srun") is None:
-        raise UserError("hydra/launcher=submitit_slurm submits to a Slurm cluster, but this machine has no `srun` on "
-                        "its PATH; run the command on a cluster's login node, or try the sweep here with "
+    launcher = given.get("hydra/launcher")
+    if launcher == "submitit_slurm":
+        raise UserError("hydra/launcher=submitit_slurm is Hydra's Slurm launcher without losslab's handling of "
+                        "cancelled, timed-out and preempted jobs; use hydra/launcher=slurm, which takes the same "
+                        "hydra.launcher keys.")
+    if launcher == "slurm" and shutil.which("srun") is None:
+        raise UserError("hydra/launcher=slurm submits to a Slurm cluster, but this machine has no `srun` on its "
+                        "PATH; run the command on a cluster's login node, or try the sweep here with "
                         "hydra/launcher=submitit_local.")
     resume = given.get("trainer.resume", "null")
     if resume.lower() not in ("", "null", "false", "none"):

@@ -62,7 +62,9 @@ class RunLogger:
             self._truncate_csv(resume_rows)
             self.rows = resume_rows
             return
-        self.writer = SummaryWriter(log_dir=str(run_dir), max_queue=1000)
+        # a fresh start over an attempt that left no checkpoint: TensorBoard drops that attempt's events
+        earlier = any(run_dir.glob("events.out.tfevents.*"))
+        self.writer = SummaryWriter(log_dir=str(run_dir), max_queue=1000, purge_step=0 if earlier else None)
         self.writer.add_text("config", "```yaml\n" + OmegaConf.to_yaml(cfg, resolve=True) + "```", 0)
         _, session_start, session_end = hparams_summary(hparams, {})
         for summary in (session_start, session_end):

@@ -314,12 +314,25 @@ def markdown(report: Report) -> str:
         lines.append(table(["job", "status", "overrides", "note"],
                            [[run["job"], run["status"], run["overrides"], run["note"]]
                             for run in report.not_aggregated]))
+        lines += continue_line(report)
     else:
         lines.append("None: every job completed or stopped early.")
     plots = [path for path in report.files if path.suffix == ".png"]
     if plots:
         lines += ["", "## Plots", "", *(f"![{path.stem}]({path.name})" for path in plots)]
     return "\n".join(lines) + "\n"
+
+
+def continue_line(report: Report) -> list[str]:
+    """The command that continues the jobs left failed, interrupted or unfinished (a diverged run is a result)."""
+    from losslab.sweep import LEFT, continue_command
+
+    left = [run for run in report.not_aggregated if run["status"] in LEFT]
+    if not left:
+        return []
+    return ["", f"{len(left)} of the jobs did not finish. This command continues them (from their last checkpoint "
+                f"where they have one) and skips the finished ones:", "", "```bash",
+            continue_command(report.sweep_dir), "```"]
 
 
 def best_line(report: Report) -> list[str]:

@@ -74,3 +74,11 @@ def exclusive(run_dir: Path):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def wait_for_lock(run_dir: Path, poll_s: float = 2.0) -> None:
+    """Until no live process trains in `run_dir`."""
+    import time
+
+    while locked_by(run_dir) is not None:
+        time.sleep(poll_s)

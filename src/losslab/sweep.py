@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from losslab.fileio import write_json
 from losslab.job_dirs import job_dirs
-from losslab.rundir import FINISHED, read_summary
+from losslab.rundir import FINISHED, read_summary, run_state
 
 log = logging.getLogger("losslab")
 NAMED_GROUPS = ("dataset", "model", "loss")  # the default `name` is <dataset>-<model>-<loss>
@@ -94,7 +94,10 @@ def previous_result(run_dir: Path, overrides: list[str]) -> dict | None:
 
 
 def can_resume(run_dir: Path, overrides: list[str]) -> bool:
-    """A job that stopped part-way with the same overrides (interrupted, or killed before any summary)."""
+    """A job that stopped part-way: it has a last.pt, whatever status it was left with (interrupted, failed
+    after a time-out, killed), or it was killed after training started and before any checkpoint."""
+    if (run_dir / "checkpoints" / "last.pt").exists():
+        return True
     if not (run_dir / "metrics.csv").exists():  # never started training
         return False
     summary = read_summary(run_dir)
@@ -114,15 +117,56 @@ def record_failure(run_dir: Path, cfg: DictConfig, overrides: list[str], error: 
               run_dir / "error.txt")
 
 
+STATUSES = ("completed", "early_stopped", "diverged", "failed", "interrupted", "unfinished", "running")
+LEFT = ("failed", "interrupted", "unfinished", "running")  # what a relaunch of the sweep continues
+
+
+def tally(sweep_dir: Path) -> dict[str, int]:
+    """How many of the sweep's jobs are in each state (losslab.rundir.run_state)."""
+    states = [run_state(d) for d in job_dirs(sweep_dir)]
+    return {state: states.count(state) for state in STATUSES if state in states}
+
+
+def tally_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {state}" for state, n in counts.items()) or "no job started"
+
+
+def continue_command(sweep_dir: Path) -> str:
+    """The command that relaunches the sweep into its dir (finished jobs are skipped, stopped ones resume), from
+    its multirun.yaml; the command line of this process when there is none yet."""
+    try:
+        overrides = OmegaConf.load(Path(sweep_dir) / "multirun.yaml").hydra.overrides
+        arguments = [*overrides.hydra, *overrides.task]
+    except (OSError, ValueError, AttributeError):
+        arguments = sys.argv[1:]
+    pinned = ("hydra.sweep.dir=", "hydra.mode=", "hydra.job.config.override_dirname.exclude_keys=")
+    kept = [str(a) for a in arguments if a not in ("-m", "--multirun") and not str(a).startswith(pinned)]
+    return shlex.join(["losslab-train", "-m", *kept, f"hydra.sweep.dir={sweep_dir}"])
+
+
 def interrupted(sweep_dir: Path, signum: int) -> None:
     """A stop signal in a multirun: print the tally of the jobs started so far and the command that relaunches the
-    sweep into its dir (finished jobs are skipped there, stopped ones resume)."""
-    order = ("completed", "early_stopped", "diverged", "failed", "interrupted", "unfinished")
-    statuses = [(read_summary(d) or {}).get("status", "unfinished") for d in job_dirs(sweep_dir)]
-    tally = ", ".join(f"{statuses.count(s)} {s}" for s in order if s in statuses)
-    args = [arg for arg in sys.argv[1:] if not arg.startswith("hydra.sweep.dir=")]
-    print(f"losslab sweep {sweep_dir} stopped by signal {signum}: {tally or 'no job started'}; run the rest with: "
-          f"{shlex.join(['losslab-train', *args, f'hydra.sweep.dir={sweep_dir}'])}", flush=True)
+    sweep into its dir."""
+    print(f"losslab sweep {sweep_dir} stopped by signal {signum}: {tally_text(tally(sweep_dir))}; run the rest "
+          f"with: {continue_command(sweep_dir)}", flush=True)
+
+
+def record_slurm_end(run_dir: Path, overrides: list[str], task: str, state: str, error: str | None) -> None:
+    """A Slurm task that ended without a result (cancelled, killed, out of memory, timed out too often): its run
+    dir's summary says so, with Slurm's task id and state. A summary the job wrote itself is kept, with these
+    added; a finished one, or a dir another process trains, is left as it is."""
+    from losslab.rundir import locked_by
+
+    summary = read_summary(run_dir) or {}
+    if summary.get("status") in FINISHED or locked_by(run_dir) is not None:
+        return
+    status = summary.get("status") if summary.get("status") in ("interrupted", "failed") else "interrupted"
+    ended = f"Slurm task {task} ended {state} before the run finished" + (f" ({error})" if error else "")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "summary.json", {"best": {}, "final": {}, **summary, "status": status, "overrides": overrides,
+                                          "run_dir": str(run_dir), "slurm": {"task": task, "state": state},
+                                          "ended": ended})
+    log.warning("job in %s: %s; relaunching the sweep continues it", run_dir, ended)
 
 
 def share_resources(cfg: DictConfig, launcher: DictConfig, job_num: int) -> None:
@@ -176,13 +220,13 @@ class SweepCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if str(config.hydra.sweep.dir) in WATCHERS:
             WATCHERS.pop(str(config.hydra.sweep.dir)).stop()
-        statuses = [(read_summary(d) or {}).get("status", "unfinished")
-                    for d in job_dirs(sweep_dir)]
-        counts = {s: statuses.count(s) for s in ("completed", "early_stopped", "diverged", "failed", "unfinished")}
-        report = write_report(sweep_dir) if counts["completed"] + counts["early_stopped"] else None
-        tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s in ("completed", "diverged", "failed"))
-        print(f"losslab sweep {sweep_dir}: {tally}" + (f"; report: {sweep_dir / 'report.md'}" if report else ""))
-        if counts["failed"]:
+        counts = tally(sweep_dir)
+        report = write_report(sweep_dir) if counts.get("completed", 0) + counts.get("early_stopped", 0) else None
+        left = sum(counts.get(state, 0) for state in LEFT)
+        print(f"losslab sweep {sweep_dir}: {tally_text(counts)}"
+              + (f"; report: {sweep_dir / 'report.md'}" if report else "")
+              + (f"; continue the {left} left with: {continue_command(sweep_dir)}" if left else ""), flush=True)
+        if left:
             raise SystemExit(1)
 
 

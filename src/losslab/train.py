@@ -171,13 +171,20 @@ class Progress:
     rows: int = 0  # metrics.csv rows written (a resume keeps exactly these)
 
 
+def stop_signals() -> tuple[int, ...]:
+    """Ctrl-C, SIGTERM (kill, scancel, a time limit) and submitit's preemption signal (USR2 unless
+    SUBMITIT_PREEMPT_SIGNAL names another), sent before a Slurm time limit or on preemption."""
+    preempt = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG"))
+    return signal.SIGINT, signal.SIGTERM, preempt
+
+
 @contextlib.contextmanager
 def catch_stop_signals():
-    """Turn SIGINT/SIGTERM into a flag the loop checks between steps (main thread only)."""
+    """Turn the stop signals into a flag the loop checks between steps (main thread only)."""
     received: list[int] = []
     previous = {}
     try:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in stop_signals():
             previous[signum] = signal.signal(signum, lambda n, _frame: received.append(n))
     except ValueError:  # not the main thread: leave signals alone
         pass
@@ -188,16 +195,29 @@ def catch_stop_signals():
             signal.signal(signum, handler)
 
 
-STOP_AT = os.environ.get("LOSSLAB_TEST_STOP_AT", "").split()  # tests only: "<SIGNAL> <point> <step>"
+# tests only: "<action> <point> <step|any> [job=<n>]", several separated by `;`
+STOP_AT = [spec.split() for spec in os.environ.get("LOSSLAB_TEST_STOP_AT", "").split(";") if spec.strip()]
 
 
 def stop_point(point: str, step: int) -> None:
     """Where the tests stop a run at a chosen place: `LOSSLAB_TEST_STOP_AT="SIGKILL eval 8"` sends this process
-    SIGKILL when step 8's evaluation has been written. Points: `step` (after the update, before any
-    bookkeeping), `eval` (the evaluation row written), `epoch` (an epoch's end, before last.pt), `finish` (the
-    final row written, before best.pt and summary.json; any step)."""
-    if STOP_AT and STOP_AT[1] == point and STOP_AT[2] in (str(step), "any"):
-        os.kill(os.getpid(), getattr(signal, STOP_AT[0]))
+    SIGKILL when step 8's evaluation has been written; `sleep=0.5 step any` sleeps half a second after every step
+    (a run that takes long on any machine); `job=1` restricts a spec to job 1 of a sweep. Points: `step` (after
+    the update, before any bookkeeping), `eval` (the evaluation row written), `epoch` (an epoch's end, before
+    last.pt), `finish` (the final row written, before best.pt and summary.json; any step)."""
+    for action, where, when, *job in STOP_AT:
+        if where != point or when not in (str(step), "any") or (job and job[0] != f"job={this_job()}"):
+            continue
+        if action.startswith("sleep="):
+            time.sleep(float(action.removeprefix("sleep=")))
+        else:
+            os.kill(os.getpid(), getattr(signal, action))
+
+
+def this_job() -> int | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().job.num if HydraConfig.initialized() else None
 
 
 def rng_states(order_gen: torch.Generator) -> dict:

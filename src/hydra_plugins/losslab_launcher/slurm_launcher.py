@@ -1,0 +1,120 @@
+"""`hydra/launcher=slurm`: Hydra's `submitit_slurm` with losslab's launcher and defaults, under which every job ends
+as a recorded result: a timed-out or preempted task writes last.pt, is requeued and resumes; a cancelled or killed
+one is recorded and the sweep ends with its tally and report. What it does with Slurm: losslab.slurm."""
+
+# no `from __future__ import annotations`: Hydra's plugin scan runs this module outside sys.modules, where
+# dataclasses cannot resolve string annotations
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Sequence
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from omegaconf import OmegaConf, open_dict
+
+try:
+    from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as HydraSlurmLauncher
+except ImportError:  # the `sweep` extra is not installed: no Slurm launcher
+    SlurmQueueConf = HydraSlurmLauncher = None
+
+log = logging.getLogger("losslab")
+
+if SlurmQueueConf is not None:
+
+    @dataclass
+    class LosslabSlurmConf(SlurmQueueConf):
+        _target_: str = "hydra_plugins.losslab_launcher.slurm_launcher.SlurmLauncher"
+        name: str = "losslab"  # the launcher names the array after the sweep, each task <sweep>/<job number>
+        # USR2 this many seconds before the time limit (at most half of it): training stops at its next step,
+        # writes last.pt, and the task is requeued (Slurm may send it up to 60 s earlier than asked)
+        signal_delay_s: int = 120
+        max_num_timeout: int = 10  # requeues after time-outs; each resumes from last.pt
+        poll_s: float = 5.0  # how often the launcher asks Slurm about its tasks
+
+    ConfigStore.instance().store(group="hydra/launcher", name="slurm", node=LosslabSlurmConf, provider="losslab")
+
+
+class SlurmLauncher(HydraSlurmLauncher or object):
+    """Hydra's SlurmLauncher with the additions of the module docstring. Its extra key: `poll_s`, how often the
+    launcher asks Slurm about its tasks."""
+
+    def __init__(self, poll_s: float = 5.0, **params) -> None:
+        super().__init__(**params)
+        self.poll_s = float(poll_s)
+
+    def __call__(self, sweep_overrides: List[str], job_dir_key: str, job_num: int, job_id: str,
+                 singleton_state: dict) -> JobReturn:
+        """One job, in its Slurm task."""
+        from losslab.errors import Interrupted
+        from losslab.rundir import run_state
+        from losslab.slurm import JobFailed, rename_task, requeue_on_preemption
+
+        rename_task(f"{self.params['name']}/{job_num}")
+        try:
+            result = super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
+        except Interrupted as stop:
+            requeue_on_preemption(stop.signum)
+            raise
+        run_dir = Path(result.hydra_cfg.hydra.runtime.output_dir)
+        if result.status == JobStatus.FAILED or run_state(run_dir) == "failed":
+            raise JobFailed(f"job {job_num} failed; its error is in {run_dir / 'error.txt'}")
+        return result
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from losslab.slurm import submit, wait_for_tasks
+        from losslab.sweep import sweep_name
+
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        executor = self.executor(name=sweep_name(self.config))
+        log.info("Slurm sweep of %d jobs into %s", len(job_overrides), sweep_dir)
+        arguments = []
+        for number, overrides in enumerate(job_overrides, start=initial_job_idx):
+            log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
+            arguments.append((list(overrides), "hydra.sweep.dir", number, f"job_id_for_{number}", Singleton.get_state()))
+        jobs = submit(executor, self, arguments)
+        wait_for_tasks(jobs, self.poll_s)
+        return [self.outcome(job, number, list(overrides)) for job, (overrides, _, number, *_) in zip(jobs, arguments)]
+
+    def executor(self, name: str):
+        """submitit's AutoExecutor for Slurm with this launcher's keys, as Hydra's launcher builds it."""
+        import submitit
+
+        from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+        params = {**self.params, "name": name}
+        half = 60 * int(params["timeout_min"]) // 2
+        if params["signal_delay_s"] > half:  # a signal at the start would requeue the task before it trains
+            log.info("signal_delay_s %s is over half of timeout_min; the tasks get USR2 %d s before their time "
+                     "limit", params["signal_delay_s"], half)
+            params["signal_delay_s"] = half
+        executor = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),
+                                         slurm_max_num_timeout=params.pop("max_num_timeout"))
+        shared = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{key if key in shared else f"slurm_{key}": value
+                                      for key, value in params.items()})
+        self.params["name"] = name
+        return executor
+
+    def outcome(self, job, number: int, overrides: List[str]) -> JobReturn:
+        """The task's JobReturn; a task that ended without a result is recorded in its run dir and returns inf."""
+        from losslab.slurm import final_state, read_result
+        from losslab.sweep import record_slurm_end
+
+        result = read_result(job)
+        if isinstance(result, JobReturn):
+            return result
+        state = final_state(job.job_id)
+        record_slurm_end(self.run_dir(overrides, number), overrides, job.job_id, state, result)
+        return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=math.inf)
+
+    def run_dir(self, overrides: List[str], number: int) -> Path:
+        """A job's run dir, as Hydra names it in the task."""
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(config.hydra.job):
+            config.hydra.job.num = number
+        return Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)

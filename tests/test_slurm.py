@@ -1,0 +1,222 @@
+"""Sweeps on a real Slurm cluster (scripts/slurm/start-test-cluster.sh): cancelled, killed, timed-out, preempted
+and relaunched jobs all end as results equal to an uninterrupted sweep's.
+
+The commands are the ones a user types: `losslab-train -m hydra/launcher=slurm ...` with the resources the README
+asks for, from a fresh dir, no hydra.sweep.dir; a relaunch is the command the sweep printed. Where a job must be
+caught mid-training, LOSSLAB_TEST_STOP_AT (which sbatch passes on to the tasks) stops it at a chosen evaluation
+(SIGSTOP: the process waits there until Slurm's cancel or signal arrives) or kills it there (SIGKILL), and
+`sleep=<s> step any` makes every step take that long, so a run outlasts a one-minute time limit on any machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from tb_events import read_events
+
+from losslab.job_dirs import job_dirs, job_number
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+SLURM = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
+RUN = ["dataset=synthetic", "trainer.eval_every=0.5", "trainer.deterministic=true",
+       "trainer.progress=log", "trainer.figures=false", "trainer.epochs=3"]  # 14 steps an epoch, evaluated every 7
+STARTED = re.compile(r"^losslab sweep (\S+): the jobs' output", re.M)
+CONTINUE = re.compile(r"; continue the \d+ left with: (.+)$", re.M)
+
+
+def launch(args: list[str], cwd: Path, stop_at: str = "") -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "LOSSLAB_TEST_STOP_AT")}
+    if stop_at:
+        env["LOSSLAB_TEST_STOP_AT"] = stop_at
+    command = args if args[0] == "losslab-train" else ["losslab-train", "-m", *args]
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
+    proc.output = proc.communicate(timeout=timeout)[0]
+    return proc.output
+
+
+def sweep_dir_of(output: str, cwd: Path) -> Path:
+    return cwd / STARTED.search(output)[1]
+
+
+def wait_until(condition, timeout: float = 300, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc is None or proc.poll() is None, finish(proc)
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.5)
+
+
+def the_sweep_dir(cwd: Path) -> Path | None:
+    found = sorted(cwd.glob("outputs/*/multirun/*"))
+    return found[0] if found else None
+
+
+def rows(sweep_dir: Path | None, job: int) -> int:
+    """Rows in job `job`'s metrics.csv (0 until it has one)."""
+    for d in job_dirs(sweep_dir) if sweep_dir and sweep_dir.is_dir() else []:
+        if job_number(d) == job and (d / "metrics.csv").exists():
+            return len((d / "metrics.csv").read_text().splitlines()) - 1
+    return 0
+
+
+def task_of(sweep_name: str, job: int) -> str:
+    """The Slurm task id of job `job` of the sweep, by the name the task gives itself."""
+    def tasks() -> list[str]:
+        listed = subprocess.run(["squeue", "--noheader", "--format", "%i %j"], capture_output=True, text=True).stdout
+        return [line.split()[0] for line in listed.splitlines() if line.split()[1:] == [f"{sweep_name}/{job}"]]
+
+    wait_until(lambda: len(tasks()) == 1, timeout=30)
+    return tasks()[0]
+
+
+def results(sweep_dir: Path) -> dict[int, tuple[str, dict, str]]:
+    """Per job: status, final metrics and metrics.csv's text."""
+    out = {}
+    for d in job_dirs(sweep_dir):
+        summary = json.loads((d / "summary.json").read_text())
+        out[job_number(d)] = (summary["status"], summary["final"], (d / "metrics.csv").read_text())
+    return out
+
+
+def one_continuous_run(run_dir: Path) -> bool:
+    """Whether TensorBoard shows every evaluation of metrics.csv once, in order, across all the run's event files
+    (a resumed run's file purges what the stopped one wrote after its checkpoint)."""
+    with open(run_dir / "metrics.csv") as f:
+        evaluated = [int(row["step"]) for row in csv.DictReader(f) if row["val/acc"]]
+    return [event.step for event in read_events(run_dir).Scalars("val/acc")] == evaluated
+
+
+def event_files(sweep_dir: Path) -> dict[int, int]:
+    return {job_number(d): len(list(d.glob("events.out.tfevents.*"))) for d in job_dirs(sweep_dir)}
+
+
+def reference(args: list[str], tmp_path: Path) -> dict:
+    """The same sweep, uninterrupted, with Hydra's basic launcher in one process."""
+    cwd = tmp_path / "reference"
+    cwd.mkdir()
+    proc = launch([*args, "hydra.sweep.dir=sweep"], cwd)
+    assert finish(proc) and proc.returncode == 0, proc.output
+    return results(cwd / "sweep")
+
+
+def sacct_states(task_prefix: str) -> list[str]:
+    """Every state accounting recorded for the tasks of an array, requeues included (`--duplicates`)."""
+    listed = subprocess.run(["sacct", "--noheader", "--parsable2", "--duplicates", "--allocations", "--format",
+                             "JobID,JobName,State", "--jobs", task_prefix], capture_output=True, text=True)
+    return listed.stdout.splitlines()
+
+
+def test_cancelled_and_killed_jobs_end_the_sweep_with_a_tally_and_a_relaunch_finishes_them(tmp_path):
+    """Job 0 is cancelled with scancel while it waits at step 14's evaluation; job 1 is killed there (SIGKILL);
+    jobs 2 and 3 complete."""
+    args = [*SLURM, *RUN, "seed=0,1,2,3"]
+    first = launch(args, tmp_path, stop_at="SIGSTOP eval 14 job=0;SIGKILL eval 14 job=1")
+    wait_until(lambda: rows(the_sweep_dir(tmp_path), 0) >= 2, proc=first)
+    sweep_dir = the_sweep_dir(tmp_path)
+    subprocess.run(["scancel", task_of("synthetic-linear-ce", 0)], check=True)
+    output = finish(first)
+    assert first.returncode == 1, output
+    assert "Traceback" not in output
+    assert re.search(rf"^losslab sweep {re.escape(str(sweep_dir.relative_to(tmp_path)))}: 2 completed, 2 interrupted;"
+                     r" report: .*report\.md; continue the 2 left with: ", output, re.M), output
+    statuses = {job_number(d): json.loads((d / "summary.json").read_text()) for d in job_dirs(sweep_dir)}
+    assert statuses[0]["slurm"]["state"] == "CANCELLED" and statuses[0]["status"] == "interrupted"
+    assert statuses[1]["slurm"]["state"] in ("FAILED", "CANCELLED") and statuses[1]["status"] == "interrupted"
+    assert (job_dirs(sweep_dir)[0] / "checkpoints" / "last.pt").exists()
+    report = (sweep_dir / "report.md").read_text()
+    relaunch_command = CONTINUE.search(output)[1]
+    assert relaunch_command in report and "| interrupted |" in report
+
+    relaunch = launch(relaunch_command.split(), tmp_path)
+    output = finish(relaunch)
+    assert relaunch.returncode == 0, output
+    assert "4 completed" in output
+    assert results(sweep_dir) == reference([*RUN, "seed=0,1,2,3"], tmp_path)
+    assert not any((d / "error.txt").exists() for d in job_dirs(sweep_dir))
+    assert all(one_continuous_run(d) for d in job_dirs(sweep_dir))
+
+
+def test_a_timed_out_and_a_preempted_job_are_requeued_and_resume_in_the_same_call(tmp_path):
+    """Every step sleeps 2 s, so the 42-step runs outlast their one-minute time limit; job 1 is also preempted
+    (`scancel --signal=USR2`) at step 7's evaluation, where it waits. The default launcher config requeues both."""
+    args = [*SLURM, "hydra.launcher.timeout_min=1", *RUN, "seed=0,1"]
+    proc = launch(args, tmp_path, stop_at="sleep=2 step any;SIGSTOP eval 7 job=1")
+    wait_until(lambda: rows(the_sweep_dir(tmp_path), 1) >= 1, proc=proc)
+    task = task_of("synthetic-linear-ce", 1)
+    subprocess.run(["scancel", "--signal=USR2", task], check=True)
+    subprocess.run(["scancel", "--signal=CONT", task], check=True)
+    output = finish(proc, timeout=900)
+    assert proc.returncode == 0, output
+    sweep_dir = the_sweep_dir(tmp_path)
+    assert "2 completed" in output and "Traceback" not in output
+    array = task.split("_")[0]
+    states = sacct_states(array)
+    for job in (0, 1):
+        mine = [line.split("|")[2] for line in states if line.startswith(f"{array}_{job}|")]
+        assert "REQUEUED" in mine and mine[-1] == "COMPLETED", states
+    assert results(sweep_dir) == reference([*RUN, "seed=0,1"], tmp_path)
+    assert all(one_continuous_run(d) for d in job_dirs(sweep_dir))
+
+
+def test_a_relaunch_while_the_first_launchers_jobs_run_never_trains_a_dir_twice(tmp_path):
+    """The launcher is killed while job 1 trains (each of its steps sleeps 0.3 s); the relaunch, at once, submits
+    both jobs again: job 0's finds its result, job 1's waits for the first task to end."""
+    args = [*SLURM, *RUN, "seed=0,1"]
+    first = launch(args, tmp_path, stop_at="sleep=0.3 step any job=1")
+    wait_until(lambda: rows(the_sweep_dir(tmp_path), 1) >= 1, proc=first)
+    sweep_dir = the_sweep_dir(tmp_path)
+    names = subprocess.run(["squeue", "--noheader", "--format", "%j"], capture_output=True, text=True).stdout
+    assert "synthetic-linear-ce/1" in names.split()
+    first.send_signal(signal.SIGKILL)
+    finish(first)
+    relaunch = launch([*args, f"hydra.sweep.dir={sweep_dir}"], tmp_path, stop_at="sleep=0.3 step any job=1")
+    output = finish(relaunch)
+    assert relaunch.returncode == 0, output
+    assert "2 completed" in output
+    assert results(sweep_dir) == reference([*RUN, "seed=0,1"], tmp_path)
+    assert event_files(sweep_dir) == {0: 1, 1: 1}  # one writer each: the relaunch trained nothing again
+    task_logs = "".join(p.read_text() for p in sweep_dir.glob(".submitit/*/*.out"))
+    assert "waiting for it to end" in task_logs or "already completed" in task_logs
+
+
+def test_without_accounting_a_cancelled_job_still_ends_the_sweep(tmp_path, no_accounting):
+    args = [*SLURM, *RUN, "seed=0,1"]
+    proc = launch(args, tmp_path, stop_at="SIGSTOP eval 14 job=0")
+    wait_until(lambda: rows(the_sweep_dir(tmp_path), 0) >= 2, proc=proc)
+    subprocess.run(["scancel", task_of("synthetic-linear-ce", 0)], check=True)
+    output = finish(proc, timeout=180)  # bounded: the launcher asks squeue, not sacct
+    assert proc.returncode == 1 and "1 completed, 1 interrupted" in output, output
+    summary = json.loads((job_dirs(the_sweep_dir(tmp_path))[0] / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["slurm"]["state"] == "CANCELLED"
+
+
+def test_jobs_are_named_by_sweep_and_number_and_a_failed_job_is_failed_in_slurm(tmp_path):
+    proc = launch([*SLURM, *RUN[:-1], "trainer.epochs=1", "optimizer.lr=0.5,-1"], tmp_path)
+    output = finish(proc)
+    assert proc.returncode == 1 and "1 completed, 1 failed" in output, output
+    array = sorted(p.name for p in the_sweep_dir(tmp_path).glob(".submitit/*_*"))[0].split("_")[0]
+    def states() -> dict:
+        return {line.split("|")[1]: line.split("|")[2] for line in sacct_states(array)}
+
+    wait_until(lambda: len(states()) == 2 and "RUNNING" not in states().values(), timeout=60)  # accounting lags
+    assert states() == {"synthetic-linear-ce/0": "COMPLETED", "synthetic-linear-ce/1": "FAILED"}
+
+
+def test_a_submission_slurm_refuses_is_one_sentence(tmp_path):
+    proc = launch([*SLURM, "hydra.launcher.partition=nosuchpartition", *RUN, "seed=0,1"], tmp_path)
+    output = finish(proc)
+    assert proc.returncode == 2 and "Traceback" not in output, output
+    assert re.search(r"^losslab-train: error: Slurm refused the sweep's jobs \(.*Invalid partition name specified\); "
+                     r"nothing was submitted\.", output, re.M), output
