@@ -10,7 +10,8 @@
 #
 # Daemons, in start order, with their pid files under /run and logs under /var/log: munged, mariadbd, slurmdbd,
 # slurmctld, slurmd. The cluster is `losslabtest`, one node (this host, `hostname -s`) with all its CPUs and its
-# memory less a margin, in the default partition `debug`. No cgroup plugins (proctrack/linuxproc, task/none).
+# memory less a margin, in the partitions `debug` (the default) and `gpu` (README.md's submitit_slurm example).
+# No cgroup plugins (proctrack/linuxproc, task/none).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
@@ -82,6 +83,8 @@ JobAcctGatherType=jobacct_gather/linux
 JobCompType=jobcomp/none
 NodeName=$HOST CPUs=$cpus RealMemory=$memory_mb State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+# the same node again, for README.md's submitit_slurm example (hydra.launcher.partition=gpu)
+PartitionName=gpu Nodes=$HOST MaxTime=INFINITE State=UP
 CONF
 )"
 SLURMDBD_CONF="$(cat <<CONF
