@@ -29,9 +29,13 @@ require_root() {
     [[ $(id -u) -eq 0 ]] || die "run this as root (it installs packages and starts system daemons): sudo bash $0"
 }
 
+alive() {  # alive PID: the process exists and is not a zombie (without an init that reaps, one can linger)
+    kill -0 "$1" 2>/dev/null && [[ "$(sed -E 's/.*\) (.).*/\1/' "/proc/$1/stat" 2>/dev/null)" != Z ]]
+}
+
 running() {  # running PIDFILE: true if the pid file names a live process
     local pid
-    [[ -f "$1" ]] && pid="$(tr -dc 0-9 <"$1")" && [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null
+    [[ -f "$1" ]] && pid="$(tr -dc 0-9 <"$1")" && [[ -n "$pid" ]] && alive "$pid"
 }
 
 wait_for() {  # wait_for SECONDS WHAT LOGFILE COMMAND...: poll COMMAND each half second; die with the log's tail
@@ -54,7 +58,7 @@ stop_daemon() {  # stop_daemon NAME PIDFILE: SIGTERM, wait up to 30 s, then SIGK
     say "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
     deadline=$((SECONDS + 30))
-    while kill -0 "$pid" 2>/dev/null; do
+    while alive "$pid"; do
         if ((SECONDS >= deadline)); then
             say "$name (pid $pid) still runs after 30 s; sending SIGKILL"
             kill -KILL "$pid" 2>/dev/null || true

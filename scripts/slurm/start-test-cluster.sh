@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A single-node Slurm cluster with accounting on this machine, for the tests marked `slurm` and for CI.
-# As root on Debian (bookworm: Slurm 22.05), no systemd needed; about 100 s the first time (package installs),
+# As root on Debian (bookworm: Slurm 22.05), no systemd needed; under a minute the first time (package installs),
 # a few seconds when the packages are there. Idempotent: if the cluster already answers `sinfo` and `sacct`, it
 # says so and exits 0; daemons that already run are kept.
 #
@@ -102,8 +102,9 @@ PidFile=$SLURMDBD_PID
 CONF
 )"
 
-if command -v sinfo >/dev/null && [[ -f /etc/slurm/slurm.conf && "$(cat /etc/slurm/slurm.conf)" == "$SLURM_CONF" ]] \
-    && cluster_works; then
+# (sinfo takes about 10 s to give up on a controller that does not run: the pid files first)
+if running "$SLURMCTLD_PID" && running "$SLURMD_PID" && running "$SLURMDBD_PID" \
+    && [[ "$(cat /etc/slurm/slurm.conf)" == "$SLURM_CONF" ]] && cluster_works; then
     say "already running on $HOST (sinfo: $(host_state); sacct works); nothing to do"
     exit 0
 fi
