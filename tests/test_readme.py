@@ -224,6 +224,14 @@ def check_test_command(session: Newcomer, line: Line, argv: list[str]) -> None:
     expect(line.steps in ci_steps(), f"{CI} does not run README.md's `{line.text}`")
 
 
+def check_cluster_script(session: Newcomer, line: Line, argv: list[str]) -> None:
+    """The Slurm test cluster's scripts (root, on Debian) are CI's part: .ci/run runs the line as written, without
+    `sudo` (CI runs as root), on a line of its own."""
+    command = tuple(argv[1:])
+    expect(argv[0] == "sudo" and line.steps == (tuple(argv),), f"README.md's `{line.text}`: one `sudo bash ...` alone")
+    expect((command,) in ci_steps(), f"{CI} does not run `{shlex.join(command)}` on a line of its own ({line})")
+
+
 def check_print_config(session: Newcomer, line: Line, argv: list[str]) -> None:
     before = sorted(session.home.rglob("*"))
     result = run(argv, session.home, session.env)
@@ -417,6 +425,8 @@ def check_reproduce(session: Newcomer, line: Line, argv: list[str]) -> None:
 RULES = [  # (what a command starts with, how it is checked); the first match applies
     (("pip", "install"), check_install),
     (("python", "-m", "pytest"), check_test_command),
+    (("sudo", "bash", "scripts/slurm/start-test-cluster.sh"), check_cluster_script),
+    (("sudo", "bash", "scripts/slurm/stop-test-cluster.sh"), check_cluster_script),
     (("losslab-train", "--cfg"), check_print_config),
     (("losslab-train",), check_train),
     (("losslab-report",), check_report),
