@@ -187,12 +187,13 @@ def check_command(argv: list[str]) -> list[str]:
         if not holds_run(run_dir):
             raise UserError(f"trainer.resume={resume}: {run_dir.resolve()} is not a losslab run dir (it has no "
                             f".hydra/config.yaml); name the dir of the run to continue.")
+        holder = locked_by(run_dir)
+        if holder is not None:
+            raise busy(run_dir, holder)
         state = run_state(run_dir)
         if state in FINISHED:
             raise UserError(f"{run_dir} has finished (status {state}); there is nothing to resume and its results "
                             f"stay as they are. To train longer, start a fresh run with the longer trainer.epochs.")
-        if state == "running":
-            raise busy(run_dir, locked_by(run_dir))
         return [f"hydra.run.dir={run_dir.resolve()}", "hydra.output_subdir=null"]
     run_dir = given.get("hydra.run.dir")
     if run_dir and holds_run(Path(run_dir)):
