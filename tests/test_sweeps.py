@@ -140,6 +140,32 @@ def test_relaunching_a_killed_sweep_runs_only_the_unfinished_jobs(tmp_path):
     assert numbers(tmp_path / "s") == numbers(tmp_path / "reference")
 
 
+def test_a_relaunch_resumes_a_job_with_a_checkpoint_whatever_its_status_and_clears_its_old_error(tmp_path):
+    """Job 1 is killed at step 21's evaluation (its last.pt is step 14's) and then marked failed with an error.txt,
+    as a job that timed out too often on a cluster was; the relaunch resumes it from last.pt, not from step 0."""
+    grid = ["dataset=synthetic", "trainer.epochs=3", "trainer.eval_every=0.5", "trainer.deterministic=true",
+            "trainer.progress=log", "trainer.figures=false", "seed=0,1"]
+    reference = sweep(*grid, f"hydra.sweep.dir={tmp_path / 'reference'}", cwd=tmp_path)
+    assert reference.returncode == 0, reference.output
+    env = {**os.environ, "LOSSLAB_TEST_STOP_AT": "SIGKILL eval 21 job=1"}
+    killed = subprocess.run(["losslab-train", "-m", *grid, f"hydra.sweep.dir={tmp_path / 's'}"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL
+    job = job_dir(tmp_path / "s", 1)
+    assert (job / "checkpoints" / "last.pt").exists()
+    (job / "summary.json").write_text(json.dumps({"status": "failed", "overrides": ["seed=1"], "error": "timed out"}))
+    (job / "error.txt").write_text("Job not requeued because: timed-out too many times.")
+
+    relaunch = sweep(*grid, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    assert relaunch.returncode == 0, relaunch.output
+    assert "resuming at step 14" in (job / "cli.log").read_text() and not (job / "error.txt").exists()
+    for number in (0, 1):
+        ours, theirs = job_dir(tmp_path / "s", number), job_dir(tmp_path / "reference", number)
+        assert (ours / "metrics.csv").read_text() == (theirs / "metrics.csv").read_text()
+        assert json.loads((ours / "summary.json").read_text())["final"] == \
+            json.loads((theirs / "summary.json").read_text())["final"]
+
+
 def test_parallel_jobs_share_the_cores_this_process_may_use_not_the_machines(monkeypatch):
     import torch
     from omegaconf import OmegaConf

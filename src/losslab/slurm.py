@@ -55,7 +55,8 @@ def submit(executor, launcher, arguments: list[tuple]) -> list:
 
 def rename_task(name: str) -> None:
     """Name this Slurm task (squeue, sacct); a cluster that refuses leaves the array's name."""
-    task = os.environ.get("SLURM_JOB_ID")
+    array, index = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    task = f"{array}_{index}" if array and index else os.environ.get("SLURM_JOB_ID")
     if task:
         subprocess.run(["scontrol", "update", f"JobId={task}", f"JobName={name}"], capture_output=True, timeout=30)
 
@@ -71,6 +72,12 @@ def requeue_on_preemption(signum: int) -> None:
     handler = signal.getsignal(signum)
     if callable(handler):
         handler(signum, None)
+
+
+def ignore_preemption() -> None:
+    from submitit.core.job_environment import JobEnvironment
+
+    signal.signal(JobEnvironment._usr_sig(), signal.SIG_IGN)
 
 
 def wait_for_tasks(jobs: list, poll_s: float) -> None:

@@ -51,7 +51,7 @@ class SlurmLauncher(HydraSlurmLauncher or object):
         """One job, in its Slurm task."""
         from losslab.errors import Interrupted
         from losslab.rundir import run_state
-        from losslab.slurm import JobFailed, rename_task, requeue_on_preemption
+        from losslab.slurm import JobFailed, ignore_preemption, rename_task, requeue_on_preemption
 
         rename_task(f"{self.params['name']}/{job_num}")
         try:
@@ -62,6 +62,7 @@ class SlurmLauncher(HydraSlurmLauncher or object):
         run_dir = Path(result.hydra_cfg.hydra.runtime.output_dir)
         if result.status == JobStatus.FAILED or run_state(run_dir) == "failed":
             raise JobFailed(f"job {job_num} failed; its error is in {run_dir / 'error.txt'}")
+        ignore_preemption()  # the job is done: a time limit's signal now has nothing to save or requeue
         return result
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
