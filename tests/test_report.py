@@ -276,3 +276,24 @@ def test_real_sweep(tmp_path, capsys):
     assert "None: every job completed or stopped early." in printed
     for name in ("report.csv", "report.md", "val_curves.png", "vs_optimizer.lr.png"):
         assert (sweep / name).exists()
+
+
+def test_the_report_gives_the_command_that_continues_the_jobs_left(tmp_path):
+    from losslab.report import write_report
+
+    sweep = tmp_path / "outputs" / "mnist-linear-ce" / "multirun" / "t"
+    done = {"status": "completed", "final": {"val/acc": 0.9, "test/acc": 0.9, "test/nll": 0.3}}
+    write_job(sweep, 0, ["seed=0"], done, name="seed=0")
+    write_job(sweep, 1, ["seed=1"], {"status": "interrupted", "final": {}}, name="seed=1")
+    (sweep / "multirun.yaml").write_text(
+        "hydra:\n  overrides:\n    hydra: ['hydra/launcher=slurm', 'hydra.launcher.mem_gb=1', 'hydra.mode=MULTIRUN',"
+        f" 'hydra.sweep.dir={sweep}']\n    task: ['seed=0,1']\n")
+    write_report(sweep)
+    text = (sweep / "report.md").read_text()
+    assert (f"```bash\nlosslab-train -m hydra/launcher=slurm hydra.launcher.mem_gb=1 seed=0,1 hydra.sweep.dir={sweep}\n"
+            "```") in text
+    assert "1 of the jobs did not finish" in text
+
+    (sweep / "1_seed=1" / "summary.json").write_text(json.dumps({"status": "diverged", "final": {}}))
+    write_report(sweep)  # a diverged run is a result: nothing to continue
+    assert "losslab-train -m" not in (sweep / "report.md").read_text()
