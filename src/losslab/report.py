@@ -32,14 +32,14 @@ from losslab.fileio import atomic_write
 from losslab.job_dirs import job_dirs
 
 PROG = "losslab-report"
-FINISHED = ("completed", "early_stopped")
+AGGREGATED = ("completed", "early_stopped")  # the statuses whose runs are averaged (a diverged run is listed)
 DEFAULT_METRICS = ("val/acc", "test/acc", "test/nll")  # the NLL compares across losses, test/loss does not
 DEFAULT_IF_PRESENT = ("val/ece",)
 LOWER_IS_BETTER = ("loss", "nll", "ece", "brier")
 CURVE_METRICS = ("val/loss", "val/acc")
 WEIGHT_NORM = "weights/sq_norm"
 LOG_SCALE_KEYS = ("lr", "weight_decay", "l2", "eps")
-SUMMARY_NOTES = (("error", "{}"), ("diverged_at_step", "diverged at step {}"), ("resume", "resume: {}"))
+SUMMARY_NOTES = (("error", "{}"), ("diverged_at_step", "diverged at step {}"), ("ended", "{}"), ("resume", "resume: {}"))
 
 
 @dataclass
@@ -54,7 +54,7 @@ class Run:
 
     @property
     def aggregated(self) -> bool:
-        return self.status in FINISHED and self.overrides is not None
+        return self.status in AGGREGATED and self.overrides is not None
 
     @property
     def seed(self) -> int | str | None:
@@ -137,7 +137,7 @@ def read_runs(sweep_dir: Path) -> list[Run]:
 
 def read_run(job_dir: Path) -> Run:
     overrides = read_overrides(job_dir / ".hydra" / "overrides.yaml")
-    status, summary, note = read_summary(job_dir / "summary.json")
+    status, summary, note = status_of(job_dir / "summary.json")
     if overrides is None:
         note = "; ".join(filter(None, ["no readable .hydra/overrides.yaml", note]))
     return Run(job_dir.name, overrides, status, summary, note)
@@ -155,7 +155,7 @@ def read_overrides(path: Path) -> dict[str, str] | None:
     return {pair[0].lstrip("+~"): pair[1] if len(pair) == 2 else "" for pair in pairs}
 
 
-def read_summary(path: Path) -> tuple[str, dict, str]:
+def status_of(path: Path) -> tuple[str, dict, str]:
     """(status, summary, note: the error, where it diverged, how to resume); status "unfinished" without one."""
     if not path.exists():
         return "unfinished", {}, ""
