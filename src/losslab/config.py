@@ -2,6 +2,8 @@
 
 Every YAML file under ``conf/<group>/`` starts from one of the schemas below (``defaults: [<x>_schema]``),
 so an unknown key or a wrong type fails at compose time with Hydra's own message naming the key.
+The schemas hold every default; a group file sets only what its option changes (a file that changes nothing just
+names its schema), which tests/test_config_defaults.py checks.
 Ranges (lr > 0, 0 <= dropout < 1, ...) are checked by :func:`check` with one sentence per mistake.
 """
 
@@ -52,7 +54,7 @@ class DatasetConf:
 @dataclass
 class SyntheticConf(DatasetConf):
     name: str = "synthetic"
-    shape: list[int] = field(default_factory=lambda: [1, 8, 8])
+    shape: list[int] = field(default_factory=lambda: [1, 16, 16])
     num_classes: int = 4
     train_n: int = 2048
     test_n: int = 512
@@ -221,7 +223,7 @@ class CosineConf:
 # ---------------------------------------------------------------- trainer
 @dataclass
 class TrainerConf:
-    epochs: int = 10
+    epochs: int = 5
     batch_size: int = 128
     eval_every: float = 1.0  # evaluate every this fraction of an epoch
     eval_batch_size: int = 2048
