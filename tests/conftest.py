@@ -13,9 +13,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from commands import REPO
 from fixtures import Written, patch_cifar10_md5, write_cifar10, write_emnist_letters
 
-REPO = Path(__file__).resolve().parents[1]
 SLURMDBD = REPO / "scripts" / "slurm" / "slurmdbd.sh"
 NO_CLUSTER = ("no Slurm cluster answers `sinfo`; start one with scripts/slurm/start-test-cluster.sh "
               "(as root on Debian)")

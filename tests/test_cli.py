@@ -7,16 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from commands import REPO, losslab_train, run
 from tb_events import hparams, read_events
 
 from losslab.data.sources import MNIST_FILES
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def losslab_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "LOSSLAB_DATA_DIR")}
-    return subprocess.run(["losslab-train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_a_debug_run_imports_only_what_it_uses(tmp_path):
@@ -31,9 +25,7 @@ def test_a_debug_run_imports_only_what_it_uses(tmp_path):
         "print(' '.join(sorted(name for name, module in sys.modules.items() if module is None)))\n"
     )
     losslab_train("trainer=debug", cwd=tmp_path)  # builds the MNIST cache, as the user's first run would
-    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "LOSSLAB_DATA_DIR")}
-    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=600)
+    result = run(sys.executable, "-c", probe, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     imported, blocked = (set(line.split()) for line in result.stdout.splitlines()[-2:])
     assert {"torch", "hydra", "tensorboard", "losslab"} <= imported  # it did train and log

@@ -1,12 +1,12 @@
 """The loop's contract: evaluation cadence, early stopping with best-weight restore, L2, schedulers,
 shuffle, checkpoints, summary."""
 
-import csv
 import json
 import math
 
 import pytest
 import torch
+from commands import metrics_rows
 
 from losslab.cli import compose
 from losslab.errors import ConfigError
@@ -15,18 +15,13 @@ from losslab.train import build, fit, seed_everything
 SYNTH = ["dataset=synthetic", "trainer.progress=log", "trainer.device=cpu"]
 
 
-def rows(run_dir):
-    with open(run_dir / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
 def test_eval_every_fraction_of_an_epoch(tmp_path):
     # synthetic: 2048 - 256 val = 1792 train images, batch 128 -> 14 steps/epoch; every 0.25 -> every 4 steps
     summary = fit(compose([*SYNTH, "trainer.epochs=2", "trainer.eval_every=0.25"]), tmp_path)
-    steps = [int(r["step"]) for r in rows(tmp_path)]
+    steps = [int(r["step"]) for r in metrics_rows(tmp_path)]
     assert steps == [4, 8, 12, 16, 20, 24, 28, 28]  # evaluations, the run's last step, then the final row
     assert summary["steps"] == 28 and summary["status"] == "completed"
-    final = rows(tmp_path)[-1]
+    final = metrics_rows(tmp_path)[-1]
     assert final["test/acc"] != "" and float(final["test/acc"]) == pytest.approx(summary["final"]["test/acc"])
 
 
@@ -36,7 +31,7 @@ def test_early_stopping_restores_the_best_weights(tmp_path):
                    "trainer.epochs=60", "trainer.eval_every=0.5", "trainer.patience=2"])
     summary = fit(cfg, tmp_path)
     assert summary["status"] == "early_stopped"
-    evals = rows(tmp_path)[:-1]
+    evals = metrics_rows(tmp_path)[:-1]
     losses = [float(r["val/loss"]) for r in evals]
     best = min(range(len(losses)), key=losses.__getitem__)
     assert len(losses) - 1 - best == 2  # stopped after `patience` evaluations without improvement
@@ -81,7 +76,7 @@ def test_shuffle_changes_the_first_batch(tmp_path):
 def test_epoch_schedulers(scheduler, expected, tmp_path):
     extra = ["scheduler.step_size=1", "scheduler.gamma=0.5"] if scheduler == "step" else []
     fit(compose([*SYNTH, f"scheduler={scheduler}", *extra, "trainer.epochs=4"]), tmp_path)
-    lrs = [float(r["lr"]) for r in rows(tmp_path)[:-1]]  # logged at each epoch's end, before the epoch step
+    lrs = [float(r["lr"]) for r in metrics_rows(tmp_path)[:-1]]  # logged at each epoch's end, before the epoch step
     assert lrs == pytest.approx([expected(e) for e in range(4)])
 
 
@@ -90,7 +85,7 @@ def test_plateau_scheduler_decays_when_val_loss_stalls(tmp_path):
                    "dataset.train_n=512", "dataset.noise=300", "optimizer.lr=0.3", "trainer.epochs=8",
                    "trainer.eval_every=0.5"])
     fit(cfg, tmp_path)
-    evals = rows(tmp_path)[:-1]
+    evals = metrics_rows(tmp_path)[:-1]
     losses, lrs = [float(r["val/loss"]) for r in evals], [float(r["lr"]) for r in evals]
     best = math.inf
     for i, loss in enumerate(losses[:-1]):  # every stall halves the lr seen at the next evaluation

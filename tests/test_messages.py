@@ -9,13 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from commands import run
 
 from losslab.config import CONF_DIR, REPO_ROOT
-
-
-def run(*command: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "LOSSLAB_DATA_DIR")}
-    return subprocess.run(list(command), cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_train_help_lists_the_groups_options_and_no_internal_schema(tmp_path):

@@ -10,20 +10,16 @@ import re
 import shlex
 import signal
 import struct
-import subprocess
 import termios
 import time
 from pathlib import Path
 
 import pytest
+from commands import losslab_train, start, user_env
 
 from losslab.job_dirs import job_dirs, job_number
 
 SHORT = ["dataset.train_size=2000", "trainer.epochs=2", "trainer.figures=false"]  # 16 steps of 128 per epoch
-
-
-def env() -> dict:
-    return {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "LOSSLAB_DATA_DIR")}
 
 
 def on_a_terminal(*args: str, cwd: Path) -> str:
@@ -33,7 +29,7 @@ def on_a_terminal(*args: str, cwd: Path) -> str:
         try:
             os.chdir(cwd)
             fcntl.ioctl(1, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-            os.execvpe("losslab-train", ["losslab-train", *args], env())
+            os.execvpe("losslab-train", ["losslab-train", *args], user_env())
         finally:
             os._exit(127)
     output = b""
@@ -82,8 +78,7 @@ def test_on_a_terminal_each_evaluation_is_a_line_above_the_bar_and_in_cli_log(tm
 
 
 def test_without_a_terminal_a_line_every_tenth_of_an_epoch_between_evaluations(tmp_path):
-    result = subprocess.run(["losslab-train", *SHORT], cwd=tmp_path, env=env(), capture_output=True, text=True,
-                            timeout=600)
+    result = losslab_train(*SHORT, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (run_dir,) = (tmp_path / "outputs").glob("*/*")
     assert evaluation_lines(result.stdout) == evaluated_steps(run_dir) == [16, 32]
@@ -94,9 +89,8 @@ def test_without_a_terminal_a_line_every_tenth_of_an_epoch_between_evaluations(t
 
 def test_a_stacked_sweep_logs_each_jobs_evaluations_and_its_progress(tmp_path):
     sweep_dir = tmp_path / "s"
-    result = subprocess.run(["losslab-train", "-m", "hydra/launcher=stacked", *SHORT, "seed=0,1",
-                             f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, env=env(), capture_output=True,
-                            text=True, timeout=600)
+    result = losslab_train("-m", "hydra/launcher=stacked", *SHORT, "seed=0,1", f"hydra.sweep.dir={sweep_dir}",
+                           cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for job in job_dirs(sweep_dir):
         assert evaluation_lines(result.stdout, f"job {job.name} ") == evaluated_steps(job) == [16, 32]
@@ -117,8 +111,7 @@ def test_ctrl_c_in_a_sweep_prints_the_tally_and_the_command_that_relaunches_it(l
     args = ["-m", f"hydra/launcher={launcher}", "dataset.train_size=2000", "trainer.epochs=1000",
             "trainer.eval_every=0.5", "trainer.figures=false", steps, "seed=0,1" if launcher == "stacked" else "seed=0"]
     sweep_dir = tmp_path / "s"
-    proc = subprocess.Popen(["losslab-train", *args, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start(*args, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     long_job = 1 if launcher == "basic" else 0
     deadline = time.monotonic() + 300
     while not evaluated(sweep_dir, long_job):
@@ -134,9 +127,8 @@ def test_ctrl_c_in_a_sweep_prints_the_tally_and_the_command_that_relaunches_it(l
 
 def test_a_submitit_sweep_says_where_the_jobs_output_goes_and_when_each_job_finishes(tmp_path):
     sweep_dir = tmp_path / "s"
-    result = subprocess.run(["losslab-train", "-m", "hydra/launcher=submitit_local", "dataset=synthetic",
-                             "trainer.epochs=1", "optimizer.lr=0.5,0.05", f"hydra.sweep.dir={sweep_dir}"],
-                            cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
+    result = losslab_train("-m", "hydra/launcher=submitit_local", "dataset=synthetic", "trainer.epochs=1",
+                           "optimizer.lr=0.5,0.05", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == (f"losslab sweep {sweep_dir}: the jobs' output (stdout, stderr) goes to "

@@ -6,12 +6,12 @@ import multiprocessing
 import os
 import random
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from commands import start, summary
 from tb_events import read_events
 
 from losslab.cli import compose
@@ -22,20 +22,10 @@ from losslab.log import append_csv_row
 from losslab.train import fit, save_checkpoint
 
 
-def losslab_train(*args, cwd, **popen):
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.Popen(["losslab-train", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **popen)
-
-
-def summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
-
-
 def test_divergence_is_a_result_and_the_sweep_goes_on(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = losslab_train("-m", "optimizer.lr=0.1,1e6,0.05", "trainer.epochs=1", "dataset.train_size=5000",
-                         "trainer.progress=log", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = start("-m", "optimizer.lr=0.1,1e6,0.05", "trainer.epochs=1", "dataset.train_size=5000",
+                 "trainer.progress=log", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     statuses = [summary(job_dir(sweep, i))["status"] for i in range(3)]
@@ -87,7 +77,7 @@ def test_crash_injection_leaves_every_file_complete_or_absent(tmp_path):
 
 
 def test_eight_runs_started_at_once_get_eight_run_dirs(tmp_path):
-    procs = [losslab_train("dataset=synthetic", "trainer=debug", "trainer.progress=log", cwd=tmp_path)
+    procs = [start("dataset=synthetic", "trainer=debug", "trainer.progress=log", cwd=tmp_path)
              for _ in range(8)]
     for proc in procs:
         out, _ = proc.communicate(timeout=600)

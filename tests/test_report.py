@@ -3,14 +3,13 @@ plots; on sweep dirs written here with known numbers, and on a real sweep."""
 
 import csv
 import json
-import os
 import random
 import re
 import statistics
-import subprocess
 from pathlib import Path
 
 import pytest
+from commands import losslab_train
 
 from losslab.errors import UserError
 from losslab.job_dirs import job_dir, job_dirs
@@ -257,10 +256,8 @@ def test_bad_input_is_one_sentence(sweep, tmp_path, monkeypatch, capsys, case, e
 
 def test_real_sweep(tmp_path, capsys):
     sweep = tmp_path / "sweep"
-    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "LOSSLAB_DATA_DIR")}
-    done = subprocess.run(["losslab-train", "-m", "dataset=synthetic", "optimizer.lr=0.1,0.01", "seed=0,1",
-                           "trainer.epochs=1", "trainer.progress=log", f"hydra.sweep.dir={sweep}"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = losslab_train("-m", "dataset=synthetic", "optimizer.lr=0.1,0.01", "seed=0,1", "trainer.epochs=1",
+                         "trainer.progress=log", f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr
     main([str(sweep)])
     printed = capsys.readouterr().out

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from commands import REPO, losslab_train
 
 from losslab.job_dirs import job_dirs
 from losslab.rundir import exclusive
@@ -15,14 +16,6 @@ from losslab.rundir import exclusive
 pytestmark = pytest.mark.slow
 
 FAST = ["dataset=synthetic", "trainer.progress=log", "trainer.figures=false"]
-REPO = Path(__file__).resolve().parents[1]
-
-
-def losslab_train(*args: str, cwd: Path, stop_at: str | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "LOSSLAB_TEST_STOP_AT")}
-    if stop_at:
-        env["LOSSLAB_TEST_STOP_AT"] = stop_at
-    return subprocess.run(["losslab-train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def files(folder: Path) -> dict[str, bytes]:

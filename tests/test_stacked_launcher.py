@@ -1,6 +1,5 @@
 """`hydra/launcher=stacked` against separate runs of the same jobs (Hydra's basic launcher)."""
 
-import csv
 import math
 import signal
 import time
@@ -8,19 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from commands import metrics_rows, summaries, sweep
 from tb_events import read_events
-from test_sweeps import summaries, sweep
 
 from losslab.cli import compose
 from losslab.job_dirs import job_dir
 from losslab.train_stacked import group_key
 
 TINY = ["dataset=synthetic", "trainer.progress=log", "trainer.figures=false"]
-
-
-def metrics_rows(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv") as f:
-        return list(csv.DictReader(f))
 
 
 def both(tmp_path: Path, *grid: str, stacked_options: tuple[str, ...] = ()):

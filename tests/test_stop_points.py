@@ -9,12 +9,11 @@ and one after its evaluation row is written), an epoch's end (before last.pt), t
 
 import csv
 import json
-import os
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
+from commands import losslab_train
 
 from losslab.job_dirs import job_dirs
 
@@ -26,13 +25,6 @@ RUN = ["dataset=synthetic", "model=fnn", "model.dropout=0.2", "dataset.hflip=tru
 # no dropout: a stack draws its members' dropout masks from one generator, a separate run from its own
 STACK = ["-m", "hydra/launcher=stacked", "optimizer.lr=0.1,0.05", *(o for o in RUN if "dropout" not in o)]
 POINTS = ["step 1", "step 5", "step 7", "eval 7", "epoch 1", "step 42", "finish any"]
-
-
-def losslab_train(*args: str, cwd: Path, stop_at: str | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "LOSSLAB_TEST_STOP_AT")}
-    if stop_at:
-        env["LOSSLAB_TEST_STOP_AT"] = stop_at
-    return subprocess.run(["losslab-train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def status(run_dir: Path) -> str | None:

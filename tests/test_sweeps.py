@@ -1,39 +1,19 @@
 """Sweeps on the real Hydra launchers: grids, seeds, failures, relaunching into the same sweep dir."""
 
-import csv
 import itertools
 import json
 import os
 import signal
 import statistics
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
+from commands import losslab_train, report_rows, summaries, sweep
 from tb_events import hparams
 
 from losslab.job_dirs import MAX_NAME, job_dir, job_dir_name, job_dirs, job_number
 
 GRID = ["dataset=synthetic", "trainer.epochs=1", "trainer.progress=log", "optimizer.lr=0.5,0.05", "trainer.l2=0,0.1"]
-
-
-def sweep(*args, cwd: Path, wait: bool = True):
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    proc = subprocess.Popen(["losslab-train", "-m", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    if wait:
-        proc.output = proc.communicate(timeout=600)[0]
-    return proc
-
-
-def report_rows(sweep_dir: Path) -> list[dict]:
-    with open(sweep_dir / "report.csv") as f:
-        return list(csv.DictReader(f))
-
-
-def summaries(sweep_dir: Path) -> dict[int, dict]:
-    return {job_number(d): json.loads((d / "summary.json").read_text()) for d in job_dirs(sweep_dir)}
 
 
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
@@ -147,9 +127,8 @@ def test_a_relaunch_resumes_a_job_with_a_checkpoint_whatever_its_status_and_clea
             "trainer.progress=log", "trainer.figures=false", "seed=0,1"]
     reference = sweep(*grid, f"hydra.sweep.dir={tmp_path / 'reference'}", cwd=tmp_path)
     assert reference.returncode == 0, reference.output
-    env = {**os.environ, "LOSSLAB_TEST_STOP_AT": "SIGKILL eval 21 job=1"}
-    killed = subprocess.run(["losslab-train", "-m", *grid, f"hydra.sweep.dir={tmp_path / 's'}"], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=600)
+    killed = losslab_train("-m", *grid, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path,
+                           stop_at="SIGKILL eval 21 job=1")
     assert killed.returncode == -signal.SIGKILL
     job = job_dir(tmp_path / "s", 1)
     assert (job / "checkpoints" / "last.pt").exists()

@@ -1,7 +1,6 @@
 """What TensorBoard shows of a sweep and of a single run, read from a real `tensorboard` server's HTTP API."""
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -11,13 +10,9 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from commands import losslab_train
+
 GRID = ["dataset=synthetic", "trainer.max_steps=2", "trainer.figures=false", "trainer.progress=log"]
-
-
-def losslab_train(*args: str, cwd: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "LOSSLAB_DATA_DIR")}
-    done = subprocess.run(["losslab-train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
 
 
 @contextmanager
@@ -59,7 +54,9 @@ def session_groups(get, n: int) -> list[dict]:
 
 def test_the_hparams_dashboard_shows_the_swept_keys_and_runs_are_named_by_them(tmp_path):
     sweep = tmp_path / "sweep"
-    losslab_train("-m", *GRID, "optimizer.lr=0.5,0.05", "trainer.l2=0,0.1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    done = losslab_train("-m", *GRID, "optimizer.lr=0.5,0.05", "trainer.l2=0,0.1", f"hydra.sweep.dir={sweep}",
+                         cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
     with tensorboard(sweep) as get:
         groups = session_groups(get, 4)
         infos = get("/data/plugin/hparams/experiment", experimentName="")["hparamInfos"]
@@ -77,7 +74,8 @@ def test_the_hparams_dashboard_shows_the_swept_keys_and_runs_are_named_by_them(t
 
 def test_a_single_run_shows_its_hparams(tmp_path):
     run_dir = tmp_path / "run"
-    losslab_train(*GRID, "optimizer.lr=0.3", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    done = losslab_train(*GRID, "optimizer.lr=0.3", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
     with tensorboard(run_dir) as get:
         (group,) = session_groups(get, 1)
         infos = get("/data/plugin/hparams/experiment", experimentName="")["hparamInfos"]
