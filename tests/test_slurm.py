@@ -149,8 +149,9 @@ def test_cancelled_and_killed_jobs_end_the_sweep_with_a_tally_and_a_relaunch_fin
 
 
 def test_a_timed_out_and_a_preempted_job_are_requeued_and_resume_in_the_same_call(tmp_path):
-    """Every step sleeps 0.5 s, so the 42-step runs outlast what a one-minute time limit leaves them; job 1 is also preempted
-    (`scancel --signal=USR2`) at step 7's evaluation, where it waits. The default launcher config requeues both."""
+    """Every step sleeps 0.5 s, so the 42-step runs outlast what a one-minute time limit leaves them; job 1 is also
+    preempted (`scancel --signal=USR2`) at step 7's evaluation, where it waits. The default launcher config requeues
+    both."""
     args = [*SLURM, "hydra.launcher.timeout_min=1", *RUN, "seed=0,1"]
     proc = launch(args, tmp_path, stop_at="sleep=0.5 step any;SIGSTOP eval 7 job=1")
     wait_until(lambda: rows(the_sweep_dir(tmp_path), 1) >= 1, proc=proc)
@@ -206,7 +207,9 @@ def test_jobs_are_named_by_sweep_and_number_and_a_failed_job_is_failed_in_slurm(
     proc = launch([*SLURM, *RUN[:-1], "trainer.epochs=1", "optimizer.lr=0.5,-1"], tmp_path)
     output = finish(proc)
     assert proc.returncode == 1 and "1 completed, 1 failed" in output, output
-    [array] = {p.name.split("_")[0] for p in the_sweep_dir(tmp_path).glob(".submitit/*") if re.fullmatch(r"\d+_\d+", p.name)}
+    tasks = [p.name for p in the_sweep_dir(tmp_path).glob(".submitit/*") if re.fullmatch(r"\d+_\d+", p.name)]
+    [array] = {task.split("_")[0] for task in tasks}
+
     def states() -> dict:
         return {line.split("|")[1]: line.split("|")[2] for line in sacct_states(array)}
 

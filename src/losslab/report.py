@@ -39,7 +39,8 @@ LOWER_IS_BETTER = ("loss", "nll", "ece", "brier")
 CURVE_METRICS = ("val/loss", "val/acc")
 WEIGHT_NORM = "weights/sq_norm"
 LOG_SCALE_KEYS = ("lr", "weight_decay", "l2", "eps")
-SUMMARY_NOTES = (("error", "{}"), ("diverged_at_step", "diverged at step {}"), ("ended", "{}"), ("resume", "resume: {}"))
+SUMMARY_NOTES = (("error", "{}"), ("diverged_at_step", "diverged at step {}"), ("ended", "{}"),
+                 ("resume", "resume: {}"))
 
 
 @dataclass

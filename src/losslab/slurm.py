@@ -25,7 +25,6 @@ import shlex
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 from hydra.core.utils import JobReturn
 
@@ -50,7 +49,8 @@ def submit(executor, launcher, arguments: list[tuple]) -> list:
     except FailedJobError as e:
         reason = " ".join(str(e).split())
         raise UserError(f"Slurm refused the sweep's jobs ({reason}); nothing was submitted. Check the "
-                        f"hydra.launcher keys (partition, account, resources) and that the cluster answers `sinfo`.")            from None
+                        "hydra.launcher keys (partition, account, resources) and that the cluster answers "
+                        "`sinfo`.") from None
 
 
 def rename_task(name: str) -> None:

@@ -6,9 +6,9 @@ one is recorded and the sweep ends with its tally and report. What it does with 
 # dataclasses cannot resolve string annotations
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
@@ -46,7 +46,7 @@ class SlurmLauncher(HydraSlurmLauncher or object):
         super().__init__(**params)
         self.poll_s = float(poll_s)
 
-    def __call__(self, sweep_overrides: List[str], job_dir_key: str, job_num: int, job_id: str,
+    def __call__(self, sweep_overrides: list[str], job_dir_key: str, job_num: int, job_id: str,
                  singleton_state: dict) -> JobReturn:
         """One job, in its Slurm task."""
         from losslab.errors import Interrupted
@@ -76,7 +76,8 @@ class SlurmLauncher(HydraSlurmLauncher or object):
         arguments = []
         for number, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
-            arguments.append((list(overrides), "hydra.sweep.dir", number, f"job_id_for_{number}", Singleton.get_state()))
+            arguments.append((list(overrides), "hydra.sweep.dir", number, f"job_id_for_{number}",
+                              Singleton.get_state()))
         jobs = submit(executor, self, arguments)
         wait_for_tasks(jobs, self.poll_s)
         return [self.outcome(job, number, list(overrides)) for job, (overrides, _, number, *_) in zip(jobs, arguments)]
@@ -84,7 +85,6 @@ class SlurmLauncher(HydraSlurmLauncher or object):
     def executor(self, name: str):
         """submitit's AutoExecutor for Slurm with this launcher's keys, as Hydra's launcher builds it."""
         import submitit
-
         from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
         params = {**self.params, "name": name}
@@ -101,7 +101,7 @@ class SlurmLauncher(HydraSlurmLauncher or object):
         self.params["name"] = name
         return executor
 
-    def outcome(self, job, number: int, overrides: List[str]) -> JobReturn:
+    def outcome(self, job, number: int, overrides: list[str]) -> JobReturn:
         """The task's JobReturn; a task that ended without a result is recorded in its run dir and returns inf."""
         from losslab.slurm import final_state, read_result
         from losslab.sweep import record_slurm_end
@@ -113,7 +113,7 @@ class SlurmLauncher(HydraSlurmLauncher or object):
         record_slurm_end(self.run_dir(overrides, number), overrides, job.job_id, state, result)
         return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=math.inf)
 
-    def run_dir(self, overrides: List[str], number: int) -> Path:
+    def run_dir(self, overrides: list[str], number: int) -> Path:
         """A job's run dir, as Hydra names it in the task."""
         config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         with open_dict(config.hydra.job):
