@@ -149,16 +149,17 @@ def test_cancelled_and_killed_jobs_end_the_sweep_with_a_tally_and_a_relaunch_fin
 
 
 def test_a_timed_out_and_a_preempted_job_are_requeued_and_resume_in_the_same_call(tmp_path):
-    """Every step sleeps 0.5 s, so the 42-step runs outlast what a one-minute time limit leaves them; job 1 is also
-    preempted (`scancel --signal=USR2`) at step 7's evaluation, where it waits. The default launcher config requeues
-    both."""
-    args = [*SLURM, "hydra.launcher.timeout_min=1", *RUN, "seed=0,1"]
-    proc = launch(args, tmp_path, stop_at="sleep=0.5 step any;SIGSTOP eval 7 job=1")
+    """A three-minute time limit: the default signal delay becomes 90 s, and Slurm, which checks time limits every
+    half minute, sends USR2 between 30 and 90 s into each attempt. Every step sleeps 2.5 s, so a run (105 s of
+    steps) outlasts its first attempt; job 1 is also preempted (`scancel --signal=USR2`) at step 7's evaluation,
+    where it waits. The default launcher config requeues both."""
+    args = [*SLURM, "hydra.launcher.timeout_min=3", *RUN, "seed=0,1"]
+    proc = launch(args, tmp_path, stop_at="sleep=2.5 step any;SIGSTOP eval 7 job=1")
     wait_until(lambda: rows(the_sweep_dir(tmp_path), 1) >= 1, proc=proc)
     task = task_of("synthetic-linear-ce", 1)
     subprocess.run(["scancel", "--signal=USR2", task], check=True)
     subprocess.run(["scancel", "--signal=CONT", task], check=True)
-    output = finish(proc, timeout=900)
+    output = finish(proc, timeout=1200)
     assert proc.returncode == 0, output
     sweep_dir = the_sweep_dir(tmp_path)
     assert "2 completed" in output and "Traceback" not in output
