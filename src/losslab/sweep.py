@@ -2,12 +2,13 @@
 
 - A job whose run dir already holds a finished result (status completed, early_stopped or diverged, for
   the same overrides) is skipped: relaunching a sweep into its `hydra.sweep.dir` reruns only the rest,
-  and a job that stopped part-way (interrupted, killed) resumes from its `checkpoints/last.pt`.
+  and every other job with a `checkpoints/last.pt` (interrupted, killed, failed after a time-out) resumes from it.
 - A job that fails writes summary.json with status `failed` and the error, and the sweep goes on.
 - Parallel jobs (joblib) each get their share of the CPU threads and, with several GPUs, one GPU each.
 - At the start (a Hydra callback) the job dirs are set to be named by the keys the sweep varies.
 - At the end (a Hydra callback) the sweep report is written and a one-line tally printed; the command
-  exits non-zero only if a job failed (divergence is a result, not a failure).
+  exits non-zero only if a job failed or was left unfinished, and then prints the command that continues the
+  sweep (divergence is a result, not a failure).
 """
 
 from __future__ import annotations
@@ -203,7 +204,7 @@ def name_job_dirs(config: DictConfig) -> None:
 
 class SweepCallback(Callback):
     """At the start of a multirun: one sweep dir for all jobs, job dirs named by what varies, and where submitit's
-    jobs write their output. At the end: write the report, print the tally, fail only if a job failed."""
+    jobs write their output. At the end: write the report, print the tally, fail if a job failed or was left."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         pin_sweep_dir(config)
