@@ -2,7 +2,7 @@
 recorded result.
 
 In each job (a Slurm array task):
-- The task renames itself `<sweep name>/<job dir>` so that `squeue` and `sacct` say which sweep and job it is.
+- The task renames itself `<sweep name>/<job number>` so that `squeue` and `sacct` say which sweep and job it is.
 - submitit's preemption signal (USR2, sent `signal_delay_s` before the time limit or by `scancel --signal=USR2`)
   stops training between two steps like any stop signal: last.pt and an `interrupted` summary are written, and
   only then does submitit's own handler requeue the task (`max_num_timeout` times for time-outs). The requeued
