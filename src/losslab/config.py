@@ -229,7 +229,11 @@ class TrainerConf:
     eval_batch_size: int = 2048
     limit_eval_batches: int | None = None  # evaluate on the first N batches only (debug)
     max_steps: int | None = None  # stop after N optimiser steps (debug)
-    patience: int | None = None  # early stopping after N evaluations without val-loss improvement
+    patience: int | None = None  # early stopping after N evaluations without a better `monitor`
+    # the metric that picks the best evaluation: early stopping, the plateau scheduler, best.pt, the report's best
+    # row and the sweeper objective; val/nll equals val/loss for ce and bce and is one rule for every loss
+    monitor: str = "val/nll"
+    monitor_mode: str = "min"  # min | max
     l2: float = 0.0  # lambda * sum(w^2) over weight matrices, added to the objective
     grad_clip: float | None = None  # clip the global gradient norm to this value
     # a loss that is not finite, or larger than this, ends the run with status `diverged` (null: only non-finite)
@@ -240,8 +244,7 @@ class TrainerConf:
     compile: bool = False
     deterministic: bool = False
     checkpoints: bool = True
-    figures: bool = True  # weight templates, confidence histograms, reliability diagram, curves at the end
-    figures_every: int | None = None  # also every N evaluations (on the val split)
+    figures: bool = True  # weight templates, confidence histogram, reliability diagram, curves, after training
     progress: str = "auto"  # auto (bar on a terminal, log lines otherwise) | bar | log
     resume: Any = None  # null | true (the run dir is the cwd) | <run dir>: continue from checkpoints/last.pt
 
@@ -294,6 +297,8 @@ def _choice(key: str, value: Any, allowed: tuple) -> None:
         raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(str, allowed))}; pick one of those.")
 
 
+MONITORED = ("train/loss", "train/acc", *(f"val/{m}" for m in ("loss", "acc", "nll", "brier", "ece", "entropy")))
+
 
 def check(cfg: DictConfig) -> None:
     """Range and choice checks that a dataclass type cannot express; raise ConfigError on the first."""
@@ -345,8 +350,8 @@ def check(cfg: DictConfig) -> None:
     require(tr.eval_batch_size >= 1, f"trainer.eval_batch_size must be >= 1, got {tr.eval_batch_size}.")
     require(0 < tr.eval_every <= 1, f"trainer.eval_every must be in (0, 1] (of an epoch), got {tr.eval_every}.")
     require(tr.patience is None or tr.patience >= 1, f"trainer.patience must be >= 1 or null, got {tr.patience}.")
-    require(tr.figures_every is None or tr.figures_every >= 1,
-            f"trainer.figures_every must be >= 1 or null, got {tr.figures_every}.")
+    _choice("trainer.monitor", tr.monitor, MONITORED)
+    _choice("trainer.monitor_mode", tr.monitor_mode, ("min", "max"))
     require(tr.max_steps is None or tr.max_steps >= 1, f"trainer.max_steps must be >= 1 or null, got {tr.max_steps}.")
     require(
         tr.limit_eval_batches is None or tr.limit_eval_batches >= 1,

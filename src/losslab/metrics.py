@@ -26,8 +26,9 @@ class SplitMetrics:
         self.per_bin = torch.zeros(2, bins, dtype=torch.float64, device=device)  # confidence, hits
         self.count = 0
 
-    def update(self, probs: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
-        """Add a batch: probabilities (N, K), labels (N,), and the batch-mean loss."""
+    def update(self, probs: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add a batch: probabilities (N, K), labels (N,), and the batch-mean loss; returns each example's
+        top-label confidence and hit (1.0 where the argmax is the label)."""
         n = len(y)
         confidence, prediction = probs.max(-1)
         hits = (prediction == y).to(probs.dtype)
@@ -40,6 +41,7 @@ class SplitMetrics:
         for row, values in enumerate((confidence, hits)):
             self.per_bin[row].index_add_(0, bin_index, values.to(torch.float64))
         self.count += n
+        return confidence, hits
 
     def result(self) -> dict[str, float]:
         loss, hits, nll, brier, entropy = (self.sums / self.count).tolist()

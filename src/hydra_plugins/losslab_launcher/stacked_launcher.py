@@ -3,10 +3,11 @@
     losslab-train -m hydra/launcher=stacked optimizer.lr=0.1,0.03,0.01,0.003 trainer.l2=0,0.001,0.01,0.1
 
 Every job is set up as Hydra's basic launcher sets it up (its run dir, .hydra/, the same job numbers), then
-the jobs are grouped by their config without `losslab.train_stacked.STACKABLE_KEYS` and each group of two or
-more trains in this process with `losslab.train_stacked.fit_stacked`, at most `max_members` at a time. A job
-runs on its own, like the basic launcher runs it, when it is alone in its group, when it has a finished or
-resumable result in its run dir (relaunching a sweep), or when its group cannot be stacked (the log says why).
+the jobs are grouped by their config without `losslab.steppers.STACKABLE_KEYS` and each group of two or
+more trains in this process with `losslab.train.fit_group`, at most `max_members` at a time. Relaunching a sweep,
+a job with a finished result is skipped and the jobs that resume from their last.pt are grouped the same way,
+so an interrupted stack resumes as a stack. A job runs on its own, like the basic launcher runs it, when it is
+alone in its group or when its group cannot be stacked (the log says why).
 """
 
 # no `from __future__ import annotations`: Hydra's plugin scan runs this module outside sys.modules, where
@@ -39,7 +40,7 @@ ConfigStore.instance().store(group="hydra/launcher", name="stacked", node=Stacke
 def describe_job(cfg: DictConfig):
     """The task function of the set-up pass: resolve the job's config while its HydraConfig is current."""
     from losslab.log import hparams_of
-    from losslab.train_stacked import Job
+    from losslab.train import Job
 
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
@@ -87,7 +88,8 @@ class StackedLauncher(Launcher):
         from losslab.cli import objective
         from losslab.errors import Interrupted
         from losslab.sweep import can_resume, interrupted, previous_result
-        from losslab.train_stacked import NotStackable, fit_stacked, group_key
+        from losslab.steppers import NotStackable, group_key
+        from losslab.train import fit_group
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -105,17 +107,18 @@ class StackedLauncher(Launcher):
             sweep_configs.append(sweep_config)
             returns.append(ret)
             job = ret.return_value
-            if previous_result(job.run_dir, job.overrides) or can_resume(job.run_dir, job.overrides):
-                groups[f"own {idx}"] = [len(returns) - 1]  # skipped or resumed by the job itself
+            if previous_result(job.run_dir, job.overrides):
+                groups[f"own {idx}"] = [len(returns) - 1]  # skipped by the job itself
             else:
-                groups.setdefault(group_key(job.cfg), []).append(len(returns) - 1)
+                job.resume = can_resume(job.run_dir, job.overrides)
+                groups.setdefault((job.resume, group_key(job.cfg)), []).append(len(returns) - 1)
 
         for members in groups.values():
             for start in range(0, len(members), self.max_members):
                 chunk = members[start:start + self.max_members]
                 if len(chunk) > 1:
                     try:
-                        summaries = fit_stacked([returns[i].return_value for i in chunk], self.conv_on_cpu)
+                        summaries = fit_group([returns[i].return_value for i in chunk], self.conv_on_cpu)
                     except Interrupted as e:
                         interrupted(Path(str(self.config.hydra.sweep.dir)), e.signum)
                         raise

@@ -1,0 +1,249 @@
+"""One training step for a group of runs, as the loop calls it: `step(x, y, shared, epoch)` returns the (M, 2 + L)
+per-run values of that step (loss, hits, then the loss's own logged values) and leaves the weights updated.
+
+- `SingleStepper`: one run, its torch optimizer, `torch.compile` when trainer.compile is on.
+- `StackedStepper`: M runs whose configs differ only in `STACKABLE_KEYS`, trained as one stacked model: the
+  members' parameters are stacked (`torch.func.stack_module_state`) and each member's model keeps *views* into
+  the stack, so evaluation and checkpoints use the ordinary per-run code; one `vmap`ped forward and loss, the sum
+  of the members' mean losses backward (member m's gradient is its own loss's), L2 / clipping / the optimizer
+  update per member (`losslab.stacked`). A member that stops is frozen. Its `last.pt` holds its optimizer state
+  in torch.optim's format, so a stopped member resumes alone or in a stack alike.
+
+What a separate run does and a stacked one does not: per-member dropout masks come from the shared global RNG,
+so a member with dropout is not bit-for-bit its separate run (it is the same model and recipe). Runs a stack
+cannot express raise `NotStackable` (the launcher runs them one by one and logs why).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from losslab.runtime import autocast
+from losslab.stacked import StackedAdam, StackedOptimizer, StackedSGD, add_l2, stack_models, stacked_forward
+
+# numbers a stack holds per member; jobs whose configs agree on everything else train together
+STACKABLE_KEYS = (
+    "seed", "optimizer.lr", "optimizer.momentum", "optimizer.dampening", "optimizer.weight_decay", "optimizer.betas",
+    "optimizer.eps", "trainer.l2", "trainer.grad_clip", "trainer.patience", "trainer.divergence_threshold",
+    "loss.beta1", "loss.beta2", "loss.base1", "loss.base2",
+)
+
+
+class NotStackable(Exception):
+    """These jobs cannot train as one stack; the message says why."""
+
+
+def group_key(cfg: DictConfig) -> str:
+    """The resolved config without `STACKABLE_KEYS` (and the run's name), as a string to group jobs by."""
+    values = OmegaConf.to_container(cfg, resolve=True)
+    values.pop("name", None)
+    for key in STACKABLE_KEYS:
+        *parents, leaf = key.split(".")
+        node = values
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return json.dumps(values, sort_keys=True, default=str)
+
+
+class SingleStepper:
+    def __init__(self, run):
+        settings = run.job.cfg.trainer
+        self.model, self.loss_fn, self.optimizer = run.model, run.loss_fn, run.optimizer
+        self.forward = torch.compile(run.model) if settings.compile else run.model
+        self.weights = [w for w in run.model.parameters() if w.ndim >= 2]  # L2 acts on weight matrices, not biases
+        self.l2, self.grad_clip, self.precision = settings.l2, settings.grad_clip, settings.precision
+
+    def step(self, x, y, shared: bool, epoch: int) -> torch.Tensor:
+        with autocast(x.device, self.precision):
+            logits = self.forward(x)
+        logits = logits.float()
+        loss = self.loss_fn(logits, y)
+        logged = self.loss_fn.logged().values()  # the values this step's loss used
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.l2:  # d/dw of l2 * sum(w^2)
+            torch._foreach_add_([w.grad for w in self.weights], self.weights, alpha=2 * self.l2)
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip, foreach=True)
+        if self.loss_fn.scales_steps:
+            self.scaled_step(x, logits.detach(), epoch)
+        else:
+            self.optimizer.step()
+        hits = (self.loss_fn.probs(logits.detach()).argmax(-1) == y).sum()
+        return torch.stack([loss.detach(), hits.float(), *logged])[None]
+
+    @torch.no_grad()
+    def scaled_step(self, x, logits_before, epoch: int) -> None:
+        """The optimizer's step, then scaled by the loss's factor: θ ← θ0 + (θ − θ0)·scale."""
+        params = list(self.model.parameters())
+        before = [q.detach().clone() for q in params]
+        self.optimizer.step()
+        scale = self.loss_fn.step_scale(logits_before, self.model(x).float(), epoch)
+        for param, start in zip(params, before):
+            param.copy_(start + (param - start) * scale)
+
+    def freeze(self, member: int) -> None:
+        """Nothing to do: a single run that stops is not stepped again."""
+
+    def sync_lrs(self) -> None:
+        """Nothing to do: the scheduler sets the optimizer's lr itself."""
+
+    def optimizer_state(self, member: int) -> dict:
+        return self.optimizer.state_dict()
+
+
+class StackedStepper:
+    def __init__(self, runs):
+        settings = [run.job.cfg.trainer for run in runs]
+        self.runs, self.precision = runs, settings[0].precision
+        self.params, self.buffers, self.base = stack_models([run.model for run in runs])
+        share_storage(runs, self.params, self.buffers)
+        _, self.loss_buffers, loss_base = stack_models([run.loss_fn for run in runs])
+        self.param_names = [name for name, _ in runs[0].model.named_parameters()]
+        self.optimizer = stacked_optimizer(runs, self.params)
+        self.optimizer.state = stacked_state(runs, self.param_names, self.optimizer)  # a resume's, else empty
+        self.l2 = [s.l2 for s in settings]
+        device = next(iter(self.params.values())).device
+        self.grad_clip = torch.tensor([s.grad_clip or math.inf for s in settings], device=device)
+        self.clipping = any(s.grad_clip for s in settings)  # decided once: no host read per step
+        self.loss_values = logged_values(runs, device)
+        self.member_losses = torch.vmap(
+            lambda state, logits, y: torch.func.functional_call(loss_base, state, (logits, y)))
+        self.probs = runs[0].loss_fn.probs  # elementwise over the class dim, so it takes (M, N, K)
+
+    def step(self, x, y, shared: bool, epoch: int) -> torch.Tensor:
+        with autocast(x.device, self.precision):
+            logits = stacked_forward(self.base, self.params, self.buffers, x, shared_input=shared)
+        logits = logits.float()
+        losses = self.member_losses(self.loss_buffers, logits, y)
+        losses.sum().backward()
+        grads = {name: q.grad for name, q in self.params.items()}
+        if any(self.l2):
+            grads = add_l2(grads, self.params, self.l2)
+        if self.clipping:
+            grads = clip_per_member(grads, self.grad_clip)
+        self.optimizer.step(grads)
+        for q in self.params.values():
+            q.grad = None
+        hits = (self.probs(logits.detach()).argmax(-1) == y).sum(-1)
+        return torch.cat([losses.detach()[:, None], hits.float()[:, None], self.loss_values], 1)
+
+    def freeze(self, member: int) -> None:
+        self.optimizer.active[member] = False
+
+    def sync_lrs(self) -> None:
+        """Copy the lr each member's scheduler has set on its own torch optimizer into the stack."""
+        lr = self.optimizer.hparams["lr"]
+        self.optimizer.hparams["lr"] = torch.tensor([run.optimizer.param_groups[0]["lr"] for run in self.runs],
+                                                    dtype=lr.dtype, device=lr.device)
+
+    def optimizer_state(self, member: int) -> dict:
+        return torch_optimizer_state(self.runs[member].optimizer, self.optimizer, self.param_names, member)
+
+
+def logged_values(runs, device: torch.device) -> torch.Tensor:
+    """(M, L): each member's loss values to log, constant over training (a stack's losses learn nothing)."""
+    if not runs[0].loss_fn.logged():
+        return torch.zeros(len(runs), 0, device=device)
+    return torch.stack([torch.stack(list(run.loss_fn.logged().values())).detach() for run in runs])
+
+
+def check_stackable(first, device: torch.device, conv_on_cpu: bool = False) -> None:
+    """Raise NotStackable with the reason when runs like `first` (their configs differ only in
+    STACKABLE_KEYS) cannot train as one stack, or would train slower as one: vmap runs the members'
+    convolutions as one grouped convolution, which oneDNN computes on the CPU in the plain memory format (vmap
+    has no channels_last) at about half the speed of separate convolutions (LeNet-5, 8 members: 0.83x the
+    basic launcher's wall time, scripts/bench_sweep.py)."""
+    if device.type == "cpu" and not conv_on_cpu and any(isinstance(m, torch.nn.Conv2d) for m in first.model.modules()):
+        raise NotStackable("stacked convolutions run slower than separate ones on the CPU "
+                           "(hydra.launcher.conv_on_cpu=true stacks them anyway)")
+    if any(q.requires_grad for q in first.loss_fn.parameters()):
+        raise NotStackable("the loss has learnable parameters (loss.coeffs or loss.bases = learnable)")
+    if first.loss_fn.scales_steps:
+        raise NotStackable("the loss rescales every step from the batch (loss=entropy_gradient)")
+    if first.job.cfg.trainer.compile:
+        raise NotStackable("trainer.compile is on")
+    kind = type(first.optimizer)
+    if kind not in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW):
+        raise NotStackable(f"there is no stacked {kind.__name__}")
+    group = first.optimizer.param_groups[0]
+    if group.get("maximize") or group.get("amsgrad"):
+        raise NotStackable("optimizer.maximize and optimizer.amsgrad have no stacked version")
+
+
+def share_storage(runs, params: dict, buffers: dict) -> None:
+    """Point every member's parameters and buffers at its slice of the stack (views: no copies to keep in sync)."""
+    for k, run in enumerate(runs):
+        for name, q in run.model.named_parameters():
+            q.data = params[name].data[k]
+        for name, _ in run.model.named_buffers():
+            module, _, leaf = name.rpartition(".")
+            run.model.get_submodule(module)._buffers[leaf] = buffers[name][k]
+
+
+def stacked_optimizer(runs, params: dict) -> StackedOptimizer:
+    """The members' torch optimizers (one class, their own numbers) as one stacked optimizer."""
+    groups = [run.optimizer.param_groups[0] for run in runs]
+
+    def each(key):
+        return [g[key] for g in groups]
+
+    if isinstance(runs[0].optimizer, torch.optim.SGD):
+        return StackedSGD(params, lr=each("lr"), momentum=each("momentum"), weight_decay=each("weight_decay"),
+                          dampening=each("dampening"), nesterov=groups[0]["nesterov"])
+    return StackedAdam(params, lr=each("lr"), betas=([b[0] for b in each("betas")], [b[1] for b in each("betas")]),
+                       eps=each("eps"), weight_decay=each("weight_decay"),
+                       decoupled=isinstance(runs[0].optimizer, torch.optim.AdamW))
+
+
+def clip_per_member(grads: dict, max_norm: torch.Tensor) -> dict:
+    """torch.nn.utils.clip_grad_norm_ per member: scale member m's gradients by min(1, c_m / (‖g_m‖ + 1e-6))."""
+    present = [g for g in grads.values() if g is not None]
+    norms = torch.stack([g.flatten(1).float().square().sum(1) for g in present]).sum(0).sqrt()
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    return {name: None if g is None else g * scale.view(-1, *[1] * (g.ndim - 1)).to(g.dtype)
+            for name, g in grads.items()}
+
+
+def torch_optimizer_state(optimizer: torch.optim.Optimizer, stacked: StackedOptimizer, names: list[str],
+                          k: int) -> dict:
+    """Member k's optimizer state in its torch optimizer's own format (what a separate run's last.pt holds)."""
+    group = optimizer.param_groups[0]
+    for name, param in zip(names, group["params"]):
+        state = stacked.state.get(name)
+        if state is None:
+            continue
+        if isinstance(optimizer, torch.optim.SGD):
+            if group["momentum"] != 0 and "momentum_buffer" in state:
+                optimizer.state[param] = {"momentum_buffer": state["momentum_buffer"][k].clone()}
+        else:
+            optimizer.state[param] = {"step": torch.tensor(float(state["step"][k])),
+                                      "exp_avg": state["exp_avg"][k].clone(),
+                                      "exp_avg_sq": state["exp_avg_sq"][k].clone()}
+    return optimizer.state_dict()
+
+
+def stacked_state(runs, names: list[str], stacked: StackedOptimizer) -> dict:
+    """The members' torch optimizer states (as a resume loaded them) as the stacked optimizer's state: the
+    inverse of torch_optimizer_state. Only `step == 0` matters for SGD (a momentum buffer starts at the first
+    gradient), so a member with a buffer counts as stepped."""
+    state = {}
+    for i, name in enumerate(names):
+        member_states = [run.optimizer.state.get(run.optimizer.param_groups[0]["params"][i]) for run in runs]
+        if not any(member_states):
+            continue
+        state[name] = stacked.init_state(stacked.params[name])
+        for k, member in enumerate(member_states):
+            if not member:
+                continue
+            state[name]["step"][k] = int(member.get("step", 1))
+            for key in ("momentum_buffer", "exp_avg", "exp_avg_sq"):
+                if key in state[name] and member.get(key) is not None:
+                    state[name][key][k] = member[key]
+    return state
