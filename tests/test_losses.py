@@ -1,10 +1,15 @@
-"""ce, bce, mbce against the SPEC formulas computed independently in float64 numpy."""
+"""ce, bce, mbce against the SPEC formulas computed independently in float64 numpy; the `Loss` interface every
+configured loss implements; the entropy-gradient rule's step scale on the dual-weight linear model."""
 
 import numpy as np
 import pytest
 import torch
+from hydra.utils import get_class
 
-from losslab.losses import BinaryCrossEntropy, CrossEntropy, MultiBinaryCrossEntropy
+from losslab.cli import compose
+from losslab.config import CONF_DIR
+from losslab.losses import BinaryCrossEntropy, CrossEntropy, EntropyGradient, Loss, MultiBinaryCrossEntropy, scale_step
+from losslab.models import DualLinear
 
 rng = np.random.default_rng(0)
 
@@ -65,3 +70,148 @@ def test_heads_and_prediction_rules():
     p = MultiBinaryCrossEntropy().probs(z)
     np.testing.assert_allclose(p[0], np_sigmoid(z[0].numpy()) / np_sigmoid(z[0].numpy()).sum(), rtol=1e-6)
     assert p.argmax(-1).item() == 1
+
+
+# ---------------------------------------------------------------- the Loss interface
+LOSS_NAMES = sorted(path.stem for path in (CONF_DIR / "loss").glob("*.yaml"))
+BINARY_ONLY = {"bce", "entropy_gradient"}
+SCALES_STEPS = {"entropy_gradient"}
+
+
+def loss_class(name: str) -> type:
+    return get_class(compose([f"loss={name}"]).loss._target_)
+
+
+def defined_below(cls: type, base: type, name: str) -> bool:
+    """Whether a class between cls and base (cls included, base not) defines `name`."""
+    mro = cls.__mro__
+    return any(name in vars(k) for k in mro[:mro.index(base)])
+
+
+def test_every_configured_loss_is_listed():
+    assert LOSS_NAMES == ["bce", "ce", "entropy_gradient", "mbce", "min_ent", "mix_ent"]
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_every_configured_loss_implements_the_interface(name):
+    cls = loss_class(name)
+    assert issubclass(cls, Loss) and not cls.__abstractmethods__
+    for method in ("head_size", "forward", "probs"):
+        assert defined_below(cls, Loss, method), method
+    assert cls.binary_only == (name in BINARY_ONLY)
+    assert cls.scales_steps == (name in SCALES_STEPS) == defined_below(cls, Loss, "step_scale")
+
+    loss, k = cls(), 2 if cls.binary_only else 5
+    logits, y = torch.randn(4, loss.head_size(k)), torch.randint(0, k, (4,))
+    assert loss(logits, y).ndim == 0
+    probs = loss.probs(logits)
+    assert probs.shape == (4, k)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(4))
+    assert all(tag.startswith("loss/") and v.ndim == 0 for tag, v in loss.logged().items())
+    assert (loss.param_lr is None) == (name not in ("min_ent", "mix_ent"))
+
+
+class Identity(Loss):
+    def head_size(self, num_classes):
+        return num_classes
+
+    def forward(self, logits, y):
+        return logits.mean()
+
+    def probs(self, logits):
+        return logits.softmax(-1)
+
+
+def test_loss_defaults():
+    loss = Identity()
+    assert not loss.binary_only and not loss.scales_steps and loss.param_lr is None
+    assert loss.logged() == {} and loss.epoch_stats(0) == {}
+    with pytest.raises(NotImplementedError, match="Identity does not scale steps"):
+        loss.step_scale(torch.zeros(3, 1), torch.ones(3, 1), 0)
+
+
+def test_a_loss_without_its_prediction_rule_cannot_be_built():
+    class NoProbs(Loss):
+        def head_size(self, num_classes):
+            return num_classes
+
+        def forward(self, logits, y):
+            return logits.mean()
+
+    with pytest.raises(TypeError, match="probs"):
+        NoProbs()
+    with pytest.raises(TypeError, match="forward, head_size, probs"):
+        Loss()
+
+
+# ---------------------------------------------------------------- entropy-gradient step scale
+DELTA0, GAMMA, DELTA_MIN = 0.2, 0.5, 0.01
+
+
+def sgd_step(model, loss, x, lr):
+    """One SGD step of the rule; returns the logits and parameters from before it."""
+    z_before = model(x)
+    model.zero_grad()
+    loss(z_before, torch.zeros(len(x), dtype=torch.long)).backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= lr * p.grad
+    return z_before.detach(), before
+
+
+def numpy_logits(model, x):
+    w = (model.w1 + model.G1).detach().numpy()
+    return x.numpy() @ w.T + model.b1.detach().numpy()
+
+
+@pytest.mark.parametrize("epoch, delta", [(0, 0.2), (2, 0.05), (5, 0.01)])  # δ_e = max(δ_min, δ_0 γ^epoch)
+def test_step_scale_brings_max_dz_down_to_delta(epoch, delta):
+    torch.manual_seed(epoch)
+    model = DualLinear((6,), 1, init_std=0.5).double()
+    loss = EntropyGradient(DELTA0, GAMMA, DELTA_MIN).double()
+    x = torch.randn(8, 6, dtype=torch.float64)
+    z0 = numpy_logits(model, x)
+    z_before, before = sgd_step(model, loss, x, lr=50.0)
+    stepped = [p.detach().clone() for p in model.parameters()]
+    max_dz = np.abs(numpy_logits(model, x) - z0).max()
+    assert max_dz > 2 * delta  # the unconstrained step is too large
+
+    scale = loss.step_scale(z_before, model(x).detach(), epoch)
+    assert scale.ndim == 0 and scale.item() == pytest.approx(delta / max_dz, rel=1e-12)
+    assert all(torch.equal(p, p1) for p, p1 in zip(model.parameters(), stepped))  # the model is left alone
+    scale_step(list(model.parameters()), before, scale)
+    for p, p0, p1 in zip(model.parameters(), before, stepped):
+        np.testing.assert_allclose(p.detach().numpy(), (p0 + (p1 - p0) * delta / max_dz).numpy(), rtol=1e-12)
+    assert np.abs(numpy_logits(model, x) - z0).max() == pytest.approx(delta, rel=1e-10)
+
+
+def test_step_scale_is_one_for_a_small_step_and_the_epoch_stats_count_both():
+    torch.manual_seed(0)
+    model = DualLinear((6,), 1, init_std=0.5).double()
+    loss = EntropyGradient(DELTA0, GAMMA, DELTA_MIN).double()
+    x = torch.randn(8, 6, dtype=torch.float64)
+
+    z_before, before = sgd_step(model, loss, x, lr=50.0)
+    large_dz = (model(x).detach() - z_before).abs().max().item()
+    large = loss.step_scale(z_before, model(x).detach(), 1).item()
+    scale_step(list(model.parameters()), before, torch.tensor(large, dtype=torch.float64))
+
+    z_before, before = sgd_step(model, loss, x, lr=1e-4)
+    stepped = [p.detach().clone() for p in model.parameters()]
+    small_dz = (model(x).detach() - z_before).abs().max().item()
+    assert 0 < small_dz < 0.1
+    small = loss.step_scale(z_before, model(x).detach(), 1)
+    assert small.item() == 1.0
+    scale_step(list(model.parameters()), before, small)
+    for p, p1 in zip(model.parameters(), stepped):
+        torch.testing.assert_close(p.detach(), p1, rtol=1e-15, atol=1e-15)
+
+    assert loss.epoch_stats(1) == pytest.approx({
+        "entropy_gradient/delta": 0.1, "entropy_gradient/scaled_fraction": 0.5,
+        "entropy_gradient/mean_scale": (0.1 / large_dz + 1) / 2, "entropy_gradient/max_dz": large_dz,
+    }, rel=1e-12)
+    assert loss.epoch_stats(2) == {  # reset
+        "entropy_gradient/delta": 0.05, "entropy_gradient/scaled_fraction": 0.0,
+        "entropy_gradient/mean_scale": 0.0, "entropy_gradient/max_dz": 0.0,
+    }

@@ -7,14 +7,15 @@ Head: 1 output. Prediction: class 1 iff σ(s) > 0.5; confidences: (1 - σ(s), σ
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from losslab.losses.base import Loss
 
 
 def binary_cross_entropy(logit: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logit.squeeze(-1), t.to(logit.dtype))
 
 
-class BinaryCrossEntropy(nn.Module):
+class BinaryCrossEntropy(Loss):
     binary_only = True
 
     @staticmethod

@@ -7,16 +7,15 @@ Head: K outputs. Prediction: argmax_k p̂_k; confidences: p̂.
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from losslab.losses.base import Loss
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y)
 
 
-class CrossEntropy(nn.Module):
-    binary_only = False
-
+class CrossEntropy(Loss):
     @staticmethod
     def head_size(num_classes: int) -> int:
         return num_classes

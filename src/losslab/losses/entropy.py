@@ -13,6 +13,7 @@ T is the member's second term (min_ent: entropy of p̂; mix_ent: reverse cross-e
 Head: K outputs. Prediction: argmax_k p̂_k; confidences: p̂.
 """
 
+import abc
 import math
 
 import torch
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from losslab.errors import require
+from losslab.losses.base import Loss
 
 # Past this, torch's softplus returns its input; at 40 that is exact to float64 precision (the default, 20,
 # is exact only to float32's), and exp(40) still fits in float32.
@@ -79,10 +81,8 @@ def check_entropy_loss_args(
     require(param_lr > 0, f"loss.param_lr must be > 0, got {param_lr}.")
 
 
-class EntropyLoss(nn.Module):
+class EntropyLoss(Loss):
     """β1·CE_{b1} + β2·T_{b2}; a subclass gives T in nats per sample as `second_term(probs, y)`."""
-
-    binary_only = False
 
     def __init__(
         self,
@@ -105,8 +105,8 @@ class EntropyLoss(nn.Module):
         self.theta = nn.Parameter(self.beta0.log()) if coeffs == "learnable" else None
         self.phi = nn.Parameter(inverse_softplus(self.base0 - 1)) if bases == "learnable" else None
 
-    def second_term(self, probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def second_term(self, probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
 
     def beta(self) -> torch.Tensor:
         """The effective (β1, β2)."""

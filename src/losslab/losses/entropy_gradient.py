@@ -7,7 +7,8 @@ plain SGD gives w1 and G1 the update -η·mean(∂H/∂z · x) and b1 the update
 
 z-constraint: after the tentative step, z is recomputed on the same batch; if max|Δz| > δ_e the whole
 step is scaled by δ_e / max|Δz| (exact for the linear model: Δz is linear in the step), with
-δ_e = max(δ_min, δ_0 · γ^epoch). The rule uses no label, so chance accuracy is the expected outcome.
+δ_e = max(δ_min, δ_0 · γ^epoch). The loss returns that factor from `step_scale`; the training loop scales
+the step (`losslab.losses.base.scale_step`). The rule uses no label, so chance accuracy is the expected outcome.
 """
 
 import math
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from losslab.errors import ConfigError
+from losslab.losses.base import Loss, scale_step
 
 
 def entropy_bits(z: torch.Tensor) -> torch.Tensor:
@@ -34,8 +36,9 @@ def delta_schedule(epoch: int, delta0: float, gamma: float, delta_min: float) ->
     return max(delta_min, delta0 * gamma**epoch)
 
 
-class EntropyGradient(nn.Module):
+class EntropyGradient(Loss):
     binary_only = True
+    scales_steps = True
 
     def __init__(self, delta0: float = 0.1, gamma: float = 0.9, delta_min: float = 0.01):
         super().__init__()
@@ -62,16 +65,20 @@ class EntropyGradient(nn.Module):
         return torch.stack((1 - d, d), dim=-1)
 
     @torch.no_grad()
-    def constrain_step(self, model: nn.Module, x: torch.Tensor, z_before: torch.Tensor,
-                       params_before: list[torch.Tensor], epoch: int) -> None:
-        """Scale the step just taken so that max|Δz| on this batch is at most δ_e."""
+    def step_scale(self, logits_before: torch.Tensor, logits_after: torch.Tensor, epoch: int) -> torch.Tensor:
+        """min(1, δ_e / max|Δz|): the factor that brings max|Δz| on this batch down to at most δ_e."""
         delta = delta_schedule(epoch, self.delta0, self.gamma, self.delta_min)
-        max_dz = (model(x) - z_before).abs().max()
+        max_dz = (logits_after - logits_before).abs().max()
         scale = torch.clamp(delta / max_dz.clamp_min(1e-30), max=1.0)
-        for p, p0 in zip(model.parameters(), params_before):
-            p.copy_(p0 + (p - p0) * scale)
         self.stats += torch.stack([torch.ones_like(scale), (scale < 1).float(), scale, torch.zeros_like(scale)])
         self.stats[3] = torch.maximum(self.stats[3], max_dz)
+        return scale
+
+    # removed when the loop calls step_scale
+    @torch.no_grad()
+    def constrain_step(self, model: nn.Module, x: torch.Tensor, z_before: torch.Tensor,
+                       params_before: list[torch.Tensor], epoch: int) -> None:
+        scale_step(list(model.parameters()), params_before, self.step_scale(z_before, model(x), epoch))
 
     def epoch_stats(self, epoch: int) -> dict[str, float]:
         """δ_e, fraction of scaled steps, mean scale and max|Δz| (before scaling) over the epoch; resets."""

@@ -8,7 +8,8 @@ per-class sigmoids normalised to sum to one.
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from losslab.losses.base import Loss
 
 
 def multi_binary_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -16,9 +17,7 @@ def multi_binary_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.T
     return F.binary_cross_entropy_with_logits(logits, targets)
 
 
-class MultiBinaryCrossEntropy(nn.Module):
-    binary_only = False
-
+class MultiBinaryCrossEntropy(Loss):
     @staticmethod
     def head_size(num_classes: int) -> int:
         return num_classes

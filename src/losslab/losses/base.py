@@ -1,0 +1,60 @@
+"""The interface every loss implements, and the step scaling the training loop applies for it."""
+
+import abc
+
+import torch
+from torch import nn
+
+
+class Loss(nn.Module, metaclass=abc.ABCMeta):
+    """A loss: its head size, its value, its prediction rule, and what the training loop asks of it.
+
+    The loop reads these, and nothing else, from a loss:
+
+    - ``binary_only`` (class attribute, default False): the loss needs a 2-class dataset.
+    - ``scales_steps`` (class attribute, default False): after every optimizer step the loop calls
+      ``step_scale`` and scales the step by the factor it returns (see ``scale_step``).
+    - ``param_lr`` (default None): the learning rate of the loss's own learnable parameters, which the loop
+      puts in a param group of their own; None for a loss that never has any.
+    - ``head_size(num_classes)``: how many outputs the model needs for ``num_classes`` classes.
+    - ``forward(logits, y)``: the batch-mean loss, a 0-dim tensor.
+    - ``probs(logits)``: the (N, K) class probabilities; the prediction is their argmax.
+    - ``logged()``: values to log every step, 0-dim tensors on the loss's device keyed by tag (``loss/beta1``);
+      by default none.
+    - ``step_scale(logits_before, logits_after, epoch)``: only for ``scales_steps`` losses. Given the batch's
+      logits before the optimizer step and recomputed after it, the 0-dim factor s in (0, 1] by which the loop
+      scales the step: new parameters = before + (after - before)·s. The loss never touches the model; it may
+      record statistics of the step for ``epoch_stats``.
+    - ``epoch_stats(epoch)``: values to log at the end of ``epoch``, keyed by tag; resets them. By default none.
+
+    ``head_size``, ``forward`` and ``probs`` are abstract: a loss that lacks one cannot be instantiated.
+    """
+
+    binary_only: bool = False
+    scales_steps: bool = False
+    param_lr: float | None = None
+
+    @abc.abstractmethod
+    def head_size(self, num_classes: int) -> int: ...
+
+    @abc.abstractmethod
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
+
+    @abc.abstractmethod
+    def probs(self, logits: torch.Tensor) -> torch.Tensor: ...
+
+    def logged(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def step_scale(self, logits_before: torch.Tensor, logits_after: torch.Tensor, epoch: int) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not scale steps (scales_steps is False)")
+
+    def epoch_stats(self, epoch: int) -> dict[str, float]:
+        return {}
+
+
+@torch.no_grad()
+def scale_step(params: list[torch.Tensor], before: list[torch.Tensor], scale: torch.Tensor) -> None:
+    """Scale the step just taken, in place: p ← p0 + (p - p0)·scale, p0 the value of p before the step."""
+    for p, p0 in zip(params, before, strict=True):
+        p.copy_(p0 + (p - p0) * scale)
