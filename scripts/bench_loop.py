@@ -28,7 +28,8 @@ from torchvision import datasets, transforms
 
 from losslab.cli import compose
 from losslab.config import data_root
-from losslab.train import build, fit, use_float32_math
+from losslab.runtime import use_float32_math
+from losslab.train import build, fit
 
 BATCH = 64
 

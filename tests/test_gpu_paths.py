@@ -6,8 +6,8 @@ import torch
 
 from losslab import train
 from losslab.cli import compose
-from losslab.train import build, fit, memory_format, use_float32_math
-from losslab.train_stacked import Job, fit_stacked
+from losslab.runtime import memory_format, use_float32_math
+from losslab.train import Job, build, fit, fit_group
 
 SYNTH = ["dataset=synthetic", "trainer.progress=log", "trainer.device=cpu", "trainer.figures=false"]
 
@@ -30,7 +30,7 @@ def test_bf16_autocast_runs_the_model_in_bf16_and_the_loss_in_fp32(tmp_path, mon
 def test_bf16_stacked_members_train(tmp_path):
     jobs = [Job(compose([*SYNTH, "trainer.epochs=2", "trainer.precision=bf16", f"optimizer.lr={lr}"]),
                 tmp_path / str(i), {}, []) for i, lr in enumerate((0.5, 0.05))]
-    summaries = fit_stacked(jobs)
+    summaries = fit_group(jobs)
     assert [s["status"] for s in summaries] == ["completed", "completed"]
     assert all(s["final"]["test/acc"] > 0.9 for s in summaries)
 

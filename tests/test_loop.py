@@ -10,7 +10,8 @@ from commands import metrics_rows
 
 from losslab.cli import compose
 from losslab.errors import ConfigError
-from losslab.train import build, fit, seed_everything
+from losslab.runtime import seed_everything
+from losslab.train import build, fit
 
 SYNTH = ["dataset=synthetic", "trainer.progress=log", "trainer.device=cpu"]
 

@@ -14,12 +14,13 @@ import torch
 from commands import start, summary
 from tb_events import read_events
 
+from losslab.checkpoint import save_checkpoint
 from losslab.cli import compose
 from losslab.errors import UserError
 from losslab.fileio import write_json
 from losslab.job_dirs import job_dir
 from losslab.log import append_csv_row
-from losslab.train import fit, save_checkpoint
+from losslab.train import fit
 
 
 def test_divergence_is_a_result_and_the_sweep_goes_on(tmp_path):

@@ -22,6 +22,7 @@ import math
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from losslab.losses import scale_step
 from losslab.runtime import autocast
 from losslab.stacked import StackedAdam, StackedOptimizer, StackedSGD, add_l2, stack_models, stacked_forward
 
@@ -84,9 +85,7 @@ class SingleStepper:
         params = list(self.model.parameters())
         before = [q.detach().clone() for q in params]
         self.optimizer.step()
-        scale = self.loss_fn.step_scale(logits_before, self.model(x).float(), epoch)
-        for param, start in zip(params, before):
-            param.copy_(start + (param - start) * scale)
+        scale_step(params, before, self.loss_fn.step_scale(logits_before, self.model(x).float(), epoch))
 
     def freeze(self, member: int) -> None:
         """Nothing to do: a single run that stops is not stepped again."""

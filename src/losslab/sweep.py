@@ -174,7 +174,7 @@ def share_resources(cfg: DictConfig, launcher: DictConfig, job_num: int) -> None
     """Threads per parallel job on CPU, and one GPU per job when there are several."""
     import torch
 
-    from losslab.train import usable_cores
+    from losslab.runtime import usable_cores
 
     cores = usable_cores()
     parallel = int(launcher.get("n_jobs") or 1) if "joblib" in str(launcher.get("_target_", "")).lower() else 1

@@ -31,8 +31,14 @@ from losslab.fileio import remove_stale_temp_files
 from losslab.log import RunLogger, provenance, versions, write_summary
 from losslab.progress import ProgressLines, log_evaluation, progress_bar, rounded
 from losslab.rundir import exclusive
-from losslab.runtime import catch_stop_signals, memory_format, pick_device, seed_everything, stop_point, \
-    use_float32_math
+from losslab.runtime import (
+    catch_stop_signals,
+    memory_format,
+    pick_device,
+    seed_everything,
+    stop_point,
+    use_float32_math,
+)
 from losslab.steppers import NotStackable, SingleStepper, StackedStepper, check_stackable
 
 log = logging.getLogger("losslab")
@@ -470,7 +476,8 @@ def summary_of(group: Group, run: Run, status: str, final: dict, **extra) -> dic
     """summary.json: the same keys for a finished and an interrupted run, plus `extra`."""
     cfg, progress, step = run.job.cfg, run.progress, group.position.step
     return {"status": status, "name": cfg.name, "seed": cfg.seed, "run_dir": str(run.job.run_dir),
-            "overrides": run.job.overrides, "monitor": {"metric": cfg.trainer.monitor, "mode": cfg.trainer.monitor_mode},
+            "overrides": run.job.overrides,
+            "monitor": {"metric": cfg.trainer.monitor, "mode": cfg.trainer.monitor_mode},
             "best": progress.best if progress.best_state is not None else {}, "final": final, "steps": step,
             "epochs": round(step / group.counts[0], 4), "wall_s": time.perf_counter() - group.started,
             "device": str(group.device), "versions": versions(), **provenance(),

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from losslab.errors import ConfigError
-from losslab.losses.base import Loss, scale_step
+from losslab.losses.base import Loss
 
 
 def entropy_bits(z: torch.Tensor) -> torch.Tensor:
@@ -73,12 +73,6 @@ class EntropyGradient(Loss):
         self.stats += torch.stack([torch.ones_like(scale), (scale < 1).float(), scale, torch.zeros_like(scale)])
         self.stats[3] = torch.maximum(self.stats[3], max_dz)
         return scale
-
-    # removed when the loop calls step_scale
-    @torch.no_grad()
-    def constrain_step(self, model: nn.Module, x: torch.Tensor, z_before: torch.Tensor,
-                       params_before: list[torch.Tensor], epoch: int) -> None:
-        scale_step(list(model.parameters()), params_before, self.step_scale(z_before, model(x), epoch))
 
     def epoch_stats(self, epoch: int) -> dict[str, float]:
         """δ_e, fraction of scaled steps, mean scale and max|Δz| (before scaling) over the epoch; resets."""
