@@ -28,8 +28,9 @@ from torchvision import datasets, transforms
 
 from losslab.cli import compose
 from losslab.config import data_root
+from losslab.runs import build
 from losslab.runtime import use_float32_math
-from losslab.train import build, fit
+from losslab.train import fit
 
 BATCH = 64
 

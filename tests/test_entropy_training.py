@@ -6,7 +6,8 @@ import torch
 from tb_events import read_events
 
 from losslab.cli import compose
-from losslab.train import build, fit
+from losslab.runs import build
+from losslab.train import fit
 
 SYNTH = ["dataset=synthetic", "trainer.progress=log", "trainer.device=cpu"]
 

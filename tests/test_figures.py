@@ -13,8 +13,9 @@ from losslab.cli import compose
 from losslab.drawing import confidence_figure, curves_figure, reliability_figure, templates_figure
 from losslab.figures import drawing_pool, start_figures, weight_templates, write_figures
 from losslab.metrics import ECE_BINS, SplitMetrics
+from losslab.runs import build
 from losslab.runtime import pick_device
-from losslab.train import build, fit
+from losslab.train import fit
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 KINDS = ("weight_templates", "confidence_histogram_test", "reliability_test", "curves")

@@ -6,8 +6,9 @@ import torch
 
 from losslab import train
 from losslab.cli import compose
+from losslab.runs import build
 from losslab.runtime import memory_format, use_float32_math
-from losslab.train import Job, build, fit, fit_group
+from losslab.train import Job, fit, fit_group
 
 SYNTH = ["dataset=synthetic", "trainer.progress=log", "trainer.device=cpu", "trainer.figures=false"]
 

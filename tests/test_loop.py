@@ -10,8 +10,9 @@ from commands import metrics_rows
 
 from losslab.cli import compose
 from losslab.errors import ConfigError
+from losslab.runs import build
 from losslab.runtime import seed_everything
-from losslab.train import build, fit
+from losslab.train import fit
 
 SYNTH = ["dataset=synthetic", "trainer.progress=log", "trainer.device=cpu"]
 
@@ -41,6 +42,30 @@ def test_early_stopping_restores_the_best_weights(tmp_path):
     assert summary["final"]["val/loss"] == pytest.approx(losses[best], rel=1e-5)
     best_ckpt = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
     assert best_ckpt["step"] == summary["best"]["step"]
+
+
+def test_trainer_monitor_decides_which_evaluation_is_best(tmp_path):
+    """Noisy synthetic data: val/acc tops out early while val/nll keeps falling, so the two criteria pick different
+    evaluations; best.pt and the summary's best follow trainer.monitor (the first of equal values)."""
+    common = [*SYNTH, "model=fnn", "dataset.noise=3.0", "optimizer.lr=0.5", "trainer.epochs=4",
+              "trainer.eval_every=0.5", "trainer.figures=false"]
+    picked = {}
+    for monitor, mode in (("val/nll", "min"), ("val/acc", "max")):
+        run_dir = tmp_path / mode
+        summary = fit(compose([*common, f"trainer.monitor={monitor}", f"trainer.monitor_mode={mode}"]), run_dir)
+        evals = metrics_rows(run_dir)[:-1]
+        values = [float(r[monitor]) for r in evals]
+        expected = int(evals[values.index((min if mode == "min" else max)(values))]["step"])
+        best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+        assert best["step"] == summary["best"]["step"] == expected
+        assert summary["monitor"] == {"metric": monitor, "mode": mode}
+        picked[monitor] = expected
+    assert picked["val/nll"] != picked["val/acc"]
+
+
+def test_an_unknown_monitor_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"trainer.monitor='val/accuracy' is not one of .*val/acc"):
+        fit(compose([*SYNTH, "trainer.monitor=val/accuracy"]), tmp_path)
 
 
 def first_step_weights(overrides, tmp_path):

@@ -6,12 +6,16 @@ from __future__ import annotations
 import pickle
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from losslab.errors import UserError
 from losslab.fileio import atomic_write
+
+if TYPE_CHECKING:
+    from losslab.runs import Group
 
 
 def save_checkpoint(path: Path, **state) -> None:
@@ -59,3 +63,19 @@ def load_last(path: Path, model, loss_fn, optimizer, scheduler, order_gen) -> di
     except (KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
         raise UserError(f"{path} cannot be resumed from ({str(e).splitlines()[0]}); it is not a checkpoint of "
                         f"this config, or it is damaged.") from e
+
+
+def save_last(group: Group, k: int, epoch_done: bool = False) -> None:
+    """Run k's last.pt, as a separate run at this point writes it (with the steps not yet logged); `epoch_done`:
+    the run's epoch has ended here although the group's goes on."""
+    run, position, progress = group.runs[k], group.position, group.runs[k].progress
+    progress.step, progress.samples, progress.rows = position.step, position.samples, run.logger.rows
+    progress.epoch, progress.batch = (position.epoch + 1, 0) if epoch_done else (position.epoch, position.batch)
+    progress.order = None if epoch_done or group.orders is None else group.orders[k].clone()
+    progress.pending = [values[k].clone() for values in position.pending]
+    progress.pending_sizes = list(position.pending_sizes)
+    if run.job.cfg.trainer.checkpoints:
+        save_checkpoint(run.job.run_dir / "checkpoints" / "last.pt", **snapshot(run.model, run.loss_fn),
+                        optimizer=group.stepper.optimizer_state(k),
+                        scheduler=run.scheduler.state_dict() if run.scheduler else None,
+                        rng=rng_states(run.order_gen), progress=dict(vars(progress)))

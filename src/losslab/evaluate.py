@@ -20,8 +20,8 @@ from losslab.errors import UserError
 from losslab.evaluation import evaluate
 from losslab.figures import read_rows, write_figures
 from losslab.fileio import write_json
+from losslab.runs import build
 from losslab.runtime import pick_device, use_float32_math
-from losslab.train import build
 
 
 def locate(target: Path) -> tuple[Path, Path]:
@@ -84,7 +84,7 @@ def main(argv: list[str]) -> dict:
     load_weights(checkpoint, model, loss_fn, config_file, device)
 
     tr, (x, y) = cfg.trainer, data.split(split)
-    metrics = evaluate(model, loss_fn, x, y, tr.eval_batch_size, tr.limit_eval_batches, tr.precision).metrics
+    metrics = evaluate(model, loss_fn, x, y, tr).metrics
     result = {f"{split}/{k}": v for k, v in metrics.items()} | {"checkpoint": str(checkpoint)}
     out_dir = run_dir / "eval"
     write_json(out_dir / f"{split}.json", result)

@@ -22,8 +22,10 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate(model, loss_fn, x, y, batch_size: int, limit: int | None, precision: str) -> Evaluation:
-    """The split `x, y` (its first `limit` batches if set) in eval mode."""
+def evaluate(model, loss_fn, x, y, settings) -> Evaluation:
+    """The split `x, y` in eval mode, in batches of trainer `settings.eval_batch_size` (only the first
+    `settings.limit_eval_batches` if set), at `settings.precision`."""
+    batch_size, limit, precision = settings.eval_batch_size, settings.limit_eval_batches, settings.precision
     was_training = model.training
     model.eval()
     metrics, confidence, correct = SplitMetrics(x.device), [], []

@@ -15,97 +15,26 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from losslab import config
-from losslab.checkpoint import load_last, rng_states, save_checkpoint, snapshot
-from losslab.data import augment, load_splits
-from losslab.errors import ConfigError, Interrupted
-from losslab.evaluation import evaluate, save_predictions
-from losslab.fileio import remove_stale_temp_files
-from losslab.log import RunLogger, provenance, versions, write_summary
-from losslab.progress import ProgressLines, log_evaluation, progress_bar, rounded
+from losslab.checkpoint import save_last, snapshot
+from losslab.data import augment
+from losslab.errors import Interrupted
+from losslab.evaluation import evaluate
+from losslab.finish import finish_run, log_train_steps, position_row, record_interruption
+from losslab.log import RunLogger
+from losslab.progress import ProgressLines, log_evaluation, progress_bar
 from losslab.rundir import exclusive
-from losslab.runtime import (
-    catch_stop_signals,
-    memory_format,
-    pick_device,
-    seed_everything,
-    stop_point,
-    use_float32_math,
-)
+from losslab.runs import Group, Job, Progress, Run, build_run, loss_limit, step_counts
+from losslab.runtime import catch_stop_signals, pick_device, stop_point, use_float32_math
 from losslab.steppers import NotStackable, SingleStepper, StackedStepper, check_stackable
 
 log = logging.getLogger("losslab")
 DIVERGENCE_CHECK_EVERY = 50  # steps between reads of the divergence flags (besides every evaluation)
-
-
-@dataclass
-class Job:
-    """One config to train: its resolved config, run dir, HParams, command-line overrides, and whether it
-    continues from the run dir's checkpoints/last.pt."""
-
-    cfg: DictConfig
-    run_dir: Path
-    hparams: dict = field(default_factory=dict)
-    overrides: list[str] | None = None
-    resume: bool = False
-
-
-@dataclass
-class Progress:
-    """Where a run stands: everything the loop needs to continue exactly where it stopped (saved in last.pt)."""
-
-    step: int = 0
-    epoch: int = 0
-    batch: int = 0  # batches done in the current epoch
-    order: torch.Tensor | None = None  # the current epoch's data order, while an epoch is under way
-    samples: int = 0
-    best: dict = field(default_factory=dict)  # the evaluation row with the best trainer.monitor value
-    best_state: dict | None = None  # model and loss state at the best evaluation
-    evals_since_best: int = 0
-    pending: list = field(default_factory=list)  # per-step values not yet logged (device tensors)
-    pending_sizes: list = field(default_factory=list)
-    last_row: dict = field(default_factory=dict)  # the last evaluation (finite by construction)
-    outcome: str | None = None  # early_stopped once the loop has stopped for that reason
-    rows: int = 0  # metrics.csv rows written (a resume keeps exactly these)
-
-
-@dataclass
-class Run:
-    """One config being trained: what it trains with, where it stands, what it writes to."""
-
-    job: Job
-    model: torch.nn.Module
-    loss_fn: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    order_gen: torch.Generator
-    progress: Progress
-    logger: RunLogger | None = None
-    summary: dict | None = None
-
-
-@dataclass
-class Group:
-    """The runs trained together, what they share, and the position every running run is at."""
-
-    runs: list[Run]
-    data: object
-    stepper: SingleStepper | StackedStepper
-    device: torch.device
-    started: float  # when fit began (perf_counter)
-    counts: tuple[int, int, int]  # steps per epoch, steps between evaluations, steps in all
-    running: list[int]
-    position: Progress  # step, epoch, batch, samples, pending values: those of every running run
-    orders: torch.Tensor | None = None  # (M, n_train): each run's data order this epoch
-    train_started: float = field(default_factory=time.perf_counter)
-    samples_at_start: int = 0
 
 
 def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: bool = False,
@@ -229,57 +158,6 @@ def start_group(jobs: list[Job], conv_on_cpu: bool) -> Group:
     return group
 
 
-def build_run(job: Job, device: torch.device, data=None) -> tuple[Run, object]:
-    """A run of `job`, seeded, with its last.pt loaded when it resumes; the data are loaded unless given."""
-    seed_everything(job.cfg.seed, job.cfg.trainer.deterministic)
-    data, loss_fn, model, optimizer, scheduler = build(job.cfg, device, data)
-    order_gen = torch.Generator(device=device).manual_seed(job.cfg.seed)
-    run = Run(job, model, loss_fn, optimizer, scheduler, order_gen, Progress())
-    last = job.run_dir / "checkpoints" / "last.pt"
-    if job.resume:
-        for folder in (job.run_dir, last.parent):
-            remove_stale_temp_files(folder)
-        if last.exists():  # a run killed before its first last.pt resumes from the start
-            run.progress = Progress(**load_last(last, model, loss_fn, optimizer, scheduler, order_gen))
-    return run, data
-
-
-def build(cfg: DictConfig, device: torch.device, data=None):
-    """Data (unless given, already loaded for `cfg.dataset`), loss, model, optimizer and scheduler for `cfg`;
-    the loss decides the head size."""
-    data = load_splits(cfg.dataset, device) if data is None else data
-    loss_fn = instantiate(cfg.loss).to(device)
-    if loss_fn.binary_only and data.num_classes != 2:
-        raise ConfigError(
-            f"loss={choice('loss', cfg.loss._target_)} needs a binary task but dataset {cfg.dataset.name} has "
-            f"{data.num_classes} classes; use loss=ce or loss=mbce, or a binary dataset (mnist_even_odd, mnist_2v3)."
-        )
-    model = instantiate(
-        cfg.model, in_shape=data.shape, num_outputs=loss_fn.head_size(data.num_classes), _convert_="all"
-    ).to(device)
-    model = model.to(memory_format=memory_format(model, device))
-    groups = [{"params": list(model.parameters())}]
-    loss_params = [q for q in loss_fn.parameters() if q.requires_grad]
-    if loss_params:  # learnable loss parts (min_ent / mix_ent) get their own lr and no weight decay
-        groups.append({"params": loss_params, "lr": loss_fn.param_lr, "weight_decay": 0.0})
-    optimizer = instantiate(cfg.optimizer, _convert_="all")(params=groups)
-    scheduler = None
-    if cfg.scheduler._target_ == "torch.optim.lr_scheduler.ReduceLROnPlateau":  # follows trainer.monitor
-        scheduler = instantiate(cfg.scheduler)(optimizer, mode=cfg.trainer.monitor_mode)
-    elif cfg.scheduler._target_:
-        scheduler = instantiate(cfg.scheduler)(optimizer)
-    return data, loss_fn, model, optimizer, scheduler
-
-
-def choice(group: str, fallback: str) -> str:
-    """The option of a config group this run was composed with (`loss=bce`), else `fallback`."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return fallback
-    return HydraConfig.get().runtime.choices.get(group) or fallback
-
-
 def batch_at(group: Group, start: int, batch_size: int, shared: bool, augmenting: bool):
     """The batch at `start` of every run's data order: (N, ...) images for one run or a batch the runs share,
     else (M, N, ...); labels (N,) for one run, else (M, N)."""
@@ -340,8 +218,7 @@ def validate(group: Group, run: Run, row: dict) -> str | None:
     best state by trainer.monitor and counts patience. Returns "diverged" (the val loss is not finite or above
     the limit; nothing is logged), "early_stopped" or None."""
     settings, progress, data = run.job.cfg.trainer, run.progress, group.data
-    val = evaluate(run.model, run.loss_fn, data.val_x, data.val_y, settings.eval_batch_size,
-                   settings.limit_eval_batches, settings.precision).metrics
+    val = evaluate(run.model, run.loss_fn, data.val_x, data.val_y, settings).metrics
     row.update({f"val/{k}": v for k, v in val.items()})
     if not abs(val["loss"]) <= loss_limit(run):
         return "diverged"
@@ -386,132 +263,3 @@ def end_epoch_of(run: Run, position: Progress) -> None:
         with warnings.catch_warnings():  # a stack member's own optimizer is never stepped (the stack's is)
             warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
             run.scheduler.step()
-
-
-def save_last(group: Group, k: int, epoch_done: bool = False) -> None:
-    """Run k's last.pt, as a separate run at this point writes it (with the steps not yet logged); `epoch_done`:
-    the run's epoch has ended here although the group's goes on."""
-    run, position, progress = group.runs[k], group.position, group.runs[k].progress
-    progress.step, progress.samples, progress.rows = position.step, position.samples, run.logger.rows
-    progress.epoch, progress.batch = (position.epoch + 1, 0) if epoch_done else (position.epoch, position.batch)
-    progress.order = None if epoch_done or group.orders is None else group.orders[k].clone()
-    progress.pending = [values[k].clone() for values in position.pending]
-    progress.pending_sizes = list(position.pending_sizes)
-    if run.job.cfg.trainer.checkpoints:
-        save_checkpoint(run.job.run_dir / "checkpoints" / "last.pt", **snapshot(run.model, run.loss_fn),
-                        optimizer=group.stepper.optimizer_state(k),
-                        scheduler=run.scheduler.state_dict() if run.scheduler else None,
-                        rng=rng_states(run.order_gen), progress=dict(vars(progress)))
-
-
-def finish_run(group: Group, k: int, status: str, diverged_at: int | None = None) -> None:
-    """Stop run k: its final evaluation, best.pt and summary.json; the group's other runs go on."""
-    run, position = group.runs[k], group.position
-    group.running.remove(k)
-    group.stepper.freeze(k)
-    train_s = time.perf_counter() - group.train_started
-    final = final_evaluation(group, run, status, diverged_at)
-    best = run.progress.best
-    if run.job.cfg.trainer.checkpoints and run.progress.best_state is not None:
-        save_checkpoint(run.job.run_dir / "checkpoints" / "best.pt", **run.progress.best_state, step=best["step"],
-                        metrics=best)
-    run.logger.close()
-    extra = {"train_s": train_s, "samples_per_s": (position.samples - group.samples_at_start) / max(train_s, 1e-9)}
-    if len(group.runs) > 1:
-        extra["stacked"] = {"members": len(group.runs), "jobs": [r.job.run_dir.name for r in group.runs],
-                            "samples_per_s": len(group.runs) * (position.samples - group.samples_at_start) / train_s}
-    if diverged_at is not None:
-        extra["diverged_at_step"] = diverged_at
-    run.summary = summary_of(group, run, status, final, **extra)
-    write_summary(run.job.run_dir, run.summary)
-    log.info("%s%s after %d steps: test/acc %s (%s)", f"job {run.job.run_dir.name} " if len(group.runs) > 1 else "",
-             status, position.step, rounded(final.get("test/acc")), run.job.run_dir)
-
-
-def final_evaluation(group: Group, run: Run, status: str, diverged_at: int | None) -> dict:
-    """`final`: every split evaluated with the best weights under early stopping, else the last ones (logged, and
-    the test split's predictions saved); after a divergence, the last finite evaluation."""
-    settings, progress = run.job.cfg.trainer, run.progress
-    if status == "diverged":
-        message = (f"diverged: the loss at step {diverged_at} is not finite or above trainer.divergence_threshold="
-                   f"{settings.divergence_threshold}; `final` holds the last evaluation before it")
-        run.logger.text("status", message, diverged_at)
-        log.warning(message)
-        return dict(progress.last_row)
-    if settings.patience is not None and progress.best_state is not None:
-        run.model.load_state_dict(progress.best_state["model"])
-        run.loss_fn.load_state_dict(progress.best_state["loss"])
-    final = position_row(group, run) | {k: v.item() for k, v in run.loss_fn.logged().items()}
-    for split in ("train", "val", "test"):
-        evaluation = evaluate(run.model, run.loss_fn, *group.data.split(split), settings.eval_batch_size,
-                              settings.limit_eval_batches, settings.precision)
-        final.update({f"{split}/{k}": v for k, v in evaluation.metrics.items()})
-    save_predictions(run.job.run_dir / "predictions_test.npz", evaluation)
-    # train/loss and train/acc are per-step tags; the full train split's other metrics are logged once here
-    run.logger.scalars({k: v for k, v in final.items() if k.startswith("test/")
-                        or (k.startswith("train/") and k not in ("train/loss", "train/acc"))}, group.position.step)
-    run.logger.row(final)
-    stop_point("finish", group.position.step)
-    return final
-
-
-def record_interruption(group: Group, signum: int) -> None:
-    """A stop signal: every running run writes a mid-epoch last.pt and an `interrupted` summary."""
-    for k in group.running:
-        run = group.runs[k]
-        save_last(group, k)
-        run.logger.close()
-        write_summary(run.job.run_dir, summary_of(group, run, "interrupted", dict(run.progress.last_row),
-                                                  resume=f"losslab-train trainer.resume={run.job.run_dir}"))
-    if len(group.runs) == 1:
-        log.warning("interrupted by signal %d at step %d; resume with: losslab-train trainer.resume=%s", signum,
-                    group.position.step, group.runs[0].job.run_dir)
-    else:
-        log.warning("interrupted by signal %d at step %d; relaunch the sweep (the stack resumes as a stack), or "
-                    "resume a job on its own with losslab-train trainer.resume=<its run dir>", signum,
-                    group.position.step)
-
-
-def summary_of(group: Group, run: Run, status: str, final: dict, **extra) -> dict:
-    """summary.json: the same keys for a finished and an interrupted run, plus `extra`."""
-    cfg, progress, step = run.job.cfg, run.progress, group.position.step
-    return {"status": status, "name": cfg.name, "seed": cfg.seed, "run_dir": str(run.job.run_dir),
-            "overrides": run.job.overrides,
-            "monitor": {"metric": cfg.trainer.monitor, "mode": cfg.trainer.monitor_mode},
-            "best": progress.best if progress.best_state is not None else {}, "final": final, "steps": step,
-            "epochs": round(step / group.counts[0], 4), "wall_s": time.perf_counter() - group.started,
-            "device": str(group.device), "versions": versions(), **provenance(),
-            "images": {split: len(group.data.split(split)[1]) for split in ("train", "val", "test")}, **extra}
-
-
-def position_row(group: Group, run: Run) -> dict:
-    """The columns that say where a run is: step, epoch, lr, ‖w‖² over the weight matrices (what trainer.l2 acts on)."""
-    weights = [w for w in run.model.parameters() if w.ndim >= 2]
-    return {"step": group.position.step, "epoch": round(group.position.step / group.counts[0], 4),
-            "lr": run.optimizer.param_groups[0]["lr"],
-            "weights/sq_norm": sum(w.detach().double().square().sum() for w in weights).item() if weights else 0.0}
-
-
-def log_train_steps(run: Run, values: list[list[float]], sizes: list[int], first: int) -> dict:
-    """Log per-step [loss, hits, *loss values] from step `first` on; returns their mean train/loss and train/acc."""
-    tags = list(run.loss_fn.logged())
-    for i, (step_values, n) in enumerate(zip(values, sizes)):
-        run.logger.scalars({"train/loss": step_values[0], "train/acc": step_values[1] / n,
-                            **dict(zip(tags, step_values[2:]))}, first + i)
-    seen = sum(sizes)
-    return {"train/loss": sum(v[0] * n for v, n in zip(values, sizes)) / seen,
-            "train/acc": sum(v[1] for v in values) / seen} if seen else {}
-
-
-def loss_limit(run: Run) -> float:
-    threshold = run.job.cfg.trainer.divergence_threshold
-    return math.inf if threshold is None else threshold
-
-
-def step_counts(settings, n_train: int) -> tuple[int, int, int]:
-    """Steps per epoch, steps between evaluations and steps in all for `n_train` images."""
-    steps_per_epoch = math.ceil(n_train / settings.batch_size)
-    total_steps = settings.epochs * steps_per_epoch
-    if settings.max_steps is not None:
-        total_steps = min(total_steps, settings.max_steps)
-    return steps_per_epoch, max(1, round(settings.eval_every * steps_per_epoch)), total_steps

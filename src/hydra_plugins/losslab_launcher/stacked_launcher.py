@@ -87,8 +87,8 @@ class StackedLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from losslab.cli import objective
         from losslab.errors import Interrupted
-        from losslab.sweep import can_resume, interrupted, previous_result
         from losslab.steppers import NotStackable, group_key
+        from losslab.sweep import can_resume, interrupted, previous_result
         from losslab.train import fit_group
 
         setup_globals()
