@@ -134,7 +134,7 @@ def curves_figure(rows: list[dict]):
     for i, (title, keys) in enumerate(CURVES.items()):
         ax = fig.add_axes((0.07 + 0.5 * i, 0.12, 0.4, 0.7))
         ax.xaxis.set_major_locator(MaxNLocator(3, integer=True))
-        ax.yaxis.set_major_locator(MaxNLocator(4))
+        ax.yaxis.set_major_locator(MaxNLocator(3))
         for name, colour in zip(keys, SERIES_COLOURS):
             points = [(number(r["step"]), number(r.get(name))) for r in history if number(r.get(name)) is not None]
             if points:
@@ -168,11 +168,13 @@ def draw_png(fig) -> tuple[bytes, int, int]:
     """The figure rendered once and encoded as PNG: (PNG, height, width)."""
     import io
 
+    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from PIL import Image
 
     canvas = FigureCanvasAgg(fig)
-    canvas.draw()
+    with matplotlib.rc_context({"text.hinting": "no_hinting"}):  # a fifth less time per text, barely visible
+        canvas.draw()
     width, height = canvas.get_width_height()
     buffer = io.BytesIO()
     # compression level 1: a quarter of the encoding time of the default, for files about 20 % larger
