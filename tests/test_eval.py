@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from losslab.cli import compose
 from losslab.cli import evaluate as eval_cli
 from losslab.errors import UserError
-from losslab.evaluate import main
+from losslab.eval_command import main
 from losslab.train import fit
 
 METRICS = ("loss", "acc", "nll", "brier", "ece", "entropy")

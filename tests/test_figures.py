@@ -1,31 +1,30 @@
-"""Figures: the plotting functions on fixed inputs, and write_figures after real MNIST runs."""
+"""Figures: the plotting functions on fixed inputs, and draw_run_figures on run dirs built by hand (and, at the
+end, after real MNIST runs of `losslab-train`, which draws them after training)."""
 
-import os
+import csv
+import json
+import logging
 import re
-from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 import pytest
 import torch
+from commands import losslab_train, sweep
+from omegaconf import OmegaConf
 from tb_events import read_events
 
+from losslab import figures
 from losslab.cli import compose
 from losslab.drawing import confidence_figure, curves_figure, reliability_figure, templates_figure
-from losslab.figures import drawing_pool, start_figures, weight_templates, write_figures
+from losslab.figures import draw_run_figures, image_shape, run_templates
+from losslab.log import COLUMNS
 from losslab.metrics import ECE_BINS, SplitMetrics
-from losslab.runs import build
-from losslab.runtime import pick_device
-from losslab.train import fit
+from losslab.models import DualLinear, Linear
+from losslab.sweep import draw_missing_figures
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 KINDS = ("weight_templates", "confidence_histogram_test", "reliability_test", "curves")
-
-
-def roughness(templates: np.ndarray) -> float:
-    """Mean absolute difference between neighbouring pixels over the mean absolute weight (scale-free)."""
-    images = templates.mean(axis=1)
-    steps = np.abs(np.diff(images, axis=1)).mean() + np.abs(np.diff(images, axis=2)).mean()
-    return float(steps / np.abs(images).mean())
+STEPS = 40
 
 
 def png_size(path) -> tuple[int, int]:
@@ -35,65 +34,138 @@ def png_size(path) -> tuple[int, int]:
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
-def mnist_run(run_dir, l2: float):
-    """A short linear MNIST run; `fit` writes its figures (PNGs and TensorBoard images) at the end."""
-    cfg = compose(["model=linear", "trainer.epochs=1", "dataset.train_size=5000", "trainer.eval_every=0.25",
-                   "optimizer.lr=0.1", f"trainer.l2={l2}", "trainer.progress=log", "trainer.device=cpu"])
-    summary = fit(cfg, run_dir)
-    data, loss_fn, model, _, _ = build(cfg, pick_device("cpu"))
-    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-    model.load_state_dict(state["model"])
-    loss_fn.load_state_dict(state["loss"])
-    paths = sorted((run_dir / "figures").glob("*.png"))
-    return summary, paths, weight_templates(model, data.shape)[0]
+def predictions(n: int = 3000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Over-confident predictions: confidence near 0.9, right 70 % of the time."""
+    rng = np.random.default_rng(seed)
+    confidence = np.clip(rng.normal(0.85, 0.1, n), 0.1, 1.0).astype(np.float32)
+    return confidence, rng.random(n) < 0.7
 
 
-@pytest.fixture(scope="module")
-def mnist_runs(tmp_path_factory):
-    """{λ: (run dir, summary, PNG paths, templates)} for λ = 0 and 1."""
-    runs = {}
-    for l2 in (0.0, 1.0):
-        run_dir = tmp_path_factory.mktemp(f"linear_l2_{l2}")
-        runs[l2] = (run_dir, *mnist_run(run_dir, l2))
-    return runs
+def make_run(run_dir, overrides=(), status: str = "completed", model=None, best=None) -> dict:
+    """A finished run's files as the training loop leaves them: config, summary.json, metrics.csv (two
+    evaluations and the final row), predictions_test.npz and checkpoints/last.pt (and best.pt if given).
+    Returns the arrays and weights written."""
+    cfg = compose(["dataset=synthetic", "model=linear", "trainer.device=cpu", *overrides])
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml", resolve=True)
+    (run_dir / "summary.json").write_text(json.dumps({"status": status, "steps": STEPS, "final": {}}))
+    rows = [{"step": 20, "train/loss": 1.2, "val/loss": 1.1, "train/acc": 0.5, "val/acc": 0.55},
+            {"step": 40, "train/loss": 0.8, "val/loss": 0.9, "train/acc": 0.7, "val/acc": 0.65},
+            {"step": 40, "train/loss": 0.7, "val/loss": 0.9, "test/loss": 0.95, "train/acc": 0.72}]
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    confidence, correct = predictions()
+    np.savez(run_dir / "predictions_test.npz", confidence=confidence, correct=correct)
+    model = model or Linear((1, 16, 16), 4)
+    (run_dir / "checkpoints").mkdir()
+    torch.save({"model": model.state_dict(), "loss": {}, "step": STEPS}, run_dir / "checkpoints" / "last.pt")
+    if best is not None:
+        torch.save({"model": best.state_dict(), "loss": {}, "step": 20}, run_dir / "checkpoints" / "best.pt")
+    return {"confidence": confidence, "correct": correct, "model": model}
 
 
-def test_a_linear_run_writes_the_four_figures_as_pngs_and_tensorboard_images(mnist_runs):
-    run_dir, summary, paths, _ = mnist_runs[0.0]
+def independent_ece(confidence: np.ndarray, correct: np.ndarray, bins: int) -> float:
+    """ECE over equal-width bins (0, 1/bins], (1/bins, 2/bins], ..., one bin at a time."""
+    total = 0.0
+    for b in range(bins):
+        low, high = b / bins, (b + 1) / bins
+        inside = (confidence > low) & (confidence <= high) if b else confidence <= high
+        if inside.any():
+            total += inside.sum() * abs(correct[inside].mean() - confidence[inside].astype(np.float64).mean())
+    return total / len(confidence)
+
+
+def test_a_finished_run_gets_its_four_figures_as_pngs_and_tensorboard_images(tmp_path):
+    make_run(tmp_path)
+    paths = draw_run_figures(tmp_path)
     assert sorted(p.name for p in paths) == sorted(f"{kind}.png" for kind in KINDS)
-    assert sorted(p.name for p in (run_dir / "figures").iterdir()) == sorted(p.name for p in paths)
-    images = read_events(run_dir)
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == sorted(p.name for p in paths)
+    images = read_events(tmp_path)
     assert sorted(images.Tags()["images"]) == sorted(f"figures/{kind}" for kind in KINDS)
     for kind in KINDS:
-        width, height = png_size(run_dir / "figures" / f"{kind}.png")
-        assert 400 <= width <= 2000 and 300 <= height <= 2000, (kind, width, height)
+        width, height = png_size(tmp_path / "figures" / f"{kind}.png")
+        assert 300 <= width <= 2000 and 150 <= height <= 2000, (kind, width, height)
         (event,) = images.Images(f"figures/{kind}")
-        assert (event.step, event.width, event.height) == (summary["steps"], width, height)
-        assert event.encoded_image_string[:8] == PNG_SIGNATURE
+        assert (event.step, event.width, event.height) == (STEPS, width, height)
+        assert event.encoded_image_string == (tmp_path / "figures" / f"{kind}.png").read_bytes()
 
 
-def test_l2_makes_the_weight_templates_smoother(mnist_runs):
-    rough = {l2: roughness(templates) for l2, (*_, templates) in mnist_runs.items()}
-    assert rough[1.0] < 0.7 * rough[0.0], rough
+def test_the_reliability_title_holds_the_ece_of_the_runs_predictions(tmp_path, monkeypatch):
+    arrays = make_run(tmp_path)
+    drawn = {}
+    write = figures.write_figures
+    monkeypatch.setattr(figures, "write_figures",
+                        lambda figs, *args, **kw: drawn.update(figs) or write(figs, *args, **kw))
+    draw_run_figures(tmp_path)
+    title = drawn["reliability_test"].axes[0].get_title()
+    ece = float(re.search(r"ECE = ([0-9.]+)", title).group(1))
+    expected = independent_ece(arrays["confidence"], arrays["correct"], ECE_BINS)
+    assert expected > 0.05  # over-confident on purpose: not a trivially calibrated case
+    assert ece == pytest.approx(expected, abs=5e-5)
+    labels = [t.get_text() for t in drawn["confidence_histogram_test"].axes[0].texts]
+    assert labels[0].startswith(f"correct (n={arrays['correct'].sum()}")
 
 
-def test_templates_are_the_weights_of_each_class_as_images():
-    cfg = compose(["dataset=synthetic", "model=linear", "trainer.device=cpu"])
-    data, _, model, _, _ = build(cfg, pick_device("cpu"))
-    templates, names = weight_templates(model, data.shape)
-    assert templates.shape == (data.num_classes, *data.shape)
-    np.testing.assert_array_equal(templates[2].ravel(), model.fc.weight[2].detach().numpy())
-    assert names[2] == "class 2"
+@pytest.mark.parametrize("status", ["diverged", "interrupted", "failed"])
+def test_a_run_that_did_not_finish_gets_no_figures(tmp_path, status):
+    make_run(tmp_path, status=status)
+    assert draw_run_figures(tmp_path) == []
+    assert not (tmp_path / "figures").exists() and not list(tmp_path.glob("events.out.tfevents.*"))
 
 
-def test_dual_linear_has_one_template_and_a_conv_net_none():
-    cfg = compose(["dataset=synthetic", "dataset.num_classes=2", "model=dual_linear", "loss=bce", "trainer.device=cpu"])
-    data, _, model, _, _ = build(cfg, pick_device("cpu"))
-    templates, names = weight_templates(model, data.shape)
-    assert templates.shape == (1, *data.shape) and names == ["w1 + G1"]
-    np.testing.assert_allclose(templates.ravel(), (model.w1 + model.G1).detach().numpy().ravel())
-    lenet = build(compose(["dataset=synthetic", "model=lenet", "trainer.device=cpu"]), pick_device("cpu"))[2]
-    assert weight_templates(lenet, data.shape) is None
+def test_a_run_with_figures_off_gets_none(tmp_path):
+    make_run(tmp_path, ["trainer.figures=false"])
+    assert draw_run_figures(tmp_path) == []
+    assert not (tmp_path / "figures").exists() and not list(tmp_path.glob("events.out.tfevents.*"))
+
+
+def test_figures_whose_files_are_missing_are_left_out(tmp_path, caplog):
+    caplog.set_level(logging.INFO, "losslab")
+    make_run(tmp_path)
+    (tmp_path / "predictions_test.npz").unlink()
+    (tmp_path / "checkpoints" / "last.pt").write_text("not a checkpoint")
+    assert [p.name for p in draw_run_figures(tmp_path)] == ["curves.png"]
+    assert "no predictions_test.npz" in caplog.text and "not a readable checkpoint" in caplog.text
+
+
+def test_templates_are_the_final_weights_of_each_class_as_images(tmp_path):
+    last, best = Linear((1, 16, 16), 4), Linear((1, 16, 16), 4)
+    make_run(tmp_path / "last", model=last, best=best)
+    make_run(tmp_path / "best", ["trainer.patience=3"], model=last, best=best)
+    for name, model in (("last", last), ("best", best)):  # best.pt under early stopping, else last.pt
+        templates, names = run_templates(tmp_path / name, OmegaConf.load(tmp_path / name / ".hydra" / "config.yaml"))
+        assert templates.shape == (4, 1, 16, 16) and names[2] == "class 2"
+        np.testing.assert_array_equal(templates[2].ravel(), model.fc.weight[2].detach().numpy())
+
+
+def test_dual_linear_has_one_template_and_a_conv_net_none(tmp_path):
+    dual = DualLinear((1, 16, 16), 1)
+    make_run(tmp_path / "dual", ["dataset.num_classes=2", "model=dual_linear", "loss=bce"], model=dual)
+    cfg = OmegaConf.load(tmp_path / "dual" / ".hydra" / "config.yaml")
+    templates, names = run_templates(tmp_path / "dual", cfg)
+    assert templates.shape == (1, 1, 16, 16) and names == ["w1 + G1"]
+    np.testing.assert_allclose(templates.ravel(), (dual.w1 + dual.G1).detach().numpy().ravel())
+    make_run(tmp_path / "lenet", ["model=lenet"])
+    assert sorted(p.name for p in draw_run_figures(tmp_path / "lenet")) == [
+        "confidence_histogram_test.png", "curves.png", "reliability_test.png"]
+
+
+def test_image_shape_from_the_dataset_config():
+    assert image_shape(OmegaConf.create({"shape": [3, 8, 8]}), 192) == (3, 8, 8)
+    assert image_shape(OmegaConf.create({"name": "mnist"}), 784) == (1, 28, 28)
+    assert image_shape(OmegaConf.create({"name": "cifar10"}), 3072) == (3, 32, 32)
+
+
+def test_the_sweep_end_draws_the_jobs_without_figures(tmp_path):
+    for job in ("0_seed=0", "1_seed=1", "2_seed=2"):
+        make_run(tmp_path / job, status="diverged" if job.startswith("2") else "completed")
+    (tmp_path / "1_seed=1" / "figures").mkdir()  # drawn before: a job a relaunch skipped
+    draw_missing_figures(tmp_path)
+    assert len(list((tmp_path / "0_seed=0" / "figures").iterdir())) == 4
+    assert not list((tmp_path / "1_seed=1" / "figures").iterdir())
+    assert not (tmp_path / "2_seed=2" / "figures").exists()
 
 
 def test_templates_share_one_symmetric_colour_scale():
@@ -110,7 +182,7 @@ def test_templates_share_one_symmetric_colour_scale():
     tiles = [tile[~np.isnan(tile).all(axis=1)] for tile in tiles]  # the tile's rows, without the label space
     np.testing.assert_array_equal(np.stack(tiles), templates.mean(axis=1))
     assert np.isnan(mosaic).any()  # the gaps are blank (drawn white), not a colour of the scale
-    assert fig.get_suptitle().startswith("Weight templates")
+    assert fig.get_suptitle().startswith("Weight templates") and "-3 < white 0 < red +3" in fig.get_suptitle()
 
 
 def test_reliability_title_holds_the_ece_of_split_metrics():
@@ -125,7 +197,7 @@ def test_reliability_title_holds_the_ece_of_split_metrics():
     assert title.startswith("Reliability on val") and "15 bins" in title
     ece = float(re.search(r"ECE = ([0-9.]+)", title).group(1))
     assert ece == pytest.approx(metrics.result()["ece"], abs=5e-5)
-    assert ece > 0.01  # over-confident on purpose: not a trivially calibrated case
+    assert ece > 0.01
 
 
 def test_confidence_histogram_compares_correct_and_wrong():
@@ -134,81 +206,67 @@ def test_confidence_histogram_compares_correct_and_wrong():
     fig = confidence_figure(confidence, correct, "test")
     ax = fig.axes[0]
     assert ax.get_title() == "Confidence on test: correct vs wrong"
-    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    labels = [text.get_text() for text in ax.texts]
     assert labels[0].startswith("correct (n=3") and labels[1].startswith("wrong (n=2")
-    heights = [sum(p.get_height() for p in container) for container in ax.containers]
-    assert heights == pytest.approx([1.0, 1.0])  # each group sums to one
+    assert [patch.get_data().values.sum() for patch in ax.patches] == pytest.approx([1.0, 1.0])  # each sums to one
 
 
 def test_curves_plot_the_evaluations_and_leave_out_the_final_row():
     keys = ("step", "train/loss", "val/loss", "train/acc", "val/acc")
     rows = [dict(zip(keys, ("10", "1.0", "0.9", "0.5", "0.6")), **{"test/loss": ""}),  # as metrics.csv reads back
-            dict(zip(keys, (20, 0.5, 0.7, 0.8, 0.7))),  # as fit holds an evaluation's row
+            dict(zip(keys, (20, 0.5, 0.7, 0.8, 0.7))),  # as a row is held in memory
             dict(zip(keys, (20, 0.4, 0.7, 0.9, 0.7)), **{"test/loss": 0.8})]  # the final row
     fig = curves_figure(rows)
     loss_ax, acc_ax = fig.axes
     assert (loss_ax.get_title(), acc_ax.get_title()) == ("loss", "accuracy")
-    lines = {line.get_label(): line for ax in fig.axes for line in ax.lines}
-    assert sorted(lines) == ["train/acc", "train/loss", "val/acc", "val/loss"]
-    assert list(lines["train/loss"].get_xdata()) == [10, 20]
-    assert list(lines["train/loss"].get_ydata()) == [1.0, 0.5]
+    train_loss, val_loss = loss_ax.lines
+    assert list(train_loss.get_xdata()) == [10, 20] and list(train_loss.get_ydata()) == [1.0, 0.5]
+    assert list(val_loss.get_ydata()) == [0.9, 0.7] and list(acc_ax.lines[1].get_ydata()) == [0.6, 0.7]
+    assert [t.get_text() for t in fig.texts][-2:] == ["train", "val"]
 
 
-def test_figures_that_do_not_apply_are_left_out(tmp_path):
-    cfg = compose(["dataset=synthetic", "model=lenet", "trainer.device=cpu"])
-    data, loss_fn, lenet, _, _ = build(cfg, pick_device("cpu"))
-    paths = write_figures(tmp_path / "lenet", lenet, loss_fn, data, rows=[], split="val")
-    assert sorted(p.name for p in paths) == ["confidence_histogram_val.png", "reliability_val.png"]
-
-    data, loss_fn, linear, _, _ = build(compose(["dataset=synthetic", "model=linear"]), pick_device("cpu"))
-    with torch.no_grad():
-        linear.fc.weight.fill_(float("nan"))  # a diverged run
-    rows = [{"step": 5, "train/loss": float("nan"), "val/loss": float("nan"), "train/acc": 0.1, "val/acc": 0.1}]
-    paths = write_figures(tmp_path / "diverged", linear, loss_fn, data, rows)
-    assert [p.name for p in paths] == ["curves.png"]
+# ---- after real runs (these need the training loop that writes predictions_test.npz)
 
 
-def test_a_drawing_pool_writes_the_same_files_and_its_workers_need_no_torch(tmp_path):
-    cfg = compose(["dataset=synthetic", "model=linear", "trainer.device=cpu"])
-    data, loss_fn, model, _, _ = build(cfg, pick_device("cpu"))
-    rows = [{"step": 5, "train/loss": 1.0, "val/loss": 0.9, "train/acc": 0.4, "val/acc": 0.5}]
-    here = write_figures(tmp_path / "here", model, loss_fn, data, rows)
-    with drawing_pool(2) as pool:
-        drawn = write_figures(tmp_path / "pool", model, loss_fn, data, rows, pool=pool)
-        modules = pool.submit(eval, "list(__import__('sys').modules)").result()  # eval: no module of ours to import
-    assert [p.name for p in drawn] == [p.name for p in here] and len(here) == 4
-    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(here, drawn))
-    assert "torch" not in modules and {"matplotlib", "losslab.drawing"} <= set(modules)
+def roughness(templates: np.ndarray) -> float:
+    """Mean absolute difference between neighbouring pixels over the mean absolute weight (scale-free)."""
+    images = templates.mean(axis=1)
+    steps = np.abs(np.diff(images, axis=1)).mean() + np.abs(np.diff(images, axis=2)).mean()
+    return float(steps / np.abs(images).mean())
 
 
-def test_started_figures_show_the_models_at_their_start_while_several_runs_draw_at_once(tmp_path):
-    cfg = compose(["dataset=synthetic", "model=linear", "trainer.device=cpu"])
-    data, loss_fn, model, _, _ = build(cfg, pick_device("cpu"))
-    other = build(compose(["dataset=synthetic", "model=linear", "trainer.device=cpu", "seed=1"]), pick_device("cpu"))[2]
-    rows = [{"step": 5, "train/loss": 1.0, "val/loss": 0.9, "train/acc": 0.4, "val/acc": 0.5}]
-    expected = {name: write_figures(tmp_path / name, m, loss_fn, data, rows) for name, m in
-                (("first", model), ("second", other))}
-    with drawing_pool(2) as pool:
-        started = {name: start_figures(m, loss_fn, data, rows, pool=pool) for name, m in
-                   (("first", model), ("second", other))}
-        with torch.no_grad():  # the stack trains on (or the next member is evaluated) while the workers draw
-            for m in (model, other):
-                m.fc.weight.mul_(-3)
-        saved = {name: figures.save(tmp_path / "pool" / name) for name, figures in started.items()}
-    for name in expected:
-        assert [p.name for p in saved[name]] == [p.name for p in expected[name]] and len(saved[name]) == 4
-        assert all(a.read_bytes() == b.read_bytes() for a, b in zip(expected[name], saved[name]))
-    assert expected["first"][0].read_bytes() != expected["second"][0].read_bytes()  # two models, two templates
+@pytest.fixture(scope="module")
+def mnist_runs(tmp_path_factory):
+    """{λ: run dir} of short linear MNIST runs for λ = 0 and 1, trained by `losslab-train`."""
+    runs = {}
+    for l2 in (0.0, 1.0):
+        run_dir = tmp_path_factory.mktemp("runs") / f"l2_{l2}"
+        proc = losslab_train("model=linear", "trainer.epochs=1", "dataset.train_size=5000", "trainer.eval_every=0.25",
+                             "optimizer.lr=0.1", f"trainer.l2={l2}", "trainer.progress=log", "trainer.device=cpu",
+                             f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+        assert proc.returncode == 0, proc.stderr
+        runs[l2] = run_dir
+    return runs
 
 
-def test_figures_are_drawn_here_when_the_drawing_workers_died(tmp_path, caplog):
-    cfg = compose(["dataset=synthetic", "model=linear", "trainer.device=cpu"])
-    data, loss_fn, model, _, _ = build(cfg, pick_device("cpu"))
-    with drawing_pool(1) as pool:
-        with pytest.raises(BrokenProcessPool):
-            pool.submit(os._exit, 1).result()  # the worker dies abruptly, as under the OOM killer
-        paths = write_figures(tmp_path, model, loss_fn, data, rows=[], split="val", pool=pool)
-    assert sorted(p.name for p in paths) == ["confidence_histogram_val.png", "reliability_val.png",
-                                             "weight_templates.png"]
-    assert all(p.read_bytes()[:8] == PNG_SIGNATURE for p in paths)
-    assert "the figure-drawing workers stopped" in caplog.text
+def test_the_command_draws_a_runs_figures_after_training(mnist_runs):
+    run_dir = mnist_runs[0.0]
+    assert sorted(p.name for p in (run_dir / "figures").iterdir()) == sorted(f"{kind}.png" for kind in KINDS)
+    images = read_events(run_dir)
+    assert sorted(images.Tags()["images"]) == sorted(f"figures/{kind}" for kind in KINDS)
+    steps = json.loads((run_dir / "summary.json").read_text())["steps"]
+    assert {images.Images(f"figures/{kind}")[0].step for kind in KINDS} == {steps}
+
+
+def test_l2_makes_the_weight_templates_smoother(mnist_runs):
+    rough = {l2: roughness(run_templates(run_dir, OmegaConf.load(run_dir / ".hydra" / "config.yaml"))[0])
+             for l2, run_dir in mnist_runs.items()}
+    assert rough[1.0] < 0.7 * rough[0.0], rough
+
+
+def test_a_multirun_draws_each_finished_jobs_figures_at_its_end(tmp_path):
+    proc = sweep("dataset=synthetic", "trainer.progress=log", "trainer.epochs=1", "optimizer.lr=0.3,0.1",
+                 f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.output
+    for job in sorted((tmp_path / "sweep").glob("[0-9]*")):
+        assert sorted(p.name for p in (job / "figures").iterdir()) == sorted(f"{kind}.png" for kind in KINDS)

@@ -82,6 +82,9 @@ def _train(cfg: DictConfig) -> float | None:
         if _FULL_ERROR:
             raise
         _fail("losslab-train", str(e))
+    from losslab.figures import draw_run_figures
+
+    draw_run_figures(run_dir)
     return objective(summary)
 
 
@@ -263,7 +266,7 @@ def compose(overrides: list[str] = (), config_name: str = "train") -> DictConfig
 
 def evaluate() -> None:
     """`losslab-eval <run dir or checkpoint> [split=test]`."""
-    from losslab.evaluate import main
+    from losslab.eval_command import main
 
     try:
         main(sys.argv[1:])

@@ -1,148 +1,192 @@
-"""Figures of a run: weight templates, confidence histograms, reliability diagram, training curves.
+"""Figures of a finished run, drawn after training from its files: weight templates, confidence histogram,
+reliability diagram, training curves.
 
-`write_figures` collects what the figures show from the model (its weights, its predictions on one
-split) and the metrics.csv rows, has losslab.drawing draw them (here, or side by side in a process pool),
-saves the PNGs and adds them to TensorBoard; `start_figures` is the same in two halves, so a stack of runs
-draws all its members' figures at once.
+`draw_run_figures(run_dir)` reads what the figures show from the run dir alone:
+
+- `.hydra/config.yaml`: trainer.figures, the model (templates only for Linear and DualLinear) and the dataset
+  (the images' shape);
+- `summary.json`: the status (only completed and early_stopped runs get figures) and the final step;
+- `metrics.csv`: the curves;
+- `predictions_test.npz` (`confidence`, `correct`, written by the run's final evaluation): the confidence
+  histogram and the reliability diagram;
+- the final weights (`checkpoints/best.pt` under early stopping, else `last.pt`): the weight templates.
+
+It writes `<run dir>/figures/<name>.png` and adds each PNG to TensorBoard as the image `figures/<name>` at
+the run's final step. losslab-eval draws the figures of a split from its own evaluation with `write_figures`.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
-import torch
+from omegaconf import DictConfig, OmegaConf
 
-from losslab.drawing import draw_png, evaluations, warm_up
+from losslab.drawing import (
+    confidence_figure,
+    curves_figure,
+    draw_png,
+    evaluations,
+    reliability_figure,
+    templates_figure,
+)
 from losslab.fileio import atomic_write
 from losslab.metrics import ECE_BINS
-from losslab.models import DualLinear, Linear
+from losslab.rundir import final_checkpoint, read_summary
 
 log = logging.getLogger("losslab")
 
-
-@torch.no_grad()
-def top_label(model, loss_fn, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048):
-    """(confidence, correct) per example of a split: the top value of the loss's `probs` and whether its
-    argmax is the label, from one pass in eval mode (the rule of losslab.metrics)."""
-    was_training = model.training
-    model.eval()
-    confidence, correct = [], []
-    for start in range(0, len(y), batch_size):
-        top, prediction = loss_fn.probs(model(x[start:start + batch_size]).float()).max(-1)
-        confidence.append(top)
-        correct.append(prediction == y[start:start + batch_size])
-    model.train(was_training)
-    return torch.cat(confidence).cpu().numpy(), torch.cat(correct).cpu().numpy()
+DRAWN_FOR = ("completed", "early_stopped")  # a diverged run's weights and predictions are not finite
+PREDICTIONS = "predictions_test.npz"
 
 
-def weight_templates(model, shape: tuple[int, int, int]) -> tuple[np.ndarray, list[str]] | None:
-    """The weight vector of each output as an image (K, C, H, W) with its names, or None for a model
-    that is not linear in its input."""
-    if isinstance(model, Linear):
-        weights = model.fc.weight
-        names = [f"class {k}" for k in range(len(weights))] if len(weights) > 1 else ["logit (class 1)"]
-    elif isinstance(model, DualLinear):
-        weights, names = model.w1 + model.G1, ["w1 + G1"]
-    else:
+def draw_run_figures(run_dir: Path) -> list[Path]:
+    """Draw a finished run's figures from its files, write them to `<run dir>/figures/` and to TensorBoard,
+    and return the PNG paths; none for a run with trainer.figures=false or a status other than completed or
+    early_stopped. A figure whose file is missing or unreadable is left out with a log line."""
+    run_dir = Path(run_dir)
+    summary = read_summary(run_dir) or {}
+    status = summary.get("status", "unfinished")
+    if status not in DRAWN_FOR:
+        log.info("%s: no figures for a run that is %s", run_dir, status)
+        return []
+    cfg = read_config(run_dir)
+    if cfg is None or not cfg.trainer.get("figures", True):
+        return []
+    figures = {}
+    templates = run_templates(run_dir, cfg)
+    if templates is not None:
+        figures["weight_templates"] = templates_figure(*templates)
+    predictions = read_predictions(run_dir / PREDICTIONS)
+    if predictions is not None:
+        figures.update(prediction_figures(*predictions, "test"))
+    rows = read_rows(run_dir / "metrics.csv")
+    if evaluations(rows):
+        figures["curves"] = curves_figure(rows)
+    return write_figures(figures, run_dir / "figures", tensorboard_dir=run_dir, step=int(summary.get("steps", 0)))
+
+
+def prediction_figures(confidence: np.ndarray, correct: np.ndarray, split: str) -> dict:
+    """The confidence histogram and the reliability diagram of (confidence, correct) on `split`; none where
+    the confidences are not finite."""
+    if not np.isfinite(confidence).all():
+        log.warning("the confidences on %s are not finite: no confidence histogram or reliability diagram", split)
+        return {}
+    return {f"confidence_histogram_{split}": confidence_figure(confidence, correct, split),
+            f"reliability_{split}": reliability_figure(confidence, correct, split, ECE_BINS)}
+
+
+def write_figures(figures: dict, out_dir: Path, tensorboard_dir: Path | None = None, step: int = 0) -> list[Path]:
+    """Each figure rendered and encoded once, written as `out_dir/<name>.png` and, with a `tensorboard_dir`,
+    added there as the TensorBoard image `figures/<name>` at `step`."""
+    drawn = {name: draw_png(fig) for name, fig in figures.items()}
+    paths = []
+    for name, (png, _, _) in drawn.items():
+        path = out_dir / f"{name}.png"
+        atomic_write(path, lambda tmp, png=png: tmp.write_bytes(png))
+        paths.append(path)
+    if tensorboard_dir is not None and drawn:
+        from losslab.log import import_tensorboard
+
+        writer = import_tensorboard()[0](log_dir=str(tensorboard_dir))
+        for name, (png, height, width) in drawn.items():
+            writer.file_writer.add_summary(image_summary(f"figures/{name}", png, height, width), step)
+        writer.close()
+    return paths
+
+
+def read_config(run_dir: Path) -> DictConfig | None:
+    path = run_dir / ".hydra" / "config.yaml"
+    try:
+        return OmegaConf.load(path)
+    except (OSError, ValueError) as e:
+        log.warning("%s: no figures, since its config %s is unreadable (%s)", run_dir, path, e)
         return None
-    return weights.detach().float().cpu().numpy().reshape(-1, *shape).copy(), names  # not a view of the model
 
 
 def read_rows(metrics_csv: Path) -> list[dict]:
-    """The rows of a run's metrics.csv (values as strings, "" where empty); none if there is no file yet."""
+    """The rows of a run's metrics.csv (values as strings, "" where empty); none if there is no file."""
     if not metrics_csv.exists():
         return []
     with open(metrics_csv, newline="") as f:
         return list(csv.DictReader(f))
 
 
-def write_figures(out_dir: Path, model, loss_fn, data, rows: list[dict], writer=None, step: int = 0,
-                  split: str = "test", pool=None) -> list[Path]:
-    """Draw the figures of `model` on `split` and `rows`, write them as `out_dir/<name>.png` and, with a
-    SummaryWriter, as TensorBoard images `figures/<name>` at `step`; return the PNG paths. Figures that do
-    not apply are left out: templates for a model that is not linear, curves without evaluation rows, and
-    anything drawn from weights or predictions that are not finite. With a process pool (an Executor), the
-    figures are drawn side by side in its workers (see `drawing_pool`)."""
-    return start_figures(model, loss_fn, data, rows, split, pool).save(out_dir, writer, step)
+def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(confidence, correct) of a predictions file, or None with a log line when it is missing or malformed."""
+    if not path.exists():
+        log.info("%s: no %s, so no confidence histogram or reliability diagram", path.parent, path.name)
+        return None
+    try:
+        with np.load(path) as arrays:
+            confidence, correct = arrays["confidence"], arrays["correct"].astype(bool)
+    except (OSError, ValueError, KeyError) as e:
+        log.warning("%s is not a predictions file with arrays confidence and correct (%s): no confidence figures",
+                    path, e)
+        return None
+    if confidence.shape != correct.shape or confidence.ndim != 1:
+        log.warning("%s holds arrays of shapes %s and %s, not two of one length: no confidence figures", path,
+                    confidence.shape, correct.shape)
+        return None
+    return confidence, correct
 
 
-def start_figures(model, loss_fn, data, rows: list[dict], split: str = "test", pool=None) -> StartedFigures:
-    """write_figures in two halves: take what the figures show from the model now, and start drawing them in
-    `pool`'s workers; `.save(out_dir, writer, step)` waits for them and writes them. In between, the model
-    may change and other runs' figures may be started, so several runs' figures are drawn side by side."""
-    return StartedFigures(figure_inputs(model, loss_fn, data, rows, split), pool)
+def run_templates(run_dir: Path, cfg: DictConfig) -> tuple[np.ndarray, list[str]] | None:
+    """The weight templates of the run's final weights, or None for a model that is not linear in its input
+    or weights that are missing, unreadable or not finite (with a log line)."""
+    import torch
+    from hydra.utils import get_class
+
+    model_class = get_class(cfg.model._target_)
+    if not is_linear(model_class):
+        return None
+    checkpoint = final_checkpoint(run_dir, cfg)
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
+    except Exception as e:  # missing (trainer.checkpoints=false), or not a checkpoint
+        log.info("%s: no weight templates, since %s is not a readable checkpoint (%s)", run_dir, checkpoint,
+                 str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        return None
+    weights, names = weight_vectors(model_class, state)
+    if not np.isfinite(weights).all():
+        log.warning("%s: the final weights are not finite: no weight templates", run_dir)
+        return None
+    return weights.reshape(-1, *image_shape(cfg.dataset, weights.shape[1])), names
 
 
-class StartedFigures:
-    """Figures whose inputs are taken, being drawn in a process pool's workers (or here, by `save`, without
-    one or when its workers died: a broken pool never costs a run its figures)."""
+def is_linear(model_class: type) -> bool:
+    """Whether the model is linear in its input, so that its weights are templates of images."""
+    from losslab.models import DualLinear, Linear
 
-    def __init__(self, plots: dict[str, tuple[str, tuple]], pool=None):
-        self.plots, self.futures, self.broken = plots, None, None
-        if pool is not None and plots:
-            from concurrent.futures.process import BrokenProcessPool
-
-            try:
-                self.futures = [pool.submit(draw_png, drawer, args) for drawer, args in plots.values()]
-            except BrokenProcessPool as e:
-                self.broken = e
-
-    def save(self, out_dir: Path, writer=None, step: int = 0) -> list[Path]:
-        drawn = None
-        if self.futures is not None:
-            from concurrent.futures.process import BrokenProcessPool
-
-            try:
-                drawn = [future.result() for future in self.futures]
-            except BrokenProcessPool as e:  # a worker died (killed, out of memory)
-                self.broken = e
-        if self.broken is not None:
-            log.warning("the figure-drawing workers stopped (%s); drawing %s here", self.broken, out_dir)
-        if drawn is None:
-            drawn = [draw_png(drawer, args) for drawer, args in self.plots.values()]
-        paths = []
-        for name, (png, height, width) in zip(self.plots, drawn):  # the same PNG goes to figures/ and TensorBoard
-            path = out_dir / f"{name}.png"
-            atomic_write(path, lambda tmp, png=png: tmp.write_bytes(png))
-            paths.append(path)
-            if writer is not None:
-                writer.file_writer.add_summary(image_summary(f"figures/{name}", png, height, width), step)
-        return paths
+    return issubclass(model_class, (Linear, DualLinear))
 
 
-def figure_inputs(model, loss_fn, data, rows: list[dict], split: str) -> dict[str, tuple[str, tuple]]:
-    """What each figure is drawn from: {name: (drawing function's name, its arguments)}, as numpy arrays
-    and rows (the part that needs the model; drawing needs only these)."""
-    plots = {}
-    templates = weight_templates(model, data.shape)
-    if templates is not None and np.isfinite(templates[0]).all():
-        plots["weight_templates"] = ("templates_figure", templates)
-    confidence, correct = top_label(model, loss_fn, *data.split(split))
-    if np.isfinite(confidence).all():
-        plots[f"confidence_histogram_{split}"] = ("confidence_figure", (confidence, correct, split))
-        plots[f"reliability_{split}"] = ("reliability_figure", (confidence, correct, split, ECE_BINS))
+def weight_vectors(model_class: type, state: dict) -> tuple[np.ndarray, list[str]]:
+    """The weight vector of each output (K, D) of a Linear or DualLinear model's state dict, with the outputs'
+    names."""
+    from losslab.models import Linear
+
+    if issubclass(model_class, Linear):
+        weights = state["fc.weight"]
+        names = [f"class {k}" for k in range(len(weights))] if len(weights) > 1 else ["logit (class 1)"]
     else:
-        log.warning("the model's predictions on %s are not finite (it diverged): no confidence figures", split)
-    if evaluations(rows):
-        plots["curves"] = ("curves_figure", (rows,))
-    return plots
+        weights, names = state["w1"] + state["G1"], ["w1 + G1"]
+    return weights.detach().float().cpu().numpy(), names
 
 
-def drawing_pool(workers: int):
-    """A pool of `workers` processes that draw figures (write_figures(pool=...)): matplotlib drawing is
-    single-threaded Python, so a stack of M jobs, 4 figures each, draws them side by side. The workers are
-    fresh interpreters (spawn: no copy of the parent's threads or CUDA state) that import losslab.drawing
-    and matplotlib, not torch, and they start now, while the stack trains."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=warm_up)
-    for _ in range(workers):
-        pool.submit(int)  # a trivial task per worker starts it now; its initializer does the warming up
-    return pool
+def image_shape(dataset: DictConfig, features: int) -> tuple[int, int, int]:
+    """(C, H, W) of the dataset's images: the synthetic data's `shape`; else square images of one or three
+    channels (MNIST and EMNIST 1×28×28, CIFAR-10 3×32×32), told apart by the number of features."""
+    if dataset.get("shape") is not None:
+        return tuple(dataset.shape)
+    for channels in (1, 3):
+        side = math.isqrt(features // channels)
+        if channels * side * side == features:
+            return channels, side, side
+    return 1, 1, features  # not square: one row of pixels
 
 
 def image_summary(tag: str, png: bytes, height: int, width: int):

@@ -56,6 +56,15 @@ def read_summary(run_dir: Path) -> dict | None:
         return None
 
 
+def final_checkpoint(run_dir: Path, cfg) -> Path:
+    """The checkpoint of a run's final weights: best.pt when its config has early stopping on (trainer.patience)
+    and best.pt exists, else last.pt (either may be absent, with trainer.checkpoints=false)."""
+    best = run_dir / "checkpoints" / "best.pt"
+    if cfg.trainer.get("patience") is not None and best.exists():
+        return best
+    return run_dir / "checkpoints" / "last.pt"
+
+
 def holds_run(run_dir: Path) -> bool:
     return (run_dir / ".hydra" / "config.yaml").exists() or (run_dir / "summary.json").exists()
 

@@ -6,9 +6,9 @@
 - A job that fails writes summary.json with status `failed` and the error, and the sweep goes on.
 - Parallel jobs (joblib) each get their share of the CPU threads and, with several GPUs, one GPU each.
 - At the start (a Hydra callback) the job dirs are set to be named by the keys the sweep varies.
-- At the end (a Hydra callback) the sweep report is written and a one-line tally printed; the command
-  exits non-zero only if a job failed or was left unfinished, and then prints the command that continues the
-  sweep (divergence is a result, not a failure).
+- At the end (a Hydra callback) every finished job's figures are drawn, the sweep report is written and a
+  one-line tally printed; the command exits non-zero only if a job failed or was left unfinished, and then
+  prints the command that continues the sweep (divergence is a result, not a failure).
 """
 
 from __future__ import annotations
@@ -221,6 +221,7 @@ class SweepCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if str(config.hydra.sweep.dir) in WATCHERS:
             WATCHERS.pop(str(config.hydra.sweep.dir)).stop()
+        draw_missing_figures(sweep_dir)
         counts = tally(sweep_dir)
         report = write_report(sweep_dir) if counts.get("completed", 0) + counts.get("early_stopped", 0) else None
         left = sum(counts.get(state, 0) for state in LEFT)
@@ -229,6 +230,16 @@ class SweepCallback(Callback):
               + (f"; continue the {left} left with: {continue_command(sweep_dir)}" if left else ""), flush=True)
         if left:
             raise SystemExit(1)
+
+
+def draw_missing_figures(sweep_dir: Path) -> None:
+    """The figures of every job that has none yet (a job skipped as finished by a relaunch has its own), drawn
+    after all jobs, whichever launcher ran them; losslab.figures leaves out runs that did not finish."""
+    from losslab.figures import draw_run_figures
+
+    for job in job_dirs(sweep_dir) if sweep_dir.is_dir() else []:
+        if not (job / "figures").exists():
+            draw_run_figures(job)
 
 
 WATCHERS = {}  # sweep dir -> its FinishedJobs (not on the callback, which submitit pickles)

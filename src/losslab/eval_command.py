@@ -3,7 +3,7 @@
 The config comes from the run's `.hydra/config.yaml`; the model's and the loss's weights from the checkpoint
 given, else the run's final model (`best.pt` when early stopping was on, else `last.pt`). The metrics are
 computed as the run's own final evaluation computes them (same batches, trainer.limit_eval_batches and
-precision), so they reproduce its numbers; the figures use the whole split. Results go to
+precision), so they reproduce its numbers; the figures are drawn from the same evaluation. Results go to
 `<run dir>/eval/<split>.json` and `<run dir>/eval/figures/`; the training results are never touched.
 """
 
@@ -16,10 +16,12 @@ import torch
 from omegaconf import OmegaConf
 
 from losslab.config import check
+from losslab.drawing import curves_figure, evaluations, templates_figure
 from losslab.errors import UserError
 from losslab.evaluation import evaluate
-from losslab.figures import read_rows, write_figures
+from losslab.figures import is_linear, prediction_figures, read_rows, weight_vectors, write_figures
 from losslab.fileio import write_json
+from losslab.rundir import final_checkpoint
 from losslab.runs import build
 from losslab.runtime import pick_device, use_float32_math
 
@@ -31,12 +33,26 @@ def locate(target: Path) -> tuple[Path, Path]:
     if target.is_file():
         run_dir = target.parent.parent if target.parent.name == "checkpoints" else target.parent
         return run_dir, target
-    config = OmegaConf.load(target / ".hydra" / "config.yaml") if (target / ".hydra" / "config.yaml").exists() else None
-    name = "best.pt" if config is not None and config.trainer.get("patience") is not None else "last.pt"
-    checkpoint = target / "checkpoints" / name
+    config_file = target / ".hydra" / "config.yaml"
+    config = OmegaConf.load(config_file) if config_file.exists() else OmegaConf.create({"trainer": {}})
+    checkpoint = final_checkpoint(target, config)
     if not checkpoint.exists():
-        raise UserError(f"{target} has no checkpoints/{name}; is it a losslab run dir of a finished run?")
+        raise UserError(f"{target} has no checkpoints/{checkpoint.name}; is it a losslab run dir of a finished run?")
     return target, checkpoint
+
+
+def split_figures(model, shape, confidence, correct, split: str, run_dir: Path) -> dict:
+    """The figures of a split: the model's weight templates, the confidence histogram and reliability diagram
+    of the evaluation, and the run's training curves."""
+    figures = {}
+    if is_linear(type(model)):
+        weights, names = weight_vectors(type(model), model.state_dict())
+        figures["weight_templates"] = templates_figure(weights.reshape(-1, *shape), names)
+    figures.update(prediction_figures(confidence, correct, split))
+    rows = read_rows(run_dir / "metrics.csv")
+    if evaluations(rows):
+        figures["curves"] = curves_figure(rows)
+    return figures
 
 
 def load_weights(checkpoint: Path, model, loss_fn, config_file: Path, device) -> None:
@@ -84,11 +100,13 @@ def main(argv: list[str]) -> dict:
     load_weights(checkpoint, model, loss_fn, config_file, device)
 
     tr, (x, y) = cfg.trainer, data.split(split)
-    metrics = evaluate(model, loss_fn, x, y, tr).metrics
+    evaluation = evaluate(model, loss_fn, x, y, tr)
+    metrics = evaluation.metrics
     result = {f"{split}/{k}": v for k, v in metrics.items()} | {"checkpoint": str(checkpoint)}
     out_dir = run_dir / "eval"
     write_json(out_dir / f"{split}.json", result)
-    figures = write_figures(out_dir / "figures", model, loss_fn, data, read_rows(run_dir / "metrics.csv"), split=split)
+    confidence, correct = evaluation.confidence.float().cpu().numpy(), evaluation.correct.cpu().numpy()
+    figures = write_figures(split_figures(model, data.shape, confidence, correct, split, run_dir), out_dir / "figures")
     print(" ".join(f"{k} {v:.6g}" for k, v in result.items() if k != "checkpoint"))
     print(f"wrote {out_dir / f'{split}.json'} and {len(figures)} figures in {out_dir / 'figures'}")
     return result
