@@ -150,7 +150,7 @@ def _sweep_job(cfg: DictConfig, hc, run_dir: Path, overrides: list[str]) -> floa
         log.error("job %s skipped: %s", hc.job.num, e)
         return math.inf
     except Interrupted as e:
-        interrupted(Path(hc.sweep.dir), e.signum)
+        print_stopped(Path(hc.sweep.dir), e.signum)
         raise
     except Exception as e:  # a user mistake or a bug in one job must not cost the other jobs
         record_failure(run_dir, cfg, overrides, e)
@@ -166,7 +166,7 @@ def check_command(argv: list[str]) -> list[str]:
     """Before Hydra writes anything: refuse a command that would overwrite a run, mix two sweeps or submit to a
     cluster that is not there, and point a resume at its run dir. Returns the arguments a resume adds (run inside
     that dir, keep its .hydra/)."""
-    from losslab.rundir import FINISHED, busy, holds_run, locked_by, run_state
+    from losslab.rundir import HAS_RESULT, busy, holds_run, locked_by, run_state
 
     given = _overrides(argv)
     launcher = given.get("hydra/launcher")
@@ -191,7 +191,7 @@ def check_command(argv: list[str]) -> list[str]:
         if holder is not None:
             raise busy(run_dir, holder)
         state = run_state(run_dir)
-        if state in FINISHED:
+        if state in HAS_RESULT:
             raise UserError(f"{run_dir} has finished (status {state}); there is nothing to resume and its results "
                             f"stay as they are. To train longer, start a fresh run with the longer trainer.epochs.")
         return [f"hydra.run.dir={run_dir.resolve()}", "hydra.output_subdir=null"]

@@ -32,7 +32,7 @@ from losslab.fileio import atomic_write
 from losslab.job_dirs import job_dirs
 
 PROG = "losslab-report"
-AGGREGATED = ("completed", "early_stopped")  # the statuses whose runs are averaged (a diverged run is listed)
+TRAINED_TO_END = ("completed", "early_stopped")  # the statuses whose runs are averaged (a diverged run is listed)
 DEFAULT_METRICS = ("val/acc", "test/acc", "test/nll")  # the NLL compares across losses, test/loss does not
 DEFAULT_IF_PRESENT = ("val/ece",)
 LOWER_IS_BETTER = ("loss", "nll", "ece", "brier")
@@ -55,7 +55,7 @@ class Run:
 
     @property
     def aggregated(self) -> bool:
-        return self.status in AGGREGATED and self.overrides is not None
+        return self.status in TRAINED_TO_END and self.overrides is not None
 
     @property
     def seed(self) -> int | str | None:
@@ -199,7 +199,7 @@ def varying_keys(runs: list[Run]) -> list[str]:
 
 
 def group_by_config(runs: list[Run], keys: list[str]) -> list[Config]:
-    """Configs in job order; a config whose runs have not finished is kept, with no runs aggregated."""
+    """Configs in job order; a config with no run trained to its end is kept, with no runs aggregated."""
     configs: dict[tuple, Config] = {}
     for run in runs:
         if run.overrides is None:
@@ -384,7 +384,7 @@ def save(fig, path: Path) -> Path:
 
 
 def plot_curves(sweep_dir: Path, configs: list[Config], runs: list[Run]) -> list[Path]:
-    """val/loss and val/acc against step, one line per run coloured by config; dashed: not (yet) finished."""
+    """val/loss and val/acc against step, one line per run coloured by config; dashed: not aggregated."""
     index_of = {tuple(config.values.items()): i for i, config in enumerate(configs)}
     keys = list(configs[0].values) if configs else []
     curves = [(run, read_curves(sweep_dir / run.job)) for run in runs if run.overrides is not None]
@@ -406,7 +406,7 @@ def plot_curves(sweep_dir: Path, configs: list[Config], runs: list[Run]) -> list
             labelled.add(index)
             ax.plot(*zip(*points), color=colors(index % colors.N), label=label,
                     linestyle="-" if run.aggregated else "--", marker="." if len(points) < 20 else None)
-    dashed = " (dashed: not finished)" if any(not run.aggregated for run, _ in curves) else ""
+    dashed = " (dashed: not aggregated)" if any(not run.aggregated for run, _ in curves) else ""
     for ax, metric in zip(axes, CURVE_METRICS):
         ax.set(xlabel="step", ylabel=metric, title=metric + dashed)
         ax.grid(alpha=0.3)
@@ -417,13 +417,13 @@ def plot_curves(sweep_dir: Path, configs: list[Config], runs: list[Run]) -> list
 def plot_against_parameters(sweep_dir: Path, configs: list[Config], keys: list[str], metrics: list[str]) -> list[Path]:
     """Per numeric swept parameter: each metric (and weights/sq_norm) against it, mean ± std over seeds, one line
     per combination of the other swept values."""
-    finished = [config for config in configs if config.runs]
+    aggregated = [config for config in configs if config.runs]
     plotted = list(metrics)
-    if WEIGHT_NORM not in plotted and any(run.value(WEIGHT_NORM) is not None for c in finished for run in c.runs):
+    if WEIGHT_NORM not in plotted and any(run.value(WEIGHT_NORM) is not None for c in aggregated for run in c.runs):
         plotted.append(WEIGHT_NORM)
     numeric = [key for key in keys if all(to_float(config.values[key]) is not None for config in configs)]
     return [save(parameter_figure(configs, key, plotted), sweep_dir / ("vs_" + re.sub(r"[^\w.=-]", "_", key) + ".png"))
-            for key in (numeric if finished else [])]
+            for key in (numeric if aggregated else [])]
 
 
 def parameter_figure(configs: list[Config], key: str, plotted: list[str]):

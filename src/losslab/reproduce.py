@@ -168,7 +168,7 @@ def run_study(study: Study, runs: list[Multirun], args, command: str) -> int:
         print(f"{PROG}: {study.name}/{run.name}: {record['losslab_train']}", flush=True)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         write_json(sweep_dir / RECORD, record)
-        exit_code = multirun(overrides)
+        exit_code = run_multirun(overrides)
         write_json(sweep_dir / RECORD, {**record, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                                         "exit_code": exit_code})
         if exit_code not in (0, 1):
@@ -177,7 +177,7 @@ def run_study(study: Study, runs: list[Multirun], args, command: str) -> int:
     return code
 
 
-def multirun(overrides: list[str]) -> int:
+def run_multirun(overrides: list[str]) -> int:
     """`losslab-train -m *overrides` in this process; its exit code."""
     from hydra.core.global_hydra import GlobalHydra
 
@@ -386,10 +386,10 @@ def copy_figure(study: Study, figure: Figure, result: Result, out: Path, target:
     sweep_dir = out / study.name / figure.multirun
     source = sweep_dir / figure.source
     if figure.match is not None:
-        finished = [run for run in runs if run.aggregated and matches(run.overrides, figure.match)]
-        if not finished:
-            return "no finished run of that config"
-        first = min(finished, key=lambda run: (seed_order(run.seed), job_number(sweep_dir / run.job)))
+        aggregated = [run for run in runs if run.aggregated and matches(run.overrides, figure.match)]
+        if not aggregated:
+            return "no completed or early_stopped run of that config"
+        first = min(aggregated, key=lambda run: (seed_order(run.seed), job_number(sweep_dir / run.job)))
         source = sweep_dir / first.job / figure.source
     if not source.exists():
         return f"{source.relative_to(sweep_dir)} was not written"

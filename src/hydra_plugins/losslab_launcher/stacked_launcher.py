@@ -86,7 +86,7 @@ class StackedLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from losslab.cli import objective
         from losslab.errors import Interrupted
-        from losslab.sweep import can_resume, interrupted, previous_result
+        from losslab.sweep import can_resume, previous_result, print_stopped
         from losslab.train_stacked import NotStackable, fit_stacked, group_key
 
         setup_globals()
@@ -117,7 +117,7 @@ class StackedLauncher(Launcher):
                     try:
                         summaries = fit_stacked([returns[i].return_value for i in chunk], self.conv_on_cpu)
                     except Interrupted as e:
-                        interrupted(Path(str(self.config.hydra.sweep.dir)), e.signum)
+                        print_stopped(Path(str(self.config.hydra.sweep.dir)), e.signum)
                         raise
                     except NotStackable as e:
                         log.info("jobs %s run one by one: %s", [initial_job_idx + i for i in chunk], e)
