@@ -1,6 +1,7 @@
 """The console entry point as a user meets it: the main job, and user mistakes."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -52,6 +53,18 @@ def test_main_job_writes_a_complete_run(tmp_path):
     assert (run_dir / ".hydra" / "config.yaml").exists()
     rows = (run_dir / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("step,epoch,lr,weights/sq_norm,train/loss") and len(rows) == 1 + 5 + 1  # 5 epochs + final
+
+
+@pytest.mark.parametrize("summary, expected", [
+    ({"monitor": {"metric": "val/nll", "mode": "min"}, "final": {"val/nll": 0.3, "val/loss": 0.2}}, 0.3),
+    ({"monitor": {"metric": "val/acc", "mode": "max"}, "final": {"val/acc": 0.9, "val/loss": 0.2}}, -0.9),
+    ({"final": {"val/acc": 0.9, "val/loss": 0.2}}, 0.2),  # a run from before trainer.monitor
+    ({"monitor": {"metric": "val/acc", "mode": "max"}, "final": {}}, math.inf),  # failed before a final value
+])
+def test_a_job_returns_its_monitored_metric_for_sweepers_to_minimise(summary, expected):
+    from losslab.cli import objective
+
+    assert objective(summary) == expected
 
 
 def write_truncated_mnist(root: Path) -> Path:

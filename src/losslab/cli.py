@@ -124,15 +124,21 @@ def _key(override: str) -> str:
 
 
 def objective(summary: dict) -> float:
-    """What a job returns to Hydra's sweepers (Optuna minimises it): the final val loss, inf without one."""
-    return summary["final"].get("val/loss", math.inf)
+    """What a job returns to Hydra's sweepers, which minimise it: the final value of the metric the run monitored
+    (summary.json's `monitor`: trainer.monitor), negated when its mode is max; the final val/loss for a summary
+    without a monitor; inf when the run has no final value of that metric."""
+    monitor = summary.get("monitor") or {"metric": "val/loss", "mode": "min"}
+    value = summary["final"].get(monitor["metric"])
+    if value is None:
+        return math.inf
+    return -value if monitor["mode"] == "max" else value
 
 
 def _sweep_job(cfg: DictConfig, hc, run_dir: Path, overrides: list[str]) -> float | None:
     """One job of a multirun: reuse a finished result, resume a stopped one, and never stop the sweep."""
     from losslab.log import hparams_of
     from losslab.rundir import wait_for_lock
-    from losslab.sweep import can_resume, interrupted, previous_result, record_failure, share_resources
+    from losslab.sweep import can_resume, previous_result, print_stopped, record_failure, share_resources
     from losslab.train import fit
 
     if "slurm" in str(hc.launcher.get("_target_", "")):  # a relaunch while an earlier launch's task trains here
