@@ -75,7 +75,7 @@ def _train(cfg: DictConfig) -> float | None:
         return _sweep_job(cfg, hc, run_dir, overrides)
     try:
         if cfg.trainer.resume not in (None, False):
-            summary = resume(cfg, run_dir, overrides)
+            summary = resume_run(cfg, run_dir, overrides)
         else:
             summary = fit(cfg, run_dir, hparams_of(cfg, dict(hc.runtime.choices), overrides), overrides=overrides)
     except UserError as e:
@@ -88,7 +88,7 @@ def _train(cfg: DictConfig) -> float | None:
 RESUME_CHANGES = ("trainer.epochs", "trainer.max_steps", "trainer.progress")  # what a resume may change
 
 
-def resume(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
+def resume_run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     """Continue the run in `run_dir` as it was configured; `trainer.epochs`/`trainer.max_steps` may grow (it
     trains on to the new length) and `trainer.progress` may change, anything else is refused."""
     from losslab.train import fit
