@@ -36,7 +36,7 @@ RUN_LENGTH = {"trainer.max_steps": 5, "trainer.limit_eval_batches": 1}  # append
 TRIALS = 2  # hydra.sweeper.n_trials, appended where a command asks for more
 SMOKE = ["trainer.max_steps=5", "seed=0"]  # README: "e.g. `trainer.max_steps=5 seed=0` for a smoke run"
 OFFLINE = "http://127.0.0.1:9"  # a proxy nobody listens on: every download fails at once
-FINISHED = {"completed", "early_stopped", "diverged"}
+HAS_RESULT = {"completed", "early_stopped", "diverged"}  # losslab.rundir.HAS_RESULT
 CLUSTER_WORDS = ("srun", "slurm cluster")  # the README's sentence on the slurm launcher without a cluster
 
 
@@ -314,7 +314,7 @@ def check_train(session: Newcomer, line: Line, argv: list[str]) -> None:
     new = {p for p, mtime in session.summaries().items() if before.get(p) != mtime}
     expect(new, f"no run wrote a summary.json under {session.home / 'outputs'}\n{result}")
     statuses = {str(p.parent.relative_to(session.home)): json.loads(p.read_text())["status"] for p in new}
-    expect(set(statuses.values()) <= FINISHED, f"unfinished runs: {statuses}\n{result}")
+    expect(set(statuses.values()) <= HAS_RESULT, f"runs without a result: {statuses}\n{result}")
 
 
 def result_dirs(home: Path, pattern: str) -> list[Path]:

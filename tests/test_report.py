@@ -234,6 +234,29 @@ def test_chosen_metrics_a_loss_picks_the_lowest_and_one_seed_has_no_std(sweep, t
         assert next(csv.DictReader(f))["val/acc std"] == ""
 
 
+FINALS = {"0.1": {"val/acc": 0.90, "val/nll": 0.40, "test/acc": 0.88, "test/nll": 0.45},
+          "0.03": {"val/acc": 0.85, "val/nll": 0.30, "test/acc": 0.86, "test/nll": 0.35},
+          "0.01": {"val/acc": 0.80, "val/nll": 0.50, "test/acc": 0.79, "test/nll": 0.25}}
+
+
+@pytest.mark.parametrize("monitor, metrics, best, first_column, says", [
+    ({"metric": "val/acc", "mode": "max"}, None, "0.1", "val/acc", "highest mean val/acc (the runs' trainer.monitor"),
+    ({"metric": "val/nll", "mode": "min"}, None, "0.03", "val/nll", "lowest mean val/nll (the runs' trainer.monitor"),
+    (None, None, "0.1", "val/acc", "highest mean val/acc (lower is better for metrics ending in"),  # old runs
+    ({"metric": "val/nll", "mode": "min"}, ["test/nll", "val/acc"], "0.01", "test/nll", "lowest mean test/nll"),
+])
+def test_the_best_row_follows_the_runs_monitor_unless_metrics_are_chosen(tmp_path, monitor, metrics, best,
+                                                                         first_column, says):
+    sweep = tmp_path / "sweep"
+    for job, (lr, final) in enumerate(FINALS.items()):
+        summary = {"status": "completed", "final": final, **({"monitor": monitor} if monitor else {})}
+        write_job(sweep, job, [f"optimizer.lr={lr}", "seed=0"], summary)
+    report = write_report(sweep, metrics)
+    assert [row["optimizer.lr"] for row in report.rows if row["best"]] == [best]
+    assert report.metrics[0] == first_column and len(set(report.metrics)) == len(report.metrics)
+    assert f"**best**: {says}" in (sweep / "report.md").read_text()
+
+
 @pytest.mark.parametrize("case, expected", [
     ("missing", "does not exist"), ("file", "is not a directory"), ("empty", "has no job folders"),
     ("single run", "looks like a single run's dir"), ("unknown metric", "test/accuracy")])

@@ -75,7 +75,7 @@ def _train(cfg: DictConfig) -> float | None:
         return _sweep_job(cfg, hc, run_dir, overrides)
     try:
         if cfg.trainer.resume not in (None, False):
-            summary = resume(cfg, run_dir, overrides)
+            summary = resume_run(cfg, run_dir, overrides)
         else:
             summary = fit(cfg, run_dir, hparams_of(cfg, dict(hc.runtime.choices), overrides), overrides=overrides)
     except UserError as e:
@@ -91,7 +91,7 @@ def _train(cfg: DictConfig) -> float | None:
 RESUME_CHANGES = ("trainer.epochs", "trainer.max_steps", "trainer.progress")  # what a resume may change
 
 
-def resume(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
+def resume_run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     """Continue the run in `run_dir` as it was configured; `trainer.epochs`/`trainer.max_steps` may grow (it
     trains on to the new length) and `trainer.progress` may change, anything else is refused."""
     from losslab.train import fit
@@ -127,15 +127,21 @@ def _key(override: str) -> str:
 
 
 def objective(summary: dict) -> float:
-    """What a job returns to Hydra's sweepers (Optuna minimises it): the final val loss, inf without one."""
-    return summary["final"].get("val/loss", math.inf)
+    """What a job returns to Hydra's sweepers, which minimise it: the final value of the metric the run monitored
+    (summary.json's `monitor`: trainer.monitor), negated when its mode is max; the final val/loss for a summary
+    without a monitor; inf when the run has no final value of that metric."""
+    monitor = summary.get("monitor") or {"metric": "val/loss", "mode": "min"}
+    value = summary["final"].get(monitor["metric"])
+    if value is None:
+        return math.inf
+    return -value if monitor["mode"] == "max" else value
 
 
 def _sweep_job(cfg: DictConfig, hc, run_dir: Path, overrides: list[str]) -> float | None:
     """One job of a multirun: reuse a finished result, resume a stopped one, and never stop the sweep."""
     from losslab.log import hparams_of
     from losslab.rundir import wait_for_lock
-    from losslab.sweep import can_resume, interrupted, previous_result, record_failure, share_resources
+    from losslab.sweep import can_resume, previous_result, print_stopped, record_failure, share_resources
     from losslab.train import fit
 
     if "slurm" in str(hc.launcher.get("_target_", "")):  # a relaunch while an earlier launch's task trains here
@@ -153,7 +159,7 @@ def _sweep_job(cfg: DictConfig, hc, run_dir: Path, overrides: list[str]) -> floa
         log.error("job %s skipped: %s", hc.job.num, e)
         return math.inf
     except Interrupted as e:
-        interrupted(Path(hc.sweep.dir), e.signum)
+        print_stopped(Path(hc.sweep.dir), e.signum)
         raise
     except Exception as e:  # a user mistake or a bug in one job must not cost the other jobs
         record_failure(run_dir, cfg, overrides, e)
@@ -169,7 +175,7 @@ def check_command(argv: list[str]) -> list[str]:
     """Before Hydra writes anything: refuse a command that would overwrite a run, mix two sweeps or submit to a
     cluster that is not there, and point a resume at its run dir. Returns the arguments a resume adds (run inside
     that dir, keep its .hydra/)."""
-    from losslab.rundir import FINISHED, busy, holds_run, locked_by, run_state
+    from losslab.rundir import HAS_RESULT, busy, holds_run, locked_by, run_state
 
     given = _overrides(argv)
     launcher = given.get("hydra/launcher")
@@ -194,7 +200,7 @@ def check_command(argv: list[str]) -> list[str]:
         if holder is not None:
             raise busy(run_dir, holder)
         state = run_state(run_dir)
-        if state in FINISHED:
+        if state in HAS_RESULT:
             raise UserError(f"{run_dir} has finished (status {state}); there is nothing to resume and its results "
                             f"stay as they are. To train longer, start a fresh run with the longer trainer.epochs.")
         return [f"hydra.run.dir={run_dir.resolve()}", "hydra.output_subdir=null"]

@@ -97,18 +97,7 @@ class RunLogger:
 
 
 def import_tensorboard():
-    """torch's SummaryWriter, its hparams summary and TensorBoard's Summary proto. TensorBoard's file layer
-    imports boto3 and fsspec, when they are installed, only to offer s3:// and gs:// log dirs: about half a
-    second of every run's start-up. Run dirs are local paths, so the two are hidden from that import (and
-    only from it)."""
-    if "torch.utils.tensorboard" not in sys.modules:
-        hidden = [name for name in ("boto3", "fsspec") if name not in sys.modules]
-        sys.modules.update(dict.fromkeys(hidden))  # None in sys.modules: `import name` raises ImportError
-        try:
-            import torch.utils.tensorboard  # noqa: F401
-        finally:
-            for name in hidden:
-                del sys.modules[name]
+    """torch's SummaryWriter, its hparams summary and TensorBoard's Summary proto."""
     from tensorboard.compat.proto.summary_pb2 import Summary
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams

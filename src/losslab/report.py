@@ -7,8 +7,10 @@ completed and early_stopped runs are aggregated; diverged, failed, interrupted a
 yet) are listed, never averaged in.
 
 Spread is the sample standard deviation (ddof=1) over seeds, empty (– in report.md) when n = 1. The best row has
-the highest mean of the first metric, or the lowest when that metric is lower-is-better: a name ending in loss, nll,
-ece or brier; of equal rows, the first in job order.
+the best mean of the metric the runs monitored (summary.json's `monitor`, from trainer.monitor and
+trainer.monitor_mode), shown first; with `--metrics`, or for runs that record no monitor, the highest mean of the
+first metric, or the lowest when that metric is lower-is-better: a name ending in loss, nll, ece or brier. Of equal
+rows, the first in job order.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from losslab.fileio import atomic_write
 from losslab.job_dirs import job_dirs
 
 PROG = "losslab-report"
-AGGREGATED = ("completed", "early_stopped")  # the statuses whose runs are averaged (a diverged run is listed)
+TRAINED_TO_END = ("completed", "early_stopped")  # the statuses whose runs are averaged (a diverged run is listed)
 DEFAULT_METRICS = ("val/acc", "test/acc", "test/nll")  # the NLL compares across losses, test/loss does not
 DEFAULT_IF_PRESENT = ("val/ece",)
 LOWER_IS_BETTER = ("loss", "nll", "ece", "brier")
@@ -55,7 +57,7 @@ class Run:
 
     @property
     def aggregated(self) -> bool:
-        return self.status in AGGREGATED and self.overrides is not None
+        return self.status in TRAINED_TO_END and self.overrides is not None
 
     @property
     def seed(self) -> int | str | None:
@@ -91,6 +93,8 @@ class Report:
     sweep_dir: Path
     keys: list[str]
     metrics: list[str]
+    best_by: tuple[str, str]  # the metric that picks the best row, and "min" or "max"
+    monitored: bool  # best_by is the runs' trainer.monitor (not the first metric)
     rows: list[dict]
     not_aggregated: list[dict]
     files: list[Path]
@@ -106,11 +110,13 @@ def write_report(sweep_dir: Path, metrics: list[str] | None = None) -> Report:
     runs = read_runs(sweep_dir)
     keys = varying_keys(runs)
     configs = group_by_config(runs, keys)
-    metrics = choose_metrics(runs, metrics)
+    monitor = None if metrics else monitor_of(runs)
+    metrics = choose_metrics(runs, metrics, monitor)
+    best_by = monitor or (metrics[0], "min" if lower_is_better(metrics[0]) else "max")
     rows = [config_row(config, metrics) for config in configs]
-    mark_best(rows, metrics[0])
+    mark_best(rows, *best_by)
     not_aggregated = [run_row(run) for run in runs if not run.aggregated]
-    report = Report(sweep_dir, keys, metrics, rows, not_aggregated, files=[])
+    report = Report(sweep_dir, keys, metrics, best_by, monitor is not None, rows, not_aggregated, files=[])
 
     report.files += plot_curves(sweep_dir, configs, runs)
     report.files += plot_against_parameters(sweep_dir, configs, keys, metrics)
@@ -199,7 +205,7 @@ def varying_keys(runs: list[Run]) -> list[str]:
 
 
 def group_by_config(runs: list[Run], keys: list[str]) -> list[Config]:
-    """Configs in job order; a config whose runs have not finished is kept, with no runs aggregated."""
+    """Configs in job order; a config with no run trained to its end is kept, with no runs aggregated."""
     configs: dict[tuple, Config] = {}
     for run in runs:
         if run.overrides is None:
@@ -211,15 +217,27 @@ def group_by_config(runs: list[Run], keys: list[str]) -> list[Config]:
     return list(configs.values())
 
 
-def choose_metrics(runs: list[Run], metrics: list[str] | None) -> list[str]:
+def monitor_of(runs: list[Run]) -> tuple[str, str] | None:
+    """(metric, "min" or "max") of summary.json's `monitor`, which every run of a sweep shares; None when the
+    aggregated runs record none (runs from before trainer.monitor)."""
+    for run in runs:
+        monitor = run.summary.get("monitor")
+        if run.aggregated and isinstance(monitor, dict) and monitor.get("mode") in ("min", "max"):
+            return str(monitor["metric"]), monitor["mode"]
+    return None
+
+
+def choose_metrics(runs: list[Run], metrics: list[str] | None, monitor: tuple[str, str] | None) -> list[str]:
+    """`metrics` as given, else the monitored metric and the defaults."""
     available = {key for run in runs if run.aggregated for key in (run.summary.get("final") or {})}
     if not metrics:
-        return [*DEFAULT_METRICS, *(m for m in DEFAULT_IF_PRESENT if m in available)]
+        first = [monitor[0]] if monitor else []
+        return list(dict.fromkeys([*first, *DEFAULT_METRICS, *(m for m in DEFAULT_IF_PRESENT if m in available)]))
     if available:
         unknown = [m for m in metrics if not any(run.value(m) is not None for run in runs if run.aggregated)]
         if unknown:
-            raise UserError(f"No finished run of the sweep has {', '.join(unknown)} in its summary.json; "
-                            f"choose from {', '.join(sorted(available))}.")
+            raise UserError(f"No completed or early_stopped run of the sweep has {', '.join(unknown)} in its "
+                            f"summary.json; choose from {', '.join(sorted(available))}.")
     return list(metrics)
 
 
@@ -248,9 +266,10 @@ def lower_is_better(metric: str) -> bool:
     return metric.endswith(LOWER_IS_BETTER)
 
 
-def mark_best(rows: list[dict], metric: str) -> None:
-    """Marks the row with the best finite mean of `metric` (the first of equals), if any row has one."""
-    sign = -1 if lower_is_better(metric) else 1
+def mark_best(rows: list[dict], metric: str, mode: str) -> None:
+    """Marks the row with the lowest (mode "min") or highest ("max") finite mean of `metric` (the first of equals),
+    if any row has one."""
+    sign = -1 if mode == "min" else 1
     scored = [row for row in rows if row[f"{metric} mean"] is not None and not math.isnan(row[f"{metric} mean"])]
     if scored:
         max(scored, key=lambda row: sign * row[f"{metric} mean"])["best"] = True
@@ -289,8 +308,10 @@ def csv_cell(value) -> str:
 
 
 def markdown(report: Report) -> str:
-    first = report.metrics[0]
-    direction = "lowest" if lower_is_better(first) else "highest"
+    metric, mode = report.best_by
+    direction = "lowest" if mode == "min" else "highest"
+    why = ("the runs' trainer.monitor" if report.monitored
+           else f"lower is better for metrics ending in {', '.join(LOWER_IS_BETTER)}")
     n_aggregated = sum(row["n"] for row in report.rows)
     lines = [
         "# Sweep report",
@@ -300,8 +321,7 @@ def markdown(report: Report) -> str:
         "",
         "One row per config (the overrides that vary across the jobs, seed excluded). Each cell is the mean ± "
         "sample std (ddof=1) over the config's aggregated runs; – when n = 1, (n=k) when only k of them have the "
-        f"metric. **best**: {direction} mean {first} (lower is better for metrics ending in "
-        f"{', '.join(LOWER_IS_BETTER)}; of equals, the first).",
+        f"metric. **best**: {direction} mean {metric} ({why}; of equals, the first).",
         "",
         table([*report.keys, "n", *report.metrics, "best"],
               [[*(row[k] for k in report.keys), row["n"], *(stat_cell(row, m) for m in report.metrics),
@@ -384,7 +404,7 @@ def save(fig, path: Path) -> Path:
 
 
 def plot_curves(sweep_dir: Path, configs: list[Config], runs: list[Run]) -> list[Path]:
-    """val/loss and val/acc against step, one line per run coloured by config; dashed: not (yet) finished."""
+    """val/loss and val/acc against step, one line per run coloured by config; dashed: not aggregated."""
     index_of = {tuple(config.values.items()): i for i, config in enumerate(configs)}
     keys = list(configs[0].values) if configs else []
     curves = [(run, read_curves(sweep_dir / run.job)) for run in runs if run.overrides is not None]
@@ -406,7 +426,7 @@ def plot_curves(sweep_dir: Path, configs: list[Config], runs: list[Run]) -> list
             labelled.add(index)
             ax.plot(*zip(*points), color=colors(index % colors.N), label=label,
                     linestyle="-" if run.aggregated else "--", marker="." if len(points) < 20 else None)
-    dashed = " (dashed: not finished)" if any(not run.aggregated for run, _ in curves) else ""
+    dashed = " (dashed: not aggregated)" if any(not run.aggregated for run, _ in curves) else ""
     for ax, metric in zip(axes, CURVE_METRICS):
         ax.set(xlabel="step", ylabel=metric, title=metric + dashed)
         ax.grid(alpha=0.3)
@@ -417,13 +437,13 @@ def plot_curves(sweep_dir: Path, configs: list[Config], runs: list[Run]) -> list
 def plot_against_parameters(sweep_dir: Path, configs: list[Config], keys: list[str], metrics: list[str]) -> list[Path]:
     """Per numeric swept parameter: each metric (and weights/sq_norm) against it, mean ± std over seeds, one line
     per combination of the other swept values."""
-    finished = [config for config in configs if config.runs]
+    aggregated = [config for config in configs if config.runs]
     plotted = list(metrics)
-    if WEIGHT_NORM not in plotted and any(run.value(WEIGHT_NORM) is not None for c in finished for run in c.runs):
+    if WEIGHT_NORM not in plotted and any(run.value(WEIGHT_NORM) is not None for c in aggregated for run in c.runs):
         plotted.append(WEIGHT_NORM)
     numeric = [key for key in keys if all(to_float(config.values[key]) is not None for config in configs)]
     return [save(parameter_figure(configs, key, plotted), sweep_dir / ("vs_" + re.sub(r"[^\w.=-]", "_", key) + ".png"))
-            for key in (numeric if finished else [])]
+            for key in (numeric if aggregated else [])]
 
 
 def parameter_figure(configs: list[Config], key: str, plotted: list[str]):
@@ -474,8 +494,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="the sweep dir of a `losslab-train -m` run")
     parser.add_argument("--metrics", nargs="+", metavar="TAG",
-                        help="keys of summary.json's final, e.g. val/acc test/acc (the first one picks the best row; "
-                             f"default {' '.join(DEFAULT_METRICS)}, and {' '.join(DEFAULT_IF_PRESENT)} when logged)")
+                        help="keys of summary.json's final, e.g. val/acc test/acc (default: the metric the runs "
+                             f"monitored, then {' '.join(DEFAULT_METRICS)}, and {' '.join(DEFAULT_IF_PRESENT)} when "
+                             "logged). The best row is the best mean of the runs' trainer.monitor (min or max, as "
+                             "trainer.monitor_mode says); with --metrics, or for runs that record no monitor, of the "
+                             "first metric: the lowest for a name ending in loss, nll, ece or brier, else the highest")
     args = parser.parse_args(argv)
     try:
         report = write_report(args.sweep_dir, args.metrics)

@@ -168,7 +168,7 @@ def run_study(study: Study, runs: list[Multirun], args, command: str) -> int:
         print(f"{PROG}: {study.name}/{run.name}: {record['losslab_train']}", flush=True)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         write_json(sweep_dir / RECORD, record)
-        exit_code = multirun(overrides)
+        exit_code = run_multirun(overrides)
         write_json(sweep_dir / RECORD, {**record, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                                         "exit_code": exit_code})
         if exit_code not in (0, 1):
@@ -177,7 +177,7 @@ def run_study(study: Study, runs: list[Multirun], args, command: str) -> int:
     return code
 
 
-def multirun(overrides: list[str]) -> int:
+def run_multirun(overrides: list[str]) -> int:
     """`losslab-train -m *overrides` in this process; its exit code."""
     from hydra.core.global_hydra import GlobalHydra
 
@@ -238,7 +238,7 @@ class Result:
     rows: list[Row]
     keys: list[str]
     not_run: list[str]  # multiruns without a sweep dir (or without jobs)
-    not_aggregated: list[str]  # one line per job that did not finish
+    not_aggregated: list[str]  # one line per job not aggregated (diverged, failed, interrupted, unfinished)
     runs: dict[str, list]  # multirun -> its losslab.report Runs
     records: dict[str, dict]  # multirun -> its reproduce.json
 
@@ -249,29 +249,30 @@ def has_jobs(sweep_dir: Path) -> bool:
 
 def collect(study: Study, tab: Table, out: Path) -> Result:
     result = Result(tab, [], [], [], [], {}, {})
-    for run in tab.multiruns:
-        sweep_dir = out / study.name / run.name
+    for multirun in tab.multiruns:
+        sweep_dir = out / study.name / multirun.name
         if not has_jobs(sweep_dir):
-            result.not_run.append(run.name)
+            result.not_run.append(multirun.name)
             continue
         report = write_report(sweep_dir, list(tab.metrics))
-        result.runs[run.name] = read_runs(sweep_dir)
-        overrides_of = {job.job: job.overrides for job in result.runs[run.name]}
+        result.runs[multirun.name] = read_runs(sweep_dir)
+        overrides_of = {job.job: job.overrides for job in result.runs[multirun.name]}
         try:
-            result.records[run.name] = json.loads((sweep_dir / RECORD).read_text())
+            result.records[multirun.name] = json.loads((sweep_dir / RECORD).read_text())
         except (OSError, ValueError):
             pass
-        for key in [*run.label, *report.keys]:
+        for key in [*multirun.label, *report.keys]:
             if key not in result.keys:
                 result.keys.append(key)
         for row in report.rows:
             stats = {m: (row[f"{m} mean"], row[f"{m} std"], row["counts"][m]) for m in tab.metrics}
-            values = {**run.label, **{k: row[k] for k in report.keys}}
+            values = {**multirun.label, **{k: row[k] for k in report.keys}}
             overrides = {**(overrides_of[row["jobs"][0]] if row["jobs"] else {}), **values}
             result.rows.append(Row(values, overrides, row["n"], stats))
         for job in report.not_aggregated:
             note = f", {job['note']}" if job["note"] else ""
-            result.not_aggregated.append(f"{run.name} job {job['job']} ({job['overrides']}): {job['status']}{note}")
+            line = f"{multirun.name} job {job['job']} ({job['overrides']}): {job['status']}{note}"
+            result.not_aggregated.append(line)
     return result
 
 
@@ -386,10 +387,10 @@ def copy_figure(study: Study, figure: Figure, result: Result, out: Path, target:
     sweep_dir = out / study.name / figure.multirun
     source = sweep_dir / figure.source
     if figure.match is not None:
-        finished = [run for run in runs if run.aggregated and matches(run.overrides, figure.match)]
-        if not finished:
-            return "no finished run of that config"
-        first = min(finished, key=lambda run: (seed_order(run.seed), job_number(sweep_dir / run.job)))
+        aggregated = [run for run in runs if run.aggregated and matches(run.overrides, figure.match)]
+        if not aggregated:
+            return "no completed or early_stopped run of that config"
+        first = min(aggregated, key=lambda run: (seed_order(run.seed), job_number(sweep_dir / run.job)))
         source = sweep_dir / first.job / figure.source
     if not source.exists():
         return f"{source.relative_to(sweep_dir)} was not written"

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from losslab.errors import RunDirBusy, UserError
 
-FINISHED = ("completed", "early_stopped", "diverged")  # a result: a relaunched sweep skips these jobs
+HAS_RESULT = ("completed", "early_stopped", "diverged")  # a relaunched sweep skips these jobs
 LOCK = ".lock"
 STALE_ENV = "LOSSLAB_LOCK_STALE_S"
 DEFAULT_STALE_S = 60.0

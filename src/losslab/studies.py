@@ -44,7 +44,7 @@ class Trend:
 
 @dataclass(frozen=True)
 class Figure:
-    """A PNG copied beside the page: `source` inside the run dir of the first finished job (lowest seed) whose
+    """A PNG copied beside the page: `source` inside the run dir of the first aggregated job (lowest seed) whose
     overrides include `match`, or inside the sweep dir when `match` is None; or, with `plot=(key, metrics)`, drawn
     from the table: each metric's mean ± std against the numeric key."""
 

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from losslab.fileio import write_json
 from losslab.job_dirs import job_dirs
-from losslab.rundir import FINISHED, read_summary, run_state
+from losslab.rundir import HAS_RESULT, read_summary, run_state
 
 log = logging.getLogger("losslab")
 NAMED_GROUPS = ("dataset", "model", "loss")  # the default `name` is <dataset>-<model>-<loss>
@@ -89,7 +89,7 @@ def pin_sweep_dir(config: DictConfig) -> None:
 def previous_result(run_dir: Path, overrides: list[str]) -> dict | None:
     """The finished summary a relaunched job can reuse: same overrides, a finished status."""
     summary = read_summary(run_dir)
-    if summary and summary.get("status") in FINISHED and summary.get("overrides") == overrides:
+    if summary and summary.get("status") in HAS_RESULT and summary.get("overrides") == overrides:
         return summary
     return None
 
@@ -145,7 +145,7 @@ def continue_command(sweep_dir: Path) -> str:
     return shlex.join(["losslab-train", "-m", *kept, f"hydra.sweep.dir={sweep_dir}"])
 
 
-def interrupted(sweep_dir: Path, signum: int) -> None:
+def print_stopped(sweep_dir: Path, signum: int) -> None:
     """A stop signal in a multirun: print the tally of the jobs started so far and the command that relaunches the
     sweep into its dir."""
     print(f"losslab sweep {sweep_dir} stopped by signal {signum}: {tally_text(tally(sweep_dir))}; run the rest "
@@ -159,7 +159,7 @@ def record_slurm_end(run_dir: Path, overrides: list[str], task: str, state: str,
     from losslab.rundir import locked_by
 
     summary = read_summary(run_dir) or {}
-    if summary.get("status") in FINISHED or locked_by(run_dir) is not None:
+    if summary.get("status") in HAS_RESULT or locked_by(run_dir) is not None:
         return
     status = summary.get("status") if summary.get("status") in ("interrupted", "failed") else "interrupted"
     ended = f"Slurm task {task} ended {state} before the run finished" + (f" ({error})" if error else "")
@@ -213,14 +213,14 @@ class SweepCallback(Callback):
         if folder:  # jobs that submitit runs write their output to its folder, not to this screen
             print(f"losslab sweep {config.hydra.sweep.dir}: the jobs' output (stdout, stderr) goes to "
                   f"{str(folder).replace('%j', '<job id>')}/, each job's log to <its run dir>/cli.log", flush=True)
-            WATCHERS[str(config.hydra.sweep.dir)] = FinishedJobs(Path(config.hydra.sweep.dir))
+            ANNOUNCERS[str(config.hydra.sweep.dir)] = JobEndAnnouncer(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from losslab.report import write_report
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        if str(config.hydra.sweep.dir) in WATCHERS:
-            WATCHERS.pop(str(config.hydra.sweep.dir)).stop()
+        if str(config.hydra.sweep.dir) in ANNOUNCERS:
+            ANNOUNCERS.pop(str(config.hydra.sweep.dir)).stop()
         draw_missing_figures(sweep_dir)
         counts = tally(sweep_dir)
         report = write_report(sweep_dir) if counts.get("completed", 0) + counts.get("early_stopped", 0) else None
@@ -242,10 +242,10 @@ def draw_missing_figures(sweep_dir: Path) -> None:
             draw_run_figures(job)
 
 
-WATCHERS = {}  # sweep dir -> its FinishedJobs (not on the callback, which submitit pickles)
+ANNOUNCERS = {}  # sweep dir -> its JobEndAnnouncer (not on the callback, which submitit pickles)
 
 
-class FinishedJobs:
+class JobEndAnnouncer:
     """For jobs that run elsewhere (submitit): a line on this screen as each job's summary.json appears, read every
     few seconds; `stop` reads once more, so every finished job has its line."""
 
