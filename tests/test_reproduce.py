@@ -100,18 +100,20 @@ def data(tmp_path_factory) -> tuple[Path, dict]:
     return root, cifar.md5
 
 
-def run_on_fixture(study: str, data, tmp_path, monkeypatch, *args: str) -> Path:
+def run_on_fixture(study: str, data, tmp_path, monkeypatch, *args: str, checkpoints: bool = False) -> Path:
+    """The study on the fixture data; `checkpoints` keeps the final weights the weight templates are drawn from."""
     root, md5 = data
     patch_cifar10_md5(monkeypatch, md5)  # reaches the jobs: reproduce.py runs the multiruns in this process
+    tiny = [o for o in TINY if not (checkpoints and o.startswith("trainer.checkpoints="))]
     assert main([study, "--data-root", str(root), "--no-download", "--out", str(tmp_path / "out"),
-                 "--docs", str(tmp_path / "docs"), *TINY, *args]) == 0
+                 "--docs", str(tmp_path / "docs"), *tiny, *args]) == 0
     return tmp_path / "docs" / f"{study}.md"
 
 
 def test_cifar10_linear_end_to_end_on_fixture_data(data, tmp_path, monkeypatch):
     # lr 0.001 only (3 of the 6 settings jobs), every job on the fixture's batch sizes of 100
     page = run_on_fixture("cifar10_linear", data, tmp_path, monkeypatch, "optimizer.lr=0.001", "trainer.batch_size=16",
-                          "dataset.val_offset=100", "dataset.val_size=100", "dataset.train_size=100")
+                          "dataset.val_offset=100", "dataset.val_size=100", "dataset.train_size=100", checkpoints=True)
     tables = page_tables(page)
     settings = tables["Four settings: train on data_batch_1, validate on data_batch_2"]
     assert [(r["trainer.l2"], r["original"]) for r in settings] == [
