@@ -1,14 +1,17 @@
 """CPU time of drawing one run's four figures (weight templates, confidence histogram, reliability diagram,
 curves), PNGs and TensorBoard images included, after the one-time imports.
 
-    python scripts/bench_figures.py [--run-dir DIR] [--repeat 15] [--old REF]
+    python scripts/bench_figures.py [--run-dir DIR] [--repeat 15] [--old REF] [--sweep-sizes 2 4 16]
 
 Without --run-dir it trains `losslab-train model=linear trainer.epochs=1` on the shipped MNIST into a temp dir.
 A run dir without predictions_test.npz (written by the loop's final evaluation) gets one from its final weights
 first. It prints the median process CPU time of `draw_run_figures(run_dir)` over --repeat calls; with --old REF
 (a git commit whose losslab drew the figures inside the training loop) also, from that commit's source in a
 subprocess, the median CPU time of the figures as its `fit` drew them at the end of a run (`write_figures` with
-the run's model, data and open SummaryWriter: the second pass over the test split and the drawing).
+the run's model, data and open SummaryWriter: the second pass over the test split and the drawing). With
+--sweep-sizes, for each N it also times, side by side and alternating, the wall time of a sweep's end drawing N
+copies of the run: `runs_figures_drawn(runs, workers=1)` (one after the other, here) against
+`workers=<usable cores>` (worker processes, started by the call).
 """
 
 from __future__ import annotations
@@ -108,11 +111,33 @@ def old_times(ref: str, run_dir: Path, repeat: int, scratch: Path) -> list[float
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def sweep_times(run_dir: Path, size: int, repeat: int, scratch: Path) -> tuple[list[float], list[float]]:
+    """Wall times of drawing `size` copies of the run's figures without and with worker processes."""
+    import shutil
+
+    from losslab.figures import runs_figures_drawn
+    from losslab.runtime import usable_cores
+
+    times = {1: [], usable_cores(): []}
+    for i in range(repeat):
+        for workers in times:
+            runs = [scratch / f"sweep{size}_{workers}_{i}" / str(k) for k in range(size)]
+            for run in runs:
+                shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("figures", "events.out.tfevents.*"))
+            started = time.perf_counter()
+            with runs_figures_drawn(runs, workers):
+                pass
+            times[workers].append(time.perf_counter() - started)
+            assert all(len(list((run / "figures").glob("*.png"))) == 4 for run in runs)
+    return tuple(times.values())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", type=Path, help="a finished run dir (default: train one)")
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--old", help="a git commit to time the old figure drawing of, side by side")
+    parser.add_argument("--sweep-sizes", type=int, nargs="*", default=[], help="time a sweep's end of N runs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
@@ -126,6 +151,10 @@ def main() -> None:
         new = new_times(run_dir, args.repeat)
         print(f"draw_run_figures: median {statistics.median(new):.3f} s CPU per run's four figures "
               f"(min {min(new):.3f}, {len(new)} repeats)")
+        for size in args.sweep_sizes:
+            here, pool = map(statistics.median, sweep_times(run_dir, size, max(3, args.repeat // 5), scratch))
+            print(f"{size} runs' figures: median wall {here:.2f} s one after the other, {pool:.2f} s on worker "
+                  f"processes: {here / pool:.2f}x")
 
 
 if __name__ == "__main__":

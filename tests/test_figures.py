@@ -5,6 +5,7 @@ import csv
 import json
 import logging
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -13,14 +14,21 @@ from commands import losslab_train, sweep
 from omegaconf import OmegaConf
 from tb_events import read_events
 
-from losslab import figures
+from losslab import drawing
 from losslab.cli import compose
 from losslab.drawing import confidence_figure, curves_figure, reliability_figure, templates_figure
-from losslab.figures import draw_run_figures, image_shape, run_templates
+from losslab.figures import (
+    MIN_RUNS_FOR_POOL,
+    draw_run_figures,
+    image_shape,
+    read_run_plots,
+    run_templates,
+    runs_figures_drawn,
+)
 from losslab.log import COLUMNS
 from losslab.metrics import ECE_BINS, SplitMetrics
 from losslab.models import DualLinear, Linear
-from losslab.sweep import draw_missing_figures
+from losslab.sweep import missing_figures_drawn
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 KINDS = ("weight_templates", "confidence_histogram_test", "reliability_test", "curves")
@@ -41,7 +49,7 @@ def predictions(n: int = 3000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return confidence, rng.random(n) < 0.7
 
 
-def make_run(run_dir, overrides=(), status: str = "completed", model=None, best=None) -> dict:
+def make_run(run_dir, overrides=(), status: str = "completed", model=None, best=None, seed: int = 0) -> dict:
     """A finished run's files as the training loop leaves them: config, summary.json, metrics.csv (two
     evaluations and the final row), predictions_test.npz and checkpoints/last.pt (and best.pt if given).
     Returns the arrays and weights written."""
@@ -56,7 +64,7 @@ def make_run(run_dir, overrides=(), status: str = "completed", model=None, best=
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    confidence, correct = predictions()
+    confidence, correct = predictions(seed=seed)
     np.savez(run_dir / "predictions_test.npz", confidence=confidence, correct=correct)
     model = model or Linear((1, 16, 16), 4)
     (run_dir / "checkpoints").mkdir()
@@ -92,13 +100,10 @@ def test_a_finished_run_gets_its_four_figures_as_pngs_and_tensorboard_images(tmp
         assert event.encoded_image_string == (tmp_path / "figures" / f"{kind}.png").read_bytes()
 
 
-def test_the_reliability_title_holds_the_ece_of_the_runs_predictions(tmp_path, monkeypatch):
+def test_the_reliability_title_holds_the_ece_of_the_runs_predictions(tmp_path):
     arrays = make_run(tmp_path)
-    drawn = {}
-    write = figures.write_figures
-    monkeypatch.setattr(figures, "write_figures",
-                        lambda figs, *args, **kw: drawn.update(figs) or write(figs, *args, **kw))
-    draw_run_figures(tmp_path)
+    plots = read_run_plots(tmp_path).plots
+    drawn = {name: getattr(drawing, function)(*arguments) for name, (function, arguments) in plots.items()}
     title = drawn["reliability_test"].axes[0].get_title()
     ece = float(re.search(r"ECE = ([0-9.]+)", title).group(1))
     expected = independent_ece(arrays["confidence"], arrays["correct"], ECE_BINS)
@@ -162,10 +167,30 @@ def test_the_sweep_end_draws_the_jobs_without_figures(tmp_path):
     for job in ("0_seed=0", "1_seed=1", "2_seed=2"):
         make_run(tmp_path / job, status="diverged" if job.startswith("2") else "completed")
     (tmp_path / "1_seed=1" / "figures").mkdir()  # drawn before: a job a relaunch skipped
-    draw_missing_figures(tmp_path)
+    with missing_figures_drawn(tmp_path):
+        pass
     assert len(list((tmp_path / "0_seed=0" / "figures").iterdir())) == 4
     assert not list((tmp_path / "1_seed=1" / "figures").iterdir())
     assert not (tmp_path / "2_seed=2" / "figures").exists()
+
+
+def test_a_sweeps_figures_drawn_by_worker_processes_equal_those_drawn_here(tmp_path):
+    jobs = [tmp_path / "pool" / f"{i}_seed={i}" for i in range(MIN_RUNS_FOR_POOL + 1)]
+    for i, job in enumerate(jobs):
+        make_run(job, status="diverged" if i == 2 else "completed", seed=i)
+        shutil.copytree(job, tmp_path / "here" / job.name)
+    with runs_figures_drawn(jobs, workers=2):
+        assert not any((job / "figures").exists() for job in jobs)  # drawn meanwhile, written at the end
+    for job in jobs:
+        here = tmp_path / "here" / job.name
+        drawn_here = draw_run_figures(here)
+        pngs = sorted(p.name for p in (job / "figures").glob("*.png")) if job.name != "2_seed=2" else []
+        assert pngs == sorted(p.name for p in drawn_here) and len(pngs) == (0 if job.name == "2_seed=2" else 4)
+        for name in pngs:
+            assert (job / "figures" / name).read_bytes() == (here / "figures" / name).read_bytes(), (job, name)
+        if pngs:
+            images = read_events(job)
+            assert sorted(images.Tags()["images"]) == sorted(f"figures/{kind}" for kind in KINDS)
 
 
 def test_templates_share_one_symmetric_colour_scale():

@@ -181,3 +181,13 @@ def draw_png(fig) -> tuple[bytes, int, int]:
     Image.frombuffer("RGBA", (width, height), canvas.buffer_rgba()).convert("RGB").save(
         buffer, format="png", compress_level=1)
     return buffer.getvalue(), height, width
+
+
+def draw_plot(function: str, arguments: tuple) -> tuple[bytes, int, int]:
+    """The figure `function(*arguments)` of this module as (PNG, height, width)."""
+    return draw_png(globals()[function](*arguments))
+
+
+def draw_plots(plots: dict[str, tuple[str, tuple]]) -> dict[str, tuple[bytes, int, int]]:
+    """Each plot (name -> (function of this module, its arguments)) drawn as (PNG, height, width)."""
+    return {name: draw_plot(*plot) for name, plot in plots.items()}

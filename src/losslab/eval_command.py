@@ -16,10 +16,10 @@ import torch
 from omegaconf import OmegaConf
 
 from losslab.config import check
-from losslab.drawing import curves_figure, evaluations, templates_figure
+from losslab.drawing import draw_plots
 from losslab.errors import UserError
 from losslab.evaluation import evaluate
-from losslab.figures import is_linear, prediction_figures, read_rows, weight_vectors, write_figures
+from losslab.figures import is_linear, read_rows, split_plots, weight_vectors, write_figures
 from losslab.fileio import write_json
 from losslab.rundir import final_checkpoint
 from losslab.runs import build
@@ -41,18 +41,12 @@ def locate(target: Path) -> tuple[Path, Path]:
     return target, checkpoint
 
 
-def split_figures(model, shape, confidence, correct, split: str, run_dir: Path) -> dict:
-    """The figures of a split: the model's weight templates, the confidence histogram and reliability diagram
-    of the evaluation, and the run's training curves."""
-    figures = {}
-    if is_linear(type(model)):
-        weights, names = weight_vectors(type(model), model.state_dict())
-        figures["weight_templates"] = templates_figure(weights.reshape(-1, *shape), names)
-    figures.update(prediction_figures(confidence, correct, split))
-    rows = read_rows(run_dir / "metrics.csv")
-    if evaluations(rows):
-        figures["curves"] = curves_figure(rows)
-    return figures
+def templates_of(model, shape) -> tuple | None:
+    """The weight templates (K, C, H, W) of a model linear in its input, with their names; None for others."""
+    if not is_linear(type(model)):
+        return None
+    weights, names = weight_vectors(type(model), model.state_dict())
+    return weights.reshape(-1, *shape), names
 
 
 def load_weights(checkpoint: Path, model, loss_fn, config_file: Path, device) -> None:
@@ -105,8 +99,9 @@ def main(argv: list[str]) -> dict:
     result = {f"{split}/{k}": v for k, v in metrics.items()} | {"checkpoint": str(checkpoint)}
     out_dir = run_dir / "eval"
     write_json(out_dir / f"{split}.json", result)
-    confidence, correct = evaluation.confidence.float().cpu().numpy(), evaluation.correct.cpu().numpy()
-    figures = write_figures(split_figures(model, data.shape, confidence, correct, split, run_dir), out_dir / "figures")
+    predictions = evaluation.confidence.float().cpu().numpy(), evaluation.correct.cpu().numpy()
+    plots = split_plots(templates_of(model, data.shape), predictions, split, read_rows(run_dir / "metrics.csv"))
+    figures = write_figures(draw_plots(plots), out_dir / "figures")
     print(" ".join(f"{k} {v:.6g}" for k, v in result.items() if k != "checkpoint"))
     print(f"wrote {out_dir / f'{split}.json'} and {len(figures)} figures in {out_dir / 'figures'}")
     return result

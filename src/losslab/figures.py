@@ -12,7 +12,8 @@ reliability diagram, training curves.
 - the final weights (`checkpoints/best.pt` under early stopping, else `last.pt`): the weight templates.
 
 It writes `<run dir>/figures/<name>.png` and adds each PNG to TensorBoard as the image `figures/<name>` at
-the run's final step. losslab-eval draws the figures of a split from its own evaluation with `write_figures`.
+the run's final step; `runs_figures_drawn` does the same for a sweep's runs on every core. losslab-eval draws
+the figures of a split from its own evaluation with `split_plots`.
 """
 
 from __future__ import annotations
@@ -20,19 +21,16 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from losslab.drawing import (
-    confidence_figure,
-    curves_figure,
-    draw_png,
-    evaluations,
-    reliability_figure,
-    templates_figure,
-)
+from losslab.drawing import draw_plot, draw_plots, evaluations
 from losslab.fileio import atomic_write
 from losslab.metrics import ECE_BINS
 from losslab.rundir import final_checkpoint, read_summary
@@ -43,46 +41,96 @@ DRAWN_FOR = ("completed", "early_stopped")  # a diverged run's weights and predi
 PREDICTIONS = "predictions_test.npz"
 
 
+MIN_RUNS_FOR_POOL = 4  # a drawing worker costs about one run's figures to start (scripts/bench_figures.py)
+
+
+@dataclass
+class RunPlots:
+    """What a finished run's figures show, read from its files: figure name -> (the losslab.drawing function
+    that draws it, its arguments), plain numpy arrays and strings, so that a worker that imports matplotlib
+    and not torch can draw them."""
+
+    run_dir: Path
+    step: int
+    plots: dict[str, tuple[str, tuple]]
+
+
 def draw_run_figures(run_dir: Path) -> list[Path]:
     """Draw a finished run's figures from its files, write them to `<run dir>/figures/` and to TensorBoard,
     and return the PNG paths; none for a run with trainer.figures=false or a status other than completed or
     early_stopped. A figure whose file is missing or unreadable is left out with a log line."""
-    run_dir = Path(run_dir)
+    run_plots = read_run_plots(Path(run_dir))
+    return [] if run_plots is None else write_run_figures(run_plots, draw_plots(run_plots.plots))
+
+
+@contextmanager
+def runs_figures_drawn(run_dirs: list[Path], workers: int):
+    """The figures of several runs (the end of a sweep), drawn while the body runs and written when it ends.
+    The files are read here, one run after the other; each figure is drawn by one of `workers` fresh processes
+    (spawn: no copy of this process's threads or CUDA state) that import numpy and matplotlib, not torch.
+    matplotlib drawing is single-threaded, so the figures are drawn on every core while this process goes on
+    (with the sweep's report). Fewer than MIN_RUNS_FOR_POOL runs, or one core: drawn here, before the body."""
+    if workers < 2 or len(run_dirs) < MIN_RUNS_FOR_POOL:
+        for run_dir in run_dirs:
+            draw_run_figures(run_dir)
+        yield
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(run_dirs)), mp_context=context) as pool:
+        drawing = []
+        for run_dir in run_dirs:
+            run_plots = read_run_plots(Path(run_dir))
+            if run_plots is not None:
+                drawing.append((run_plots, {name: pool.submit(draw_plot, *plot)
+                                            for name, plot in run_plots.plots.items()}))
+        try:
+            yield
+        finally:
+            for run_plots, futures in drawing:
+                write_run_figures(run_plots, {name: future.result() for name, future in futures.items()})
+
+
+def read_run_plots(run_dir: Path) -> RunPlots | None:
+    """A finished run's plots from its files; None for a run without figures."""
     summary = read_summary(run_dir) or {}
     status = summary.get("status", "unfinished")
     if status not in DRAWN_FOR:
         log.info("%s: no figures for a run that is %s", run_dir, status)
-        return []
+        return None
     cfg = read_config(run_dir)
     if cfg is None or not cfg.trainer.get("figures", True):
-        return []
-    figures = {}
+        return None
     templates = run_templates(run_dir, cfg)
-    if templates is not None:
-        figures["weight_templates"] = templates_figure(*templates)
     predictions = read_predictions(run_dir / PREDICTIONS)
-    if predictions is not None:
-        figures.update(prediction_figures(*predictions, "test"))
-    rows = read_rows(run_dir / "metrics.csv")
-    if evaluations(rows):
-        figures["curves"] = curves_figure(rows)
-    return write_figures(figures, run_dir / "figures", tensorboard_dir=run_dir, step=int(summary.get("steps", 0)))
+    plots = split_plots(templates, predictions, "test", read_rows(run_dir / "metrics.csv"))
+    return RunPlots(run_dir, int(summary.get("steps", 0)), plots)
 
 
-def prediction_figures(confidence: np.ndarray, correct: np.ndarray, split: str) -> dict:
-    """The confidence histogram and the reliability diagram of (confidence, correct) on `split`; none where
-    the confidences are not finite."""
-    if not np.isfinite(confidence).all():
+def split_plots(templates: tuple | None, predictions: tuple | None, split: str, rows: list[dict]) -> dict:
+    """The plots of a model evaluated on a split: its weight templates (K, C, H, W) with their names, the
+    confidence histogram and reliability diagram of its (confidence, correct) on `split`, and the curves of
+    its metrics.csv rows; each left out where its input is None or empty."""
+    plots = {}
+    if templates is not None:
+        plots["weight_templates"] = ("templates_figure", templates)
+    if predictions is not None and not np.isfinite(predictions[0]).all():
         log.warning("the confidences on %s are not finite: no confidence histogram or reliability diagram", split)
-        return {}
-    return {f"confidence_histogram_{split}": confidence_figure(confidence, correct, split),
-            f"reliability_{split}": reliability_figure(confidence, correct, split, ECE_BINS)}
+    elif predictions is not None:
+        plots[f"confidence_histogram_{split}"] = ("confidence_figure", (*predictions, split))
+        plots[f"reliability_{split}"] = ("reliability_figure", (*predictions, split, ECE_BINS))
+    if evaluations(rows):
+        plots["curves"] = ("curves_figure", (rows,))
+    return plots
 
 
-def write_figures(figures: dict, out_dir: Path, tensorboard_dir: Path | None = None, step: int = 0) -> list[Path]:
-    """Each figure rendered and encoded once, written as `out_dir/<name>.png` and, with a `tensorboard_dir`,
-    added there as the TensorBoard image `figures/<name>` at `step`."""
-    drawn = {name: draw_png(fig) for name, fig in figures.items()}
+def write_run_figures(run_plots: RunPlots, drawn: dict) -> list[Path]:
+    return write_figures(drawn, run_plots.run_dir / "figures", tensorboard_dir=run_plots.run_dir,
+                         step=run_plots.step)
+
+
+def write_figures(drawn: dict, out_dir: Path, tensorboard_dir: Path | None = None, step: int = 0) -> list[Path]:
+    """Each drawn figure (name -> (PNG, height, width)) written as `out_dir/<name>.png` and, with a
+    `tensorboard_dir`, added there as the TensorBoard image `figures/<name>` at `step`."""
     paths = []
     for name, (png, _, _) in drawn.items():
         path = out_dir / f"{name}.png"

@@ -221,9 +221,9 @@ class SweepCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if str(config.hydra.sweep.dir) in ANNOUNCERS:
             ANNOUNCERS.pop(str(config.hydra.sweep.dir)).stop()
-        draw_missing_figures(sweep_dir)
-        counts = tally(sweep_dir)
-        report = write_report(sweep_dir) if counts.get("completed", 0) + counts.get("early_stopped", 0) else None
+        with missing_figures_drawn(sweep_dir):
+            counts = tally(sweep_dir)
+            report = write_report(sweep_dir) if counts.get("completed", 0) + counts.get("early_stopped", 0) else None
         left = sum(counts.get(state, 0) for state in LEFT)
         print(f"losslab sweep {sweep_dir}: {tally_text(counts)}"
               + (f"; report: {sweep_dir / 'report.md'}" if report else "")
@@ -232,14 +232,15 @@ class SweepCallback(Callback):
             raise SystemExit(1)
 
 
-def draw_missing_figures(sweep_dir: Path) -> None:
+def missing_figures_drawn(sweep_dir: Path):
     """The figures of every job that has none yet (a job skipped as finished by a relaunch has its own), drawn
-    after all jobs, whichever launcher ran them; losslab.figures leaves out runs that did not finish."""
-    from losslab.figures import draw_run_figures
+    after all jobs, whichever launcher ran them, while the caller writes the report; losslab.figures leaves out
+    runs that did not finish."""
+    from losslab.figures import runs_figures_drawn
+    from losslab.runtime import usable_cores
 
-    for job in job_dirs(sweep_dir) if sweep_dir.is_dir() else []:
-        if not (job / "figures").exists():
-            draw_run_figures(job)
+    jobs = job_dirs(sweep_dir) if sweep_dir.is_dir() else []
+    return runs_figures_drawn([job for job in jobs if not (job / "figures").exists()], usable_cores())
 
 
 ANNOUNCERS = {}  # sweep dir -> its JobEndAnnouncer (not on the callback, which submitit pickles)
