@@ -129,6 +129,10 @@ def test_every_configured_loss_implements_the_interface(name):
     torch.testing.assert_close(probs.sum(-1), torch.ones(4))
     assert all(tag.startswith("loss/") and v.ndim == 0 for tag, v in loss.logged().items())
     assert (loss.param_lr is None) == (name not in ("min_ent", "mix_ent"))
+    assert isinstance(cls.scaled_probs_formula, str)
+    torch.testing.assert_close(loss.scaled_probs(logits, 1.0), probs)
+    for temperature in (0.3, 4.0):  # a temperature moves the confidences, never the prediction
+        assert torch.equal(loss.scaled_probs(logits, temperature).argmax(-1), probs.argmax(-1))
 
 
 class Identity(Loss):

@@ -22,6 +22,7 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor, label_smoothing: torch.
 
 
 class CrossEntropy(Loss):
+    scaled_probs_formula = "softmax(z/T)"
 
     def __init__(self, label_smoothing: float = 0.0):
         super().__init__()
