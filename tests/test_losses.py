@@ -8,6 +8,7 @@ from hydra.utils import get_class
 
 from losslab.cli import compose
 from losslab.config import CONF_DIR
+from losslab.errors import ConfigError
 from losslab.losses import BinaryCrossEntropy, CrossEntropy, EntropyGradient, Loss, MultiBinaryCrossEntropy, scale_step
 from losslab.models import DualLinear
 
@@ -39,6 +40,25 @@ def test_ce_value_and_gradient(k):
     assert value == pytest.approx(expected, rel=1e-12)
     onehot = np.eye(k)[y]
     np.testing.assert_allclose(grad, (p - onehot) / 7, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
+@pytest.mark.parametrize("k", [2, 10])
+def test_ce_with_label_smoothing_value_and_gradient(eps, k):
+    z, y = rng.normal(size=(7, k)) * 3, rng.integers(0, k, 7)
+    eps = float(torch.tensor(eps))  # the loss holds ε in a float32 buffer
+    log_p = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    expected = ((1 - eps) * -log_p[np.arange(7), y] + eps * (1 / k) * -log_p.sum(-1)).mean()
+    value, grad = value_and_grad(CrossEntropy(label_smoothing=eps).double(), z, y)
+    assert value == pytest.approx(expected, rel=1e-12)
+    target = (1 - eps) * np.eye(k)[y] + eps / k  # the smoothed target: ∂L/∂z = (p̂ - target) / N
+    np.testing.assert_allclose(grad, (np_softmax(z) - target) / 7, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("eps", [-0.1, 1.0])
+def test_label_smoothing_out_of_range_is_refused(eps):
+    with pytest.raises(ConfigError, match=r"loss.label_smoothing must be in \[0, 1\)"):
+        CrossEntropy(label_smoothing=eps)
 
 
 def test_bce_value_and_gradient_single_logit():
@@ -109,6 +129,10 @@ def test_every_configured_loss_implements_the_interface(name):
     torch.testing.assert_close(probs.sum(-1), torch.ones(4))
     assert all(tag.startswith("loss/") and v.ndim == 0 for tag, v in loss.logged().items())
     assert (loss.param_lr is None) == (name not in ("min_ent", "mix_ent"))
+    assert isinstance(cls.scaled_probs_formula, str)
+    torch.testing.assert_close(loss.scaled_probs(logits, 1.0), probs)
+    for temperature in (0.3, 4.0):  # a temperature moves the confidences, never the prediction
+        assert torch.equal(loss.scaled_probs(logits, temperature).argmax(-1), probs.argmax(-1))
 
 
 class Identity(Loss):

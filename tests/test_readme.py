@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shlex
@@ -347,6 +348,8 @@ def check_report(session: Newcomer, line: Line, argv: list[str]) -> None:
 
 def check_eval(session: Newcomer, line: Line, argv: list[str]) -> None:
     """`losslab-eval <run dir> split=...`: every metric again under <run dir>/eval/, the training results untouched."""
+    if "--calibrate" in argv:
+        return check_calibrate(session, line, argv)
     split = dict(w.split("=", 1) for w in argv if "=" in w).get("split", "test")
     for run_dir, command in filled(session, argv):
         training = tree_digest(run_dir, skip="eval")
@@ -360,6 +363,31 @@ def check_eval(session: Newcomer, line: Line, argv: list[str]) -> None:
                   if evaluated.get(key) is None or abs(evaluated[key] - final[key]) > 1e-6 * max(1, abs(final[key]))}
         expect(metrics and not differ, f"{run_dir}/eval/{split}.json does not reproduce the run's final "
                                        f"{split} metrics {metrics}: (eval, run) {differ}\n{result}")
+
+
+def check_calibrate(session: Newcomer, line: Line, argv: list[str]) -> None:
+    """`losslab-eval <run dir> --calibrate`: a temperature and the metrics before and after it in
+    <run dir>/eval/calibration.json, the same predictions, a val NLL no higher, the run's own final test metrics as
+    the ones before; a run whose validation split comes from its test set stops with README.md's sentence."""
+    for run_dir, command in filled(session, argv):
+        training = tree_digest(run_dir, skip="eval")
+        result = run(command, session.home, session.env)
+        expect(tree_digest(run_dir, skip="eval") == training, f"the training results in {run_dir} changed\n{result}")
+        if yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())["dataset"]["val_from"] == "test":
+            expect("dataset.val_from=test" in README.read_text(), "README.md does not say which runs are refused")
+            assert_documented_failure(result, ["dataset.val_from=test"])
+            continue
+        assert_ok(result)
+        calibration = json.loads((run_dir / "eval" / "calibration.json").read_text())
+        final = json.loads((run_dir / "summary.json").read_text())["final"]
+        before = {key: final[key] for key in ("val/nll", "test/acc", "test/nll", "test/ece", "test/brier")}
+        differ = {key: (calibration[key], value) for key, value in before.items()
+                  if abs(calibration[key] - value) > 1e-6 * max(1, abs(value))}
+        expect(not differ, f"calibration.json's metrics before T are not the run's (calibration, run): {differ}")
+        expect(calibration["calibration/temperature"] > 0 and all(
+            math.isfinite(calibration[f"calibrated/{key}"]) for key in before), f"no finite result\n{result}")
+        expect(calibration["calibrated/test/acc"] == calibration["test/acc"], f"T changed the accuracy\n{result}")
+        expect(calibration["calibrated/val/nll"] <= calibration["val/nll"], f"T raised the val NLL\n{result}")
 
 
 def free_port() -> int:

@@ -77,7 +77,8 @@ def test_stacked_jobs_draw_the_figures_of_separate_runs(tmp_path):
 def test_group_key_ignores_only_the_numbers_a_stack_holds():
     base = ["dataset=synthetic"]
     key = group_key(compose(base))
-    for numbers in (["optimizer.lr=0.3"], ["seed=7"], ["trainer.l2=0.1"], ["optimizer.momentum=0.9"]):
+    for numbers in (["optimizer.lr=0.3"], ["seed=7"], ["trainer.l2=0.1"], ["optimizer.momentum=0.9"],
+                    ["loss.label_smoothing=0.1"]):
         assert group_key(compose(base + numbers)) == key
     for other in (["model=fnn"], ["loss=mbce"], ["trainer.batch_size=64"], ["optimizer=adam"], ["trainer.epochs=2"]):
         assert group_key(compose(base + other)) != key
@@ -89,6 +90,14 @@ def test_sgd_grid_with_seeds_equals_separate_runs(tmp_path):
     assert "8 jobs stacked" in output
     assert len(stacked) == 8 and all(s["stacked"]["members"] == 8 for s in stacked.values())
     assert_same_runs(tmp_path, separate, stacked)
+
+
+@pytest.mark.slow
+def test_label_smoothing_per_member_equals_separate_runs(tmp_path):
+    separate, stacked, output = both(tmp_path, "trainer.epochs=1", "loss.label_smoothing=0,0.1,0.3")
+    assert "3 jobs stacked" in output
+    assert_same_runs(tmp_path, separate, stacked)
+    assert len({s["final"]["val/loss"] for s in stacked.values()}) == 3
 
 
 def test_lenet_adamw_with_step_schedule_and_early_stopping_equals_separate_runs(tmp_path):

@@ -271,7 +271,7 @@ def compose(overrides: list[str] = (), config_name: str = "train") -> DictConfig
 
 
 def evaluate() -> None:
-    """`losslab-eval <run dir or checkpoint> [split=test]`."""
+    """`losslab-eval <run dir or checkpoint> [split=test] [--calibrate]`."""
     from losslab.eval_command import main
 
     try:

@@ -107,6 +107,7 @@ class DualLinearConf:
 @dataclass
 class CEConf:
     _target_: str = "losslab.losses.CrossEntropy"
+    label_smoothing: float = 0.0  # ε in [0, 1): cross-entropy against the target (1 - ε)·e_y + ε/K
 
 
 @dataclass
@@ -231,7 +232,8 @@ class TrainerConf:
     max_steps: int | None = None  # stop after N optimiser steps (debug)
     patience: int | None = None  # early stopping after N evaluations without a better `monitor`
     # the metric that picks the best evaluation: early stopping, the plateau scheduler, best.pt, the report's best
-    # row and the sweeper objective; val/nll equals val/loss for ce and bce and is one rule for every loss
+    # row and the sweeper objective; val/nll equals val/loss for bce and for ce without label smoothing, and is one
+    # rule for every loss
     monitor: str = "val/nll"
     monitor_mode: str = "min"  # min | max
     l2: float = 0.0  # lambda * sum(w^2) over weight matrices, added to the objective

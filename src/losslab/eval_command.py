@@ -1,10 +1,17 @@
-"""`losslab-eval <run dir or checkpoint> [split=test]`: recompute a finished run's metrics and figures on a split.
+"""`losslab-eval <run dir or checkpoint> [split=test] [--calibrate]`: recompute a finished run's metrics and figures
+on a split.
 
 The config comes from the run's `.hydra/config.yaml`; the model's and the loss's weights from the checkpoint
 given, else the run's final model (`best.pt` when early stopping was on, else `last.pt`). The metrics are
 computed as the run's own final evaluation computes them (same batches, trainer.limit_eval_batches and
 precision), so they reproduce its numbers; the figures are drawn from the same evaluation. Results go to
 `<run dir>/eval/<split>.json` and `<run dir>/eval/figures/`; the training results are never touched.
+
+`--calibrate` also fits one temperature T on the validation split by NLL and reports the test metrics before and
+after dividing the logits by it (losslab.calibration), into `<run dir>/eval/calibration.json`. Every loss has a
+temperature-scaled form: softmax(z/T) for ce, min_ent and mix_ent, (1 - σ(s/T), σ(s/T)) for bce (Platt scaling
+with slope 1/T, no bias), σ(z/T) / Σ_k σ(z_k/T) for mbce. A run whose validation split is taken from the test set
+(dataset.val_from=test) is refused: its temperature would be fitted on test images.
 """
 
 from __future__ import annotations
@@ -15,13 +22,14 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from losslab.calibration import calibrate
 from losslab.config import check
 from losslab.drawing import draw_plots
 from losslab.errors import UserError
-from losslab.evaluation import evaluate
+from losslab.evaluation import evaluate, split_logits
 from losslab.figures import is_linear, read_rows, split_plots, weight_vectors, write_figures
 from losslab.fileio import write_json
-from losslab.rundir import final_checkpoint
+from losslab.rundir import CALIBRATION, final_checkpoint
 from losslab.runs import build
 from losslab.runtime import pick_device, use_float32_math
 
@@ -68,11 +76,35 @@ def first_line(error: Exception) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def check_calibratable(cfg) -> None:
+    if cfg.dataset.val_from == "test":
+        raise UserError("--calibrate fits the temperature on the validation split, which this run takes from its test "
+                        "set (dataset.val_from=test), so it would be fitted on test images; calibrate a run whose "
+                        "validation split is carved from train.")
+
+
+def calibrate_run(model, loss_fn, data, settings, run_dir: Path, checkpoint: Path) -> dict:
+    """T fitted on the val split, the test metrics before and after it; written to <run dir>/eval/calibration.json
+    and printed."""
+    val, test = (split_logits(model, *data.split(split), settings) for split in ("val", "test"))
+    result = calibrate(val, test, loss_fn.scaled_probs)
+    result |= {"calibration/probs": loss_fn.scaled_probs_formula, "checkpoint": str(checkpoint)}
+    write_json(run_dir / CALIBRATION, result)
+    print(f"temperature {result['calibration/temperature']:.4g}, fitted on val by NLL; probabilities "
+          f"{loss_fn.scaled_probs_formula}")
+    for metric in ("val/nll", "test/nll", "test/ece", "test/brier", "test/acc"):
+        print(f"{metric} {result[metric]:.6g} -> {result[f'calibrated/{metric}']:.6g}")
+    print(f"wrote {run_dir / CALIBRATION}")
+    return result
+
+
 def main(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser(prog="losslab-eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", type=Path, help="a run dir, or a checkpoint file inside one")
     parser.add_argument("overrides", nargs="*", help="split=train|val|test (default test), device=...")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="also fit a temperature on the val split and report the test metrics before and after")
     args = parser.parse_args(argv)
     options = dict(o.split("=", 1) for o in args.overrides if "=" in o)
     unknown = set(options) - {"split", "device"} or {o for o in args.overrides if "=" not in o}
@@ -88,6 +120,8 @@ def main(argv: list[str]) -> dict:
         raise UserError(f"{run_dir} has no .hydra/config.yaml, so the run's config is unknown; pass a losslab run dir.")
     cfg = OmegaConf.load(config_file)
     check(cfg)
+    if args.calibrate:
+        check_calibratable(cfg)
     device = pick_device(options.get("device", "auto"))
     use_float32_math(cfg.trainer.precision, device)
     data, loss_fn, model, _, _ = build(cfg, device)
@@ -104,4 +138,6 @@ def main(argv: list[str]) -> dict:
     figures = write_figures(draw_plots(plots), out_dir / "figures")
     print(" ".join(f"{k} {v:.6g}" for k, v in result.items() if k != "checkpoint"))
     print(f"wrote {out_dir / f'{split}.json'} and {len(figures)} figures in {out_dir / 'figures'}")
+    if args.calibrate:
+        result["calibration"] = calibrate_run(model, loss_fn, data, tr, run_dir, checkpoint)
     return result

@@ -22,24 +22,32 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate(model, loss_fn, x, y, settings) -> Evaluation:
-    """The split `x, y` in eval mode, in batches of trainer `settings.eval_batch_size` (only the first
-    `settings.limit_eval_batches` if set), at `settings.precision`."""
+def split_logits(model, x, y, settings) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float32 logits of the split `x, y` in eval mode and their labels, in batches of trainer
+    `settings.eval_batch_size` (only the first `settings.limit_eval_batches` if set), at `settings.precision`."""
     batch_size, limit, precision = settings.eval_batch_size, settings.limit_eval_batches, settings.precision
+    starts = range(0, len(y), batch_size)[:limit]
     was_training = model.training
     model.eval()
-    metrics, confidence, correct = SplitMetrics(x.device), [], []
-    for i, start in enumerate(range(0, len(y), batch_size)):
-        if limit is not None and i >= limit:
-            break
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+    logits = []
+    for start in starts:
         with autocast(x.device, precision):
-            logits = model(xb)
-        logits = logits.float()
-        top, hits = metrics.update(loss_fn.probs(logits), yb, loss_fn(logits, yb))
+            logits.append(model(x[start:start + batch_size]).float())
+    model.train(was_training)
+    logits = torch.cat(logits)
+    return logits, y[:len(logits)]
+
+
+@torch.no_grad()
+def evaluate(model, loss_fn, x, y, settings) -> Evaluation:
+    """The split `x, y` as `split_logits` computes it; the loss batch by batch, as training sees it."""
+    logits, y = split_logits(model, x, y, settings)
+    metrics, confidence, correct = SplitMetrics(x.device), [], []
+    for start in range(0, len(y), settings.eval_batch_size):
+        zb, yb = logits[start:start + settings.eval_batch_size], y[start:start + settings.eval_batch_size]
+        top, hits = metrics.update(loss_fn.probs(zb), yb, loss_fn(zb, yb))
         confidence.append(top)
         correct.append(hits.bool())
-    model.train(was_training)
     return Evaluation(metrics.result(), torch.cat(confidence), torch.cat(correct))
 
 

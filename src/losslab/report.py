@@ -32,6 +32,7 @@ import yaml
 from losslab.errors import UserError
 from losslab.fileio import atomic_write
 from losslab.job_dirs import job_dirs
+from losslab.rundir import CALIBRATION
 
 PROG = "losslab-report"
 TRAINED_TO_END = ("completed", "early_stopped")  # the statuses whose runs are averaged (a diverged run is listed)
@@ -41,6 +42,7 @@ LOWER_IS_BETTER = ("loss", "nll", "ece", "brier")
 CURVE_METRICS = ("val/loss", "val/acc")
 WEIGHT_NORM = "weights/sq_norm"
 LOG_SCALE_KEYS = ("lr", "weight_decay", "l2", "eps")
+CALIBRATION_PREFIXES = ("calibration/", "calibrated/")  # the metrics of eval/calibration.json a report reads
 SUMMARY_NOTES = (("error", "{}"), ("diverged_at_step", "diverged at step {}"), ("ended", "{}"),
                  ("resume", "resume: {}"))
 
@@ -145,6 +147,7 @@ def read_runs(sweep_dir: Path) -> list[Run]:
 def read_run(job_dir: Path) -> Run:
     overrides = read_overrides(job_dir / ".hydra" / "overrides.yaml")
     status, summary, note = status_of(job_dir / "summary.json")
+    add_calibration(summary, job_dir / CALIBRATION)
     if overrides is None:
         note = "; ".join(filter(None, ["no readable .hydra/overrides.yaml", note]))
     return Run(job_dir.name, overrides, status, summary, note)
@@ -174,6 +177,22 @@ def status_of(path: Path) -> tuple[str, dict, str]:
         return "unreadable", {}, "summary.json does not hold an object"
     note = "; ".join(template.format(summary[key]) for key, template in SUMMARY_NOTES if key in summary)
     return str(summary.get("status", "unknown")), summary, note
+
+
+def add_calibration(summary: dict, path: Path) -> None:
+    """The numbers `losslab-eval --calibrate` wrote to `path` under CALIBRATION_PREFIXES (e.g.
+    calibration/temperature, calibrated/test/nll), added to summary.json's final, so --metrics can choose them;
+    nothing when the run has no final metrics or no readable calibration file."""
+    final = summary.get("final")
+    if not isinstance(final, dict) or not path.is_file():
+        return
+    try:
+        calibration = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(calibration, dict):
+        final.update({key: value for key, value in calibration.items() if key.startswith(CALIBRATION_PREFIXES)
+                      and isinstance(value, (int, float)) and not isinstance(value, bool)})
 
 
 def read_curves(job_dir: Path) -> list[dict[str, float]]:
@@ -494,7 +513,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="the sweep dir of a `losslab-train -m` run")
     parser.add_argument("--metrics", nargs="+", metavar="TAG",
-                        help="keys of summary.json's final, e.g. val/acc test/acc (default: the metric the runs "
+                        help="keys of summary.json's final, e.g. val/acc test/acc, or after `losslab-eval "
+                             "--calibrate` calibrated/test/nll calibrated/test/ece calibrated/test/brier "
+                             "calibration/temperature (default: the metric the runs "
                              f"monitored, then {' '.join(DEFAULT_METRICS)}, and {' '.join(DEFAULT_IF_PRESENT)} when "
                              "logged). The best row is the best mean of the runs' trainer.monitor (min or max, as "
                              "trainer.monitor_mode says); with --metrics, or for runs that record no monitor, of the "

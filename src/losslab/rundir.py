@@ -45,6 +45,7 @@ HAS_RESULT = ("completed", "early_stopped", "diverged")  # a relaunched sweep sk
 LOCK = ".lock"
 STALE_ENV = "LOSSLAB_LOCK_STALE_S"
 DEFAULT_STALE_S = 60.0
+CALIBRATION = Path("eval", "calibration.json")  # `losslab-eval --calibrate`'s temperature and metrics, in a run dir
 
 log = logging.getLogger("losslab")
 

@@ -30,7 +30,7 @@ from losslab.stacked import StackedAdam, StackedOptimizer, StackedSGD, add_l2, s
 STACKABLE_KEYS = (
     "seed", "optimizer.lr", "optimizer.momentum", "optimizer.dampening", "optimizer.weight_decay", "optimizer.betas",
     "optimizer.eps", "trainer.l2", "trainer.grad_clip", "trainer.patience", "trainer.divergence_threshold",
-    "loss.beta1", "loss.beta2", "loss.base1", "loss.base2",
+    "loss.beta1", "loss.beta2", "loss.base1", "loss.base2", "loss.label_smoothing",
 )
 
 

@@ -19,6 +19,11 @@ class Loss(nn.Module, metaclass=abc.ABCMeta):
     - ``head_size(num_classes)``: how many outputs the model needs for ``num_classes`` classes.
     - ``forward(logits, y)``: the batch-mean loss, a 0-dim tensor.
     - ``probs(logits)``: the (N, K) class probabilities; the prediction is their argmax.
+    - ``scaled_probs(logits, temperature)``: the probabilities of the logits divided by one temperature T > 0,
+      ``probs(logits / T)`` (post-hoc temperature scaling, ``losslab.calibration``). Every loss here predicts
+      argmax_k z_k (one logit: its sign), which dividing by T keeps: T moves only the confidences.
+    - ``scaled_probs_formula`` (class attribute, no default): that function written out, e.g. ``softmax(z/T)``;
+      calibration reports it.
     - ``logged()``: values to log every step, 0-dim tensors on the loss's device keyed by tag (``loss/beta1``);
       by default none.
     - ``step_scale(logits_before, logits_after, epoch)``: only for ``scales_steps`` losses. Given the batch's
@@ -33,6 +38,7 @@ class Loss(nn.Module, metaclass=abc.ABCMeta):
     binary_only: bool = False
     scales_steps: bool = False
     param_lr: float | None = None
+    scaled_probs_formula: str
 
     @abc.abstractmethod
     def head_size(self, num_classes: int) -> int: ...
@@ -42,6 +48,9 @@ class Loss(nn.Module, metaclass=abc.ABCMeta):
 
     @abc.abstractmethod
     def probs(self, logits: torch.Tensor) -> torch.Tensor: ...
+
+    def scaled_probs(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        return self.probs(logits / temperature)
 
     def logged(self) -> dict[str, torch.Tensor]:
         return {}

@@ -17,6 +17,7 @@ def binary_cross_entropy(logit: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 class BinaryCrossEntropy(Loss):
     binary_only = True
+    scaled_probs_formula = "(1 - σ(s/T), σ(s/T))"
 
     @staticmethod
     def head_size(num_classes: int) -> int:

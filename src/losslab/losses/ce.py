@@ -1,27 +1,41 @@
-"""Cross-entropy.
+"""Cross-entropy, with optional label smoothing (Szegedy et al. 2016): the cross-entropy against the target
+(1 - ε)·e_y + ε/K, K classes.
 
-    L = -log p̂_y,   p̂ = softmax(z)           (batch mean)
+    L = (1 - ε)·(-ln p̂_y) + ε·(1/K)·Σ_k (-ln p̂_k),   p̂ = softmax(z)     (batch mean)
 
-Head: K outputs. Prediction: argmax_k p̂_k; confidences: p̂.
+ε = loss.label_smoothing in [0, 1); ε = 0 (the default) is plain cross-entropy -ln p̂_y.
+Head: K outputs. Prediction: argmax_k p̂_k; confidences: p̂ (smoothing changes the loss, not the probabilities:
+val/nll stays -ln p̂_y and differs from val/loss when ε > 0).
 """
 
 import torch
 import torch.nn.functional as F
 
+from losslab.errors import require
 from losslab.losses.base import Loss
 
 
-def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, y)
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor, label_smoothing: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """The batch mean of (1 - ε)·(-ln p̂_y) + ε·mean_k(-ln p̂_k); ε may be a tensor (one per stacked member)."""
+    log_p = logits.log_softmax(-1)
+    return (1 - label_smoothing) * F.nll_loss(log_p, y) - label_smoothing * log_p.mean(-1).mean()
 
 
 class CrossEntropy(Loss):
+    scaled_probs_formula = "softmax(z/T)"
+
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        require(0 <= label_smoothing < 1, f"loss.label_smoothing must be in [0, 1), got {label_smoothing}.")
+        # a buffer, so a stack of runs holds one ε per member; not in the state dict: it comes from the config
+        self.register_buffer("label_smoothing", torch.tensor(float(label_smoothing)), persistent=False)
+
     @staticmethod
     def head_size(num_classes: int) -> int:
         return num_classes
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return cross_entropy(logits, y)
+        return cross_entropy(logits, y, self.label_smoothing.to(logits.dtype))
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.softmax(-1)

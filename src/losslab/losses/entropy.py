@@ -84,6 +84,8 @@ def check_entropy_loss_args(
 class EntropyLoss(Loss):
     """β1·CE_{b1} + β2·T_{b2}; a subclass gives T in nats per sample as `second_term(probs, y)`."""
 
+    scaled_probs_formula = "softmax(z/T)"
+
     def __init__(
         self,
         beta1: float = 1.0,

@@ -39,6 +39,7 @@ def delta_schedule(epoch: int, delta0: float, gamma: float, delta_min: float) ->
 class EntropyGradient(Loss):
     binary_only = True
     scales_steps = True
+    scaled_probs_formula = "(1 - σ(s/T), σ(s/T))"
 
     def __init__(self, delta0: float = 0.1, gamma: float = 0.9, delta_min: float = 0.01):
         super().__init__()

@@ -18,6 +18,7 @@ def multi_binary_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.T
 
 
 class MultiBinaryCrossEntropy(Loss):
+    scaled_probs_formula = "σ(z/T) / Σ_k σ(z_k/T)"
     @staticmethod
     def head_size(num_classes: int) -> int:
         return num_classes
