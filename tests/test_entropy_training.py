@@ -3,6 +3,7 @@ MNIST, and the EMNIST VGG-5 presets."""
 
 import pytest
 import torch
+from commands import metrics_rows
 from tb_events import read_events
 
 from losslab.cli import compose
@@ -32,6 +33,10 @@ def test_learnable_loss_parameters_train_checkpoint_and_log(loss, tmp_path):
         assert len(values) == 28  # every step (2 epochs x 14 steps)
         assert values[0] == pytest.approx(initial[tag], rel=1e-6)  # logged with the loss it produced
         assert values[-1] != pytest.approx(initial[tag], abs=1e-4)  # learnt
+        # metrics.csv: the value after each evaluation's step (2 epochs), then the final row's
+        in_csv = [float(row[tag]) for row in metrics_rows(tmp_path)]
+        assert len(in_csv) == 3 and in_csv[-1] == pytest.approx(summary["final"][tag], rel=1e-6)
+        assert in_csv[0] != pytest.approx(initial[tag], abs=1e-4)
     # the checkpoint carries the loss state, and loading it restores the learnt values
     last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     _, fresh_loss, _, _, _ = build(cfg, torch.device("cpu"))

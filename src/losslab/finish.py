@@ -53,7 +53,7 @@ def final_evaluation(group: Group, run: Run, status: str, diverged_at: int | Non
     if settings.patience is not None and progress.best_state is not None:
         run.model.load_state_dict(progress.best_state["model"])
         run.loss_fn.load_state_dict(progress.best_state["loss"])
-    final = position_row(group, run) | {k: v.item() for k, v in run.loss_fn.logged().items()}
+    final = position_row(group, run) | loss_values(run)
     for split in ("train", "val", "test"):
         evaluation = evaluate(run.model, run.loss_fn, *group.data.split(split), settings)
         final.update({f"{split}/{k}": v for k, v in evaluation.metrics.items()})
@@ -101,6 +101,11 @@ def position_row(group: Group, run: Run) -> dict:
     return {"step": group.position.step, "epoch": round(group.position.step / group.counts[0], 4),
             "lr": run.optimizer.param_groups[0]["lr"],
             "weights/sq_norm": sum(w.detach().double().square().sum() for w in weights).item() if weights else 0.0}
+
+
+def loss_values(run: Run) -> dict[str, float]:
+    """The loss's logged values as they stand (after the last step): its learnable coefficients and bases."""
+    return {k: v.item() for k, v in run.loss_fn.logged().items()}
 
 
 def log_train_steps(run: Run, values: list[list[float]], sizes: list[int], first: int) -> dict:

@@ -50,13 +50,14 @@ def hparams_of(cfg: DictConfig, choices: dict[str, str | None], overrides: list[
 
 class RunLogger:
     def __init__(self, run_dir: Path, cfg: DictConfig, hparams: dict, resume_rows: int | None = None,
-                 resume_step: int = 0):
+                 resume_step: int = 0, loss_columns: tuple[str, ...] = ()):
         """`resume_rows`: continue a run whose checkpoint was written after that many metrics.csv rows, at
         `resume_step`; the rows and TensorBoard events the stopped run wrote after it are dropped, so nothing
-        appears twice."""
+        appears twice. `loss_columns`: the loss's logged values (loss/beta1, ...), metrics.csv's last columns."""
         SummaryWriter, hparams_summary, self.Summary = import_tensorboard()
         self.run_dir = run_dir
         self.csv_path = run_dir / "metrics.csv"
+        self.columns = [*COLUMNS, *loss_columns]
         if resume_rows is not None:
             self.writer = SummaryWriter(log_dir=str(run_dir), max_queue=1000, purge_step=resume_step + 1)
             self._truncate_csv(resume_rows)
@@ -69,14 +70,14 @@ class RunLogger:
         _, session_start, session_end = hparams_summary(hparams, {})
         for summary in (session_start, session_end):
             self.writer.file_writer.add_summary(summary)
-        write_csv(self.csv_path, [COLUMNS])
+        write_csv(self.csv_path, [self.columns])
         self.rows = 0
 
     def _truncate_csv(self, rows: int) -> None:
         """Keep the header and the first `rows` rows (rewritten atomically)."""
         lines = self.csv_path.read_text().splitlines(keepends=True) if self.csv_path.exists() else []
         kept = list(csv.reader(line for line in lines[1:rows + 1] if line.endswith("\n")))
-        write_csv(self.csv_path, [COLUMNS, *kept])
+        write_csv(self.csv_path, [self.columns, *kept])
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         """All `values` at `step` as one event (a sweep logs train/loss and train/acc of every job every step:
@@ -86,7 +87,7 @@ class RunLogger:
         self.writer.file_writer.add_summary(summary, step)
 
     def row(self, values: dict[str, float]) -> None:
-        append_csv_row(self.csv_path, ["" if values.get(c) is None else values[c] for c in COLUMNS])
+        append_csv_row(self.csv_path, ["" if values.get(c) is None else values[c] for c in self.columns])
         self.rows += 1
 
     def text(self, tag: str, text: str, step: int) -> None:

@@ -6,11 +6,21 @@ is still running. A config is the set of overrides that vary across the sweep's 
 completed and early_stopped runs are aggregated; diverged, failed, interrupted and unfinished runs (no summary.json
 yet) are listed, never averaged in.
 
-Spread is the sample standard deviation (ddof=1) over seeds, empty (– in report.md) when n = 1. The best row has
-the best mean of the metric the runs monitored (summary.json's `monitor`, from trainer.monitor and
-trainer.monitor_mode), shown first; with `--metrics`, or for runs that record no monitor, the highest mean of the
-first metric, or the lowest when that metric is lower-is-better: a name ending in loss, nll, ece or brier. Of equal
-rows, the first in job order.
+Spread is the sample standard deviation (ddof=1) over seeds, empty (– in report.md) when n = 1. Beside it, the 95 %
+confidence interval of the mean: mean ± t(0.975, n − 1)·s/√n (Student t, from scipy), none when n = 1 and wide at
+n = 2 (t(0.975, 1) = 12.7). The best row has the best mean of the metric the runs monitored (summary.json's
+`monitor`, from trainer.monitor and trainer.monitor_mode), shown first; with `--metrics`, or for runs that record no
+monitor, the highest mean of the first metric, or the lowest when that metric is lower-is-better: a name ending in
+loss, nll, ece or brier. Of equal rows, the first in job order.
+
+Each config is compared with a reference config over matched seeds (see `paired_comparison`): the reference values
+(`--reference loss=ce`; by default loss=ce when the sweep varies the loss and ce is one of its values, else no
+comparison) pick the reference configs, and a config is compared with the one that shares most of its other swept
+values. The same seed gives the same initialisation and data order in every config, so runs pair by seed; a config
+lacking a seed the reference has is compared over the seeds both have, and the number of pairs is shown.
+
+The losses with learnable coefficients and log bases (min_ent, mix_ent) log them as loss/* columns of metrics.csv:
+their final values get a table (mean ± std over seeds) and their trajectories a figure, learned_values.png.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import os
 import re
 import statistics
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +56,15 @@ LOG_SCALE_KEYS = ("lr", "weight_decay", "l2", "eps")
 CALIBRATION_PREFIXES = ("calibration/", "calibrated/")  # the metrics of eval/calibration.json a report reads
 SUMMARY_NOTES = (("error", "{}"), ("diverged_at_step", "diverged at step {}"), ("ended", "{}"),
                  ("resume", "resume: {}"))
+CONFIDENCE = 0.95  # of the intervals: the mean's, and the mean paired difference's
+ALPHA = 0.05  # a paired comparison with p below it reads "better than" or "worse than"
+DEFAULT_REFERENCE = {"loss": "ce"}  # where the sweep varies the loss and ce is one of its values
+LEARNED = "loss/"  # the prefix of a loss's learned values in metrics.csv and summary.json's final
+LEARNED_FIGURE = "learned_values.png"
+COMPARED = ("pairs", "diff", "diff low", "diff high", "p", "vs reference")  # a row's comparison, per metric
+NO_TEST = {0: "– with 0 pairs: no seed in common with the reference (runs pair by seed; a run without one cannot "
+              "be paired).",
+           1: "– with 1 pair: one difference has no spread, so no interval and no test."}
 
 
 @dataclass
@@ -87,10 +107,26 @@ class Config:
 
 
 @dataclass
+class Paired:
+    """A metric of a config against its reference config over the seeds both have: `pairs` of them, the mean of
+    the differences config − reference, its 95 % interval (low, high) and the paired t-test's two-sided p. Only
+    the mean for one pair or a value not finite; low = high = mean and no p when every difference is the same."""
+
+    pairs: int
+    diff: float | None = None
+    low: float | None = None
+    high: float | None = None
+    p: float | None = None
+
+
+@dataclass
 class Report:
     """What `write_report` wrote, as plain data. `rows`: one dict per config with its values of `keys`, n,
-    `<metric> mean`, `<metric> std`, best, seeds, jobs and counts (runs that have each metric).
-    `not_aggregated`: one dict per run left out, with job, status, overrides (text), values, seed and note."""
+    `<metric> mean`, `<metric> std`, `<metric> ci low`, `<metric> ci high`, best, seeds, jobs and counts (runs
+    that have each metric); then `reference` (the label of the config it is compared with, None for a reference
+    config or without one) and per metric `<metric> pairs`, `diff`, `diff low`, `diff high`, `p` and
+    `vs reference` (the comparison in words). `not_aggregated`: one dict per run left out, with job, status,
+    overrides (text), values, seed and note. `learned_rows`: config rows of the `learned` loss/* values."""
 
     sweep_dir: Path
     keys: list[str]
@@ -100,14 +136,19 @@ class Report:
     rows: list[dict]
     not_aggregated: list[dict]
     files: list[Path]
+    reference: dict[str, str | None] = field(default_factory=dict)  # the reference values; {} for none
+    learned: list[str] = field(default_factory=list)
+    learned_rows: list[dict] = field(default_factory=list)
 
     @property
     def best(self) -> dict | None:
         return next((row for row in self.rows if row["best"]), None)
 
 
-def write_report(sweep_dir: Path, metrics: list[str] | None = None) -> Report:
-    """Write report.csv, report.md and the plots into `sweep_dir` and return what they hold."""
+def write_report(sweep_dir: Path, metrics: list[str] | None = None,
+                 reference: dict[str, str | None] | None = None) -> Report:
+    """Write report.csv, report.md and the plots into `sweep_dir` and return what they hold. `reference`: the
+    values that pick the reference configs (see `choose_reference`; None: the default)."""
     sweep_dir = Path(sweep_dir)
     runs = read_runs(sweep_dir)
     keys = varying_keys(runs)
@@ -117,11 +158,18 @@ def write_report(sweep_dir: Path, metrics: list[str] | None = None) -> Report:
     best_by = monitor or (metrics[0], "min" if lower_is_better(metrics[0]) else "max")
     rows = [config_row(config, metrics) for config in configs]
     mark_best(rows, *best_by)
+    reference = choose_reference(configs, keys, reference)
+    add_comparisons(rows, configs, metrics, reference)
     not_aggregated = [run_row(run) for run in runs if not run.aggregated]
-    report = Report(sweep_dir, keys, metrics, best_by, monitor is not None, rows, not_aggregated, files=[])
+    learned = learned_keys(runs)
+    learned_rows = [config_row(config, learned) for config in configs
+                    if any(run.value(key) is not None for run in config.runs for key in learned)]
+    report = Report(sweep_dir, keys, metrics, best_by, monitor is not None, rows, not_aggregated, files=[],
+                    reference=reference, learned=learned, learned_rows=learned_rows)
 
     report.files += plot_curves(sweep_dir, configs, runs)
     report.files += plot_against_parameters(sweep_dir, configs, keys, metrics)
+    report.files += plot_learned(sweep_dir, configs)
     atomic_write(sweep_dir / "report.csv", lambda tmp: tmp.write_text(csv_text(report)))
     atomic_write(sweep_dir / "report.md", lambda tmp: tmp.write_text(markdown(report)))
     report.files += [sweep_dir / "report.csv", sweep_dir / "report.md"]
@@ -270,12 +318,31 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), std
 
 
+def mean_interval(values: list[float]) -> tuple[float | None, float | None]:
+    """The 95 % confidence interval of the mean, mean ± t(0.975, n − 1)·s/√n (Student t, as scipy's
+    ttest_1samp gives it); (None, None) for fewer than two values, (nan, nan) when a value is not finite, the
+    mean twice when all values are equal."""
+    if len(values) < 2:
+        return None, None
+    if not all(map(math.isfinite, values)):
+        return math.nan, math.nan
+    if min(values) == max(values):
+        return values[0], values[0]
+    from scipy import stats
+
+    with warnings.catch_warnings():  # scipy warns of lost precision for nearly equal values; the result stands
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = stats.ttest_1samp(values, 0.0).confidence_interval(CONFIDENCE)
+    return float(low), float(high)
+
+
 def config_row(config: Config, metrics: list[str]) -> dict:
     row = {**config.values, "n": len(config.runs)}
     counts = {}
     for metric in metrics:
         values = [v for run in config.runs if (v := run.value(metric)) is not None]
         row[f"{metric} mean"], row[f"{metric} std"] = mean_std(values)
+        row[f"{metric} ci low"], row[f"{metric} ci high"] = mean_interval(values)
         counts[metric] = len(values)
     return {**row, "best": False, "seeds": [run.seed for run in config.runs],
             "jobs": [run.job for run in config.runs], "counts": counts}
@@ -294,6 +361,138 @@ def mark_best(rows: list[dict], metric: str, mode: str) -> None:
         max(scored, key=lambda row: sign * row[f"{metric} mean"])["best"] = True
 
 
+# ---- comparing with a reference config over matched seeds
+
+
+def choose_reference(configs: list[Config], keys: list[str],
+                     given: dict[str, str | None] | None) -> dict[str, str | None]:
+    """The reference values: `given` (swept keys only, matched by some config), else loss=ce where the sweep
+    varies the loss and ce is one of its values, else none ({}: no comparison)."""
+    if given is None:
+        default = "loss" in keys and any(matches(config.values, DEFAULT_REFERENCE) for config in configs)
+        return dict(DEFAULT_REFERENCE) if default else {}
+    unswept = [key for key in given if key not in keys]
+    if unswept:
+        raise UserError(f"--reference names {', '.join(unswept)}, which the sweep does not vary; choose from "
+                        f"{', '.join(keys) or 'none (every job has the same overrides but the seed)'}.")
+    if not any(matches(config.values, given) for config in configs):
+        seen = "; ".join(f"{key}: {', '.join(sorted({str(c.values[key]) for c in configs}))}" for key in given)
+        raise UserError(f"No config of the sweep has {reference_name(given)}; its values are {seen}.")
+    return dict(given)
+
+
+def matches(values: dict[str, str | None], reference: dict[str, str | None]) -> bool:
+    """Whether `values` has the reference values: equal as text or as numbers (0 and 0.0); a reference value of
+    None matches a config that does not set the key."""
+    def same(value: str | None, wanted: str | None) -> bool:
+        if value is None or wanted is None:
+            return value is wanted
+        return value == wanted or to_float(value) is not None and to_float(value) == to_float(wanted)
+
+    return all(same(values.get(key), wanted) for key, wanted in reference.items())
+
+
+def reference_name(reference: dict[str, str | None]) -> str:
+    """The reference values in words: the loss's name alone where the loss is the only key (ce), else
+    key=value pairs."""
+    if list(reference) == ["loss"] and reference["loss"] is not None:
+        return reference["loss"]
+    return " ".join(f"{key} unset" if value is None else f"{key}={value}" for key, value in reference.items())
+
+
+def reference_config(config: Config, configs: list[Config], reference: dict[str, str | None]) -> Config | None:
+    """The config `config` is compared with: of those that have the reference values, the one sharing most of
+    its other swept values (in a loss × l2 grid, ce at the same l2), the first in job order of equals; None for a
+    config that has the reference values itself, or without reference values."""
+    if not reference or matches(config.values, reference):
+        return None
+    candidates = [other for other in configs if matches(other.values, reference)]
+    others = [key for key in config.values if key not in reference]
+    return max(candidates, key=lambda other: sum(other.values[key] == config.values[key] for key in others))
+
+
+def by_seed(config: Config, metric: str) -> dict[str, float]:
+    """`metric` of the config's runs by seed (as text); runs without a seed or without the metric are left out."""
+    values: dict[str, float] = {}
+    for run in config.runs:
+        value = run.value(metric)
+        if run.seed is not None and value is not None:
+            values.setdefault(str(run.seed), value)
+    return values
+
+
+def paired_comparison(config: Config, reference: Config, metric: str) -> Paired:
+    """`metric` of `config` against `reference` over the seeds both have, by the paired t-test (scipy's
+    ttest_rel): the differences d_i = config_i − reference_i of seed i, their mean d̄, its 95 % interval
+    d̄ ± t(0.975, n − 1)·s_d/√n, and the two-sided p of t = d̄/(s_d/√n) with n − 1 degrees of freedom.
+
+    Paired, because a seed fixes the initialisation and the data order in every config: much of a run's luck is
+    its seed's, shared by both runs of a pair, and the differences are free of it, where an unpaired test would
+    count it as noise twice. A t-test, because a rank test cannot reject at the seed counts a sweep has:
+    Wilcoxon's signed-rank test has no two-sided p below 0.05 for n ≤ 5 pairs (at best 2/2⁵ = 0.0625), however
+    large and consistent the differences. The t-test assumes the differences roughly normal."""
+    own, theirs = by_seed(config, metric), by_seed(reference, metric)
+    seeds = [seed for seed in own if seed in theirs]
+    diffs = [own[seed] - theirs[seed] for seed in seeds]
+    if len(diffs) < 2 or not all(map(math.isfinite, diffs)):
+        return Paired(len(diffs), statistics.fmean(diffs) if diffs else None)
+    mean = statistics.fmean(diffs)
+    if min(diffs) == max(diffs):  # no spread: t is 0/0 or ±∞, no test
+        return Paired(len(diffs), mean, mean, mean)
+    from scipy import stats
+
+    with warnings.catch_warnings():  # scipy warns of lost precision for nearly equal differences; the result stands
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = stats.ttest_rel([own[seed] for seed in seeds], [theirs[seed] for seed in seeds])
+        low, high = result.confidence_interval(CONFIDENCE)
+    return Paired(len(diffs), mean, float(low), float(high), float(result.pvalue))
+
+
+def verdict(paired: Paired, metric: str, name: str) -> str:
+    """The comparison in words, at α = 0.05: "better than" or "worse than" `name` (by the sign of the difference
+    and whether lower is better for the metric) when p < α, else "not distinguishable from" (which is no proof of
+    equality); "–" without a test (fewer than two pairs, a value not finite)."""
+    if paired.pairs < 2 or paired.diff is None or not math.isfinite(paired.diff):
+        return "–"
+    direction = "worse" if (paired.diff > 0) == lower_is_better(metric) else "better"
+    if paired.p is None:
+        if paired.diff == 0:
+            return f"not distinguishable from {name} (identical in all {paired.pairs} pairs)"
+        return f"{direction} than {name} by the same amount in all {paired.pairs} pairs (no spread: no test)"
+    if paired.p >= ALPHA:
+        return f"not distinguishable from {name} ({p_text(paired.p)})"
+    return f"{direction} than {name} ({p_text(paired.p)})"
+
+
+def p_text(p: float) -> str:
+    """p to two significant digits (more where two would round it onto α), or "p < 0.001"."""
+    if p < 0.001:
+        return "p < 0.001"
+    text = f"{p:.2g}"
+    return f"p = {p:.4g}" if float(text) == ALPHA and p != ALPHA else f"p = {text}"
+
+
+def add_comparisons(rows: list[dict], configs: list[Config], metrics: list[str],
+                    reference: dict[str, str | None]) -> None:
+    """Adds to each config's row its comparison with its reference config (`reference_config`), per metric."""
+    name = reference_name(reference)
+    for row, config in zip(rows, configs):
+        against = reference_config(config, configs, reference)
+        row["reference"] = against.label() if against else None
+        for metric in metrics:
+            row.update({f"{metric} {column}": None for column in COMPARED})
+            if against:
+                paired = paired_comparison(config, against, metric)
+                values = (paired.pairs, paired.diff, paired.low, paired.high, paired.p, verdict(paired, metric, name))
+                row.update({f"{metric} {column}": value for column, value in zip(COMPARED, values)})
+
+
+def learned_keys(runs: list[Run]) -> list[str]:
+    """The loss/* values in the aggregated runs' summary.json `final`, in the order logged."""
+    finals = [run.summary.get("final") or {} for run in runs if run.aggregated]
+    return list(dict.fromkeys(key for final in finals for key in final if key.startswith(LEARNED)))
+
+
 def run_row(run: Run) -> dict:
     overrides = " ".join(f"{k}={v}" for k, v in (run.overrides or {}).items())
     return {"job": run.job, "status": run.status, "overrides": overrides, "note": run.note,
@@ -304,9 +503,12 @@ def run_row(run: Run) -> dict:
 
 
 def csv_text(report: Report) -> str:
-    """Config rows (status "aggregate") then one row per run not aggregated, with its own status and job."""
-    stats = [f"{m} {s}" for m in report.metrics for s in ("mean", "std")]
-    columns = [*report.keys, "status", "n", *stats, "best", "seeds", "jobs", "note"]
+    """Config rows (status "aggregate") then one row per run not aggregated, with its own status and job. A config
+    row has per metric mean, std and its 95 % interval (ci low, ci high), then the reference config it is compared
+    with and per metric the pairs, the mean difference, its interval (diff low, diff high), p and the words."""
+    stats = [f"{m} {s}" for m in report.metrics for s in ("mean", "std", "ci low", "ci high")]
+    compared = [f"{m} {s}" for m in report.metrics for s in COMPARED]
+    columns = [*report.keys, "status", "n", *stats, "best", "reference", *compared, "seeds", "jobs", "note"]
     records = [{**row, "status": "aggregate", "best": int(row["best"])} for row in report.rows]
     records += [{**run["values"], "status": run["status"], "seeds": [run["seed"]], "jobs": [run["job"]],
                  "note": run["note"]} for run in report.not_aggregated]
@@ -339,13 +541,16 @@ def markdown(report: Report) -> str:
         f"(completed or early_stopped), {len(report.not_aggregated)} not aggregated (listed below).",
         "",
         "One row per config (the overrides that vary across the jobs, seed excluded). Each cell is the mean ± "
-        "sample std (ddof=1) over the config's aggregated runs; – when n = 1, (n=k) when only k of them have the "
-        f"metric. **best**: {direction} mean {metric} ({why}; of equals, the first).",
+        "sample std (ddof=1) over the config's aggregated runs [the 95 % confidence interval of the mean, Student t "
+        "with n − 1 degrees of freedom]; – and no interval when n = 1 (one value has no spread), (n=k) when only k "
+        f"of them have the metric. **best**: {direction} mean {metric} ({why}; of equals, the first).",
         "",
         table([*report.keys, "n", *report.metrics, "best"],
               [[*(row[k] for k in report.keys), row["n"], *(stat_cell(row, m) for m in report.metrics),
                 "**best**" if row["best"] else ""] for row in report.rows]),
         *best_line(report),
+        *comparison_lines(report),
+        *learned_lines(report),
         "",
         "## Runs not aggregated",
         "",
@@ -389,7 +594,60 @@ def stat_cell(row: dict, metric: str) -> str:
     if mean is None:
         return ""
     text = f"{mean:.4g} ± " + ("–" if std is None else f"{std:.2g}")
+    low, high = row[f"{metric} ci low"], row[f"{metric} ci high"]
+    text += "" if low is None else f" [{low:.4g}, {high:.4g}]"
     return text + (f" (n={count})" if count < row["n"] else "")
+
+
+def comparison_lines(report: Report) -> list[str]:
+    """The section comparing each config with its reference config: one row per config compared, a column per
+    metric with the mean difference [its 95 % interval] and the words, the pairs it rests on, then why a cell is
+    – where one is. Without reference values, one sentence on how to ask for them."""
+    if not report.reference:
+        return [] if len(report.rows) < 2 else [
+            "", "No comparison between configs: the sweep does not vary the loss with ce among its values; "
+                "`losslab-report <sweep dir> --reference KEY=VALUE` compares each config with the one you name."]
+    name = reference_name(report.reference)
+    compared = [row for row in report.rows if row["reference"]]
+    lines = ["", f"## Compared with {name}", "",
+             f"Each config against the config with {name} that shares its other values (the reference column), "
+             "over the seeds both have (pairs; a seed is the same initialisation and data order in both): the mean "
+             "difference config − reference [its 95 % interval] and the paired t-test's two-sided p. At α = 0.05 "
+             "the words say better or worse (for the metric: lower is better for names ending in "
+             f"{', '.join(LOWER_IS_BETTER)}), else not distinguishable, which is no proof of equality; p is not "
+             "corrected for the number of comparisons.", ""]
+    cells = []
+    for row in compared:
+        most = max(row[f"{m} pairs"] for m in report.metrics)
+        cells.append([*(row[k] for k in report.keys), row["reference"], most,
+                      *(comparison_cell(row, m, most) for m in report.metrics)])
+    lines.append(table([*report.keys, "reference", "pairs", *report.metrics], cells))
+    pairs = {row[f"{m} pairs"] for row in compared for m in report.metrics}
+    notes = [NO_TEST[n] for n in sorted(pairs & NO_TEST.keys())]
+    return lines + (["", *notes] if notes else [])
+
+
+def comparison_cell(row: dict, metric: str, most: int) -> str:
+    """The mean difference [its 95 % interval]: the words; (n=k) where fewer pairs than `most` have the metric."""
+    words, diff, low, high, pairs = (row[f"{metric} {s}"] for s in ("vs reference", "diff", "diff low",
+                                                                     "diff high", "pairs"))
+    fewer = f" (n={pairs})" if pairs < most else ""
+    if words == "–" or low is None:
+        return words + fewer
+    return f"{diff:+.2g} [{low:+.2g}, {high:+.2g}]: {words}{fewer}"
+
+
+def learned_lines(report: Report) -> list[str]:
+    """The table of the learned loss values at the end of training, per config."""
+    if not report.learned_rows:
+        return []
+    return ["", "## Learned loss values", "",
+            "The loss's coefficients and log bases at the end of training (summary.json's final, from the best "
+            "weights under early stopping), mean ± sample std [95 % interval] over seeds; their trajectories over "
+            f"training are in {LEARNED_FIGURE}.", "",
+            table([*report.keys, "n", *report.learned],
+                  [[*(row[k] for k in report.keys), row["n"], *(stat_cell(row, m) for m in report.learned)]
+                   for row in report.learned_rows])]
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -430,9 +688,7 @@ def plot_curves(sweep_dir: Path, configs: list[Config], runs: list[Run]) -> list
     curves = [(run, rows) for run, rows in curves if rows]
     if not curves:
         return []
-    from matplotlib import colormaps
-
-    colors = colormaps["tab10" if len(configs) <= 10 else "tab20"]
+    colors = config_colors(len(configs))
     fig, axes = new_figure(len(CURVE_METRICS))
     labelled = set()
     for run, rows in curves:
@@ -451,6 +707,61 @@ def plot_curves(sweep_dir: Path, configs: list[Config], runs: list[Run]) -> list
         ax.grid(alpha=0.3)
     fig.legend(loc="outside right upper", fontsize="small")
     return [save(fig, sweep_dir / "val_curves.png")]
+
+
+def config_colors(n_configs: int):
+    """A colormap of at least `n_configs` colours where it can (tab20 past ten configs; beyond 20 they repeat)."""
+    from matplotlib import colormaps
+
+    return colormaps["tab10" if n_configs <= 10 else "tab20"]
+
+
+def learned_curves(sweep_dir: Path, config: Config) -> list[dict[str, list[tuple[float, float]]]]:
+    """Per aggregated run of `config`: each loss/* value's (step, value) at the evaluations of its metrics.csv."""
+    curves = []
+    for run in config.runs:
+        rows = read_curves(sweep_dir / run.job)
+        keys = dict.fromkeys(key for row in rows for key in row if key.startswith(LEARNED))
+        points = {key: [(row["step"], row[key]) for row in rows if finite(row.get("step")) and finite(row.get(key))]
+                  for key in keys}
+        curves.append({key: line for key, line in points.items() if line})
+    return curves
+
+
+def mean_trajectory(lines: list[list[tuple[float, float]]]) -> list[tuple[float, float]]:
+    """(step, mean of the runs' values at that step) for every step any run has, in order. A config's runs
+    evaluate at the same steps; past the end of a run that stopped early, the mean is the other runs'."""
+    at: dict[float, list[float]] = {}
+    for line in lines:
+        for step, value in line:
+            at.setdefault(step, []).append(value)
+    return [(step, statistics.fmean(values)) for step, values in sorted(at.items())]
+
+
+def plot_learned(sweep_dir: Path, configs: list[Config]) -> list[Path]:
+    """learned_values.png: one panel per loss/* value against step, a thin line per aggregated run and a thick one
+    for the config's mean over seeds (`mean_trajectory`), coloured by config; none when no run logged one."""
+    curves = [learned_curves(sweep_dir, config) for config in configs]
+    keys = list(dict.fromkeys(key for runs in curves for run in runs for key in run))
+    if not keys:
+        return []
+    colors = config_colors(len(configs))
+    fig, axes = new_figure(len(keys), columns=2)
+    for index, (config, runs) in enumerate(zip(configs, curves)):
+        color, label = colors(index % colors.N), config.label()
+        for ax, key in zip(axes, keys):
+            lines = [run[key] for run in runs if key in run]
+            for line in lines:
+                ax.plot(*zip(*line), color=color, linewidth=0.8, alpha=0.4)
+            if lines:
+                ax.plot(*zip(*mean_trajectory(lines)), color=color, linewidth=2.5, label=label)
+                label = None  # one legend entry per config
+    for ax, key in zip(axes, keys):
+        ax.set(xlabel="step", ylabel=key, title=key)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Learned loss values at each evaluation (thin: one run; thick: mean over seeds)")
+    fig.legend(loc="outside right upper", fontsize="small")
+    return [save(fig, sweep_dir / LEARNED_FIGURE)]
 
 
 def plot_against_parameters(sweep_dir: Path, configs: list[Config], keys: list[str], metrics: list[str]) -> list[Path]:
@@ -509,6 +820,14 @@ def finite(value: float | None) -> bool:
 # ---- console entry point
 
 
+def reference_values(text: str) -> dict[str, str | None]:
+    """`KEY=VALUE[,KEY=VALUE]` as a dict; an empty VALUE (`KEY=`) is None: a config that does not set KEY."""
+    pairs = [item.split("=", 1) for item in text.split(",")]
+    if not all(len(pair) == 2 and pair[0] for pair in pairs):
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE[,KEY=VALUE], e.g. loss=ce")
+    return {key: value or None for key, value in pairs}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="the sweep dir of a `losslab-train -m` run")
@@ -520,9 +839,14 @@ def main(argv: list[str] | None = None) -> None:
                              "logged). The best row is the best mean of the runs' trainer.monitor (min or max, as "
                              "trainer.monitor_mode says); with --metrics, or for runs that record no monitor, of the "
                              "first metric: the lowest for a name ending in loss, nll, ece or brier, else the highest")
+    parser.add_argument("--reference", type=reference_values, metavar="KEY=VALUE[,KEY=VALUE]",
+                        help="the values of the config to compare every config with, over matched seeds (e.g. "
+                             "loss=ce; KEY= for a key the reference does not set); each config is compared with the "
+                             "one having these values that shares most of its other values (default: loss=ce when "
+                             "the sweep varies the loss and ce is one of its values, else no comparison)")
     args = parser.parse_args(argv)
     try:
-        report = write_report(args.sweep_dir, args.metrics)
+        report = write_report(args.sweep_dir, args.metrics, args.reference)
     except UserError as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

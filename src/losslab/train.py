@@ -25,7 +25,7 @@ from losslab.checkpoint import save_last, snapshot
 from losslab.data import augment
 from losslab.errors import Interrupted
 from losslab.evaluation import evaluate
-from losslab.finish import finish_run, log_train_steps, position_row, record_interruption
+from losslab.finish import finish_run, log_train_steps, loss_values, position_row, record_interruption
 from losslab.log import RunLogger
 from losslab.progress import ProgressLines, log_evaluation, progress_bar
 from losslab.rundir import exclusive
@@ -147,7 +147,8 @@ def start_group(jobs: list[Job], conv_on_cpu: bool) -> Group:
                   list(range(len(runs))), position, orders, samples_at_start=first.samples)
     for run in runs:
         run.logger = RunLogger(run.job.run_dir, run.job.cfg, run.job.hparams,
-                               resume_rows=run.progress.rows if run.job.resume else None, resume_step=first.step)
+                               resume_rows=run.progress.rows if run.job.resume else None, resume_step=first.step,
+                               loss_columns=tuple(run.loss_fn.logged()))
     log.info("%s%s: %d train / %d val / %d test images of shape %s, %d classes, on %s; %d steps of batch %d%s",
              f"{len(runs)} jobs stacked on {device}: " if len(runs) > 1 else "", jobs[0].cfg.dataset.name,
              len(data.train_y), len(data.val_y), len(data.test_y), data.shape, data.num_classes, device,
@@ -199,8 +200,8 @@ def evaluate_running(group: Group) -> None:
     position.pending, position.pending_sizes = [], []
     for k in list(group.running):
         run = group.runs[k]
-        row = position_row(group, run) | log_train_steps(run, [step_values[k] for step_values in per_step], sizes,
-                                                         first)
+        row = position_row(group, run) | loss_values(run) | log_train_steps(
+            run, [step_values[k] for step_values in per_step], sizes, first)
         outcome = validate(group, run, row)
         if outcome != "diverged":
             log_evaluation(row, f"job {run.job.run_dir.name} " if len(group.runs) > 1 else "")
