@@ -169,6 +169,8 @@ def run_study(study: Study, runs: list[Multirun], args, command: str) -> int:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         write_json(sweep_dir / RECORD, record)
         exit_code = run_multirun(overrides)
+        if study.calibrate and exit_code in (0, 1):
+            calibrate_runs(sweep_dir)
         write_json(sweep_dir / RECORD, {**record, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                                         "exit_code": exit_code})
         if exit_code not in (0, 1):
@@ -197,6 +199,21 @@ def run_multirun(overrides: list[str]) -> int:
         else:
             os.environ["HYDRA_FULL_ERROR"] = saved_full_error
         GlobalHydra.instance().clear()
+
+
+def calibrate_runs(sweep_dir: Path) -> None:
+    """`losslab-eval <job> --calibrate` for each finished job of the sweep that has no calibration yet; a job it
+    refuses is said in one line and left out."""
+    from losslab.eval_command import main as evaluate
+    from losslab.report import TRAINED_TO_END
+    from losslab.rundir import CALIBRATION, read_summary
+
+    for job in job_dirs(sweep_dir):
+        if (read_summary(job) or {}).get("status") in TRAINED_TO_END and not (job / CALIBRATION).exists():
+            try:
+                evaluate([str(job), "--calibrate"])
+            except UserError as e:
+                print(f"{PROG}: {job.name}: not calibrated: {e}", flush=True)
 
 
 def environment() -> dict:
