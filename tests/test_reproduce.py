@@ -15,6 +15,7 @@ from fixtures import patch_cifar10_md5, write_cifar10, write_emnist_letters
 
 from losslab.config import REPO_ROOT
 from losslab.job_dirs import job_dir, job_dirs
+from losslab.report import p_text
 from losslab.reproduce import main, portable, write_page
 from losslab.studies import STUDIES
 
@@ -230,3 +231,52 @@ def test_rebuilding_a_page_from_no_sweep_dirs_is_refused(tmp_path, capsys):
     code = main(["course_mnist", "--from-existing", "--out", str(tmp_path / "out"), "--docs", str(docs)])
     assert code == 2 and "found no sweep dir of course_mnist" in capsys.readouterr().err
     assert not docs.exists()
+
+
+def test_entropy_losses_mnist_page_compares_every_config_with_ce_over_matched_seeds(tmp_path):
+    out, docs = tmp_path / "out", tmp_path / "docs"
+    assert main(["entropy_losses_mnist", "--out", str(out), "--docs", str(docs), "trainer.max_steps=3",
+                 "seed=0,1,2", "trainer.progress=log", "trainer.limit_eval_batches=2", "trainer.figures=false"]) == 0
+    tables = page_tables(docs / "entropy_losses_mnist.md")
+    title = "LeNet-5 on MNIST, 5 epochs, 5 seeds"
+    rows, compared = tables[title], tables[f"{title}: compared with ce"]
+    configs = [("ce", "0.0", "–", "–"), ("ce", "0.1", "–", "–")] + [
+        (loss, "–", coeffs, bases) for loss in ("min_ent", "mix_ent") for coeffs in ("fixed", "learnable")
+        for bases in ("fixed", "learnable")]
+    keys = ("loss", "loss.label_smoothing", "loss.coeffs", "loss.bases")
+    assert [tuple(row[k] for k in keys) for row in rows] == configs and all(row["n"] == "3" for row in rows)
+    assert [tuple(row[k] for k in keys) for row in compared] == configs[1:]
+
+    jobs = {}  # config -> {seed: (summary, calibration)}, read straight from the files
+    for multirun, label in (("ce", {"loss": "ce"}), ("entropy", {})):
+        for job in job_dirs(out / "entropy_losses_mnist" / multirun):
+            overrides = {**label, **dict(o.split("=", 1) for o in
+                                         yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()))}
+            config = tuple(overrides.get(k, "–") for k in keys)
+            calibration = json.loads((job / "eval" / "calibration.json").read_text())
+            jobs.setdefault(config, {})[overrides["seed"]] = (json.loads((job / "summary.json").read_text()),
+                                                              calibration)
+    assert sorted(jobs) == sorted(configs) and all(sorted(seeds) == ["0", "1", "2"] for seeds in jobs.values())
+    for row in rows:
+        temperatures = [c["calibration/temperature"] for _, c in jobs[tuple(row[k] for k in keys)].values()]
+        assert row["calibration/temperature"].startswith(f"{statistics.mean(temperatures):.4g} ± ")
+
+    from scipy import stats
+
+    reference = jobs[configs[0]]
+    for row in compared:
+        own = jobs[tuple(row[k] for k in keys)]
+        for metric, column, scale in (("test/acc", "test/acc (points)", 100), ("calibrated/test/ece",
+                                                                                "calibrated/test/ece", 1)):
+            def value(seed, runs, metric=metric):
+                summary, calibration = runs[seed]
+                return calibration[metric] if metric.startswith("calibrated/") else summary["final"][metric]
+
+            seeds = ["0", "1", "2"]
+            diffs = [scale * (value(s, own) - value(s, reference)) for s in seeds]
+            if len(set(diffs)) > 1:
+                p = stats.ttest_rel([value(s, own) for s in seeds], [value(s, reference) for s in seeds]).pvalue
+                assert row[column].startswith(f"{statistics.mean(diffs):+.2g} [") and f"({p_text(p)})" in row[column]
+                assert ("not distinguishable from ce" in row[column]) == (p >= 0.05), row[column]
+    for figure in ("reliability", "learned_values"):
+        assert (docs / "entropy_losses_mnist" / f"{figure}.png").exists()

@@ -473,9 +473,10 @@ def p_text(p: float) -> str:
 
 
 def add_comparisons(rows: list[dict], configs: list[Config], metrics: list[str],
-                    reference: dict[str, str | None]) -> None:
-    """Adds to each config's row its comparison with its reference config (`reference_config`), per metric."""
-    name = reference_name(reference)
+                    reference: dict[str, str | None], name: str | None = None) -> None:
+    """Adds to each config's row its comparison with its reference config (`reference_config`), per metric; the
+    words name the reference `name` (default: `reference_name`)."""
+    name = name or reference_name(reference)
     for row, config in zip(rows, configs):
         against = reference_config(config, configs, reference)
         row["reference"] = against.label() if against else None

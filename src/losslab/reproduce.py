@@ -22,14 +22,26 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from losslab.config import REPO_ROOT, data_root
 from losslab.errors import DataError, UserError
 from losslab.fileio import atomic_write, write_json
 from losslab.job_dirs import job_dirs, job_number
-from losslab.report import new_figure, read_runs, save, table, write_report
+from losslab.report import (
+    LOWER_IS_BETTER,
+    NO_TEST,
+    Config,
+    add_comparisons,
+    comparison_cell,
+    new_figure,
+    read_runs,
+    reference_name,
+    save,
+    table,
+    write_report,
+)
 from losslab.studies import STUDIES, Figure, Multirun, Original, Study, Table, Trend
 
 PROG = "reproduce.py"
@@ -245,6 +257,7 @@ class Row:
     overrides: dict[str, str | None]  # the label and every override of its runs (matched against originals)
     n: int
     stats: dict[str, tuple[float | None, float | None, int]]  # metric -> (mean, std, runs that have it)
+    runs: list = field(default_factory=list)  # its aggregated losslab.report Runs
 
 
 @dataclass
@@ -285,7 +298,8 @@ def collect(study: Study, tab: Table, out: Path) -> Result:
             stats = {m: (row[f"{m} mean"], row[f"{m} std"], row["counts"][m]) for m in tab.metrics}
             values = {**multirun.label, **{k: row[k] for k in report.keys}}
             overrides = {**(overrides_of[row["jobs"][0]] if row["jobs"] else {}), **values}
-            result.rows.append(Row(values, overrides, row["n"], stats))
+            runs = [run for run in result.runs[multirun.name] if run.job in row["jobs"]]
+            result.rows.append(Row(values, overrides, row["n"], stats, runs))
         for job in report.not_aggregated:
             note = f", {job['note']}" if job["note"] else ""
             line = f"{multirun.name} job {job['job']} ({job['overrides']}): {job['status']}{note}"
@@ -342,6 +356,51 @@ def markdown_table(result: Result) -> str:
     return table([*result.keys, "n", *map(header, tab.metrics), "original"], rows)
 
 
+def compared_rows(result: Result) -> list[dict]:
+    """Each row's comparison with the table's reference config over matched seeds (losslab.report's paired
+    t-test), across the table's multiruns: a dict per row with `reference` and, per compared metric, its pairs,
+    diff, diff low, diff high, p and words (`vs reference`)."""
+    tab = result.table
+    configs = [Config({key: row.values.get(key) for key in result.keys}, row.runs) for row in result.rows]
+    rows = [dict(config.values) for config in configs]
+    add_comparisons(rows, configs, list(tab.compared), tab.reference, tab.reference_name or None)
+    return rows
+
+
+def comparison_section(result: Result) -> list[str]:
+    """The rows compared with the reference, under their own heading: the mean difference [its 95 % interval] per
+    metric (accuracies in points), the words, and the pairs it rests on."""
+    tab = result.table
+    rows = [row for row in compared_rows(result) if row["reference"]] if tab.reference else []
+    if not rows:
+        return []
+    name = tab.reference_name or reference_name(tab.reference)
+    cells = []
+    for row in rows:
+        most = max(row[f"{m} pairs"] for m in tab.compared)
+        cells.append([*(("–" if row.get(k) is None else row[k]) for k in result.keys), most,
+                      *(compared_cell(row, m, most) for m in tab.compared)])
+    pairs = {row[f"{m} pairs"] for row in rows for m in tab.compared}
+    notes = [NO_TEST[n] for n in sorted(pairs & NO_TEST.keys())]
+    values = ", ".join(f"{key}={value}" for key, value in tab.reference.items())
+    intro = (f"Each config against {name} ({values}) over matched seeds (a seed is the same initialisation and data "
+             f"order for every loss): the mean difference config − {name} [its 95 % interval] and the paired "
+             f"t-test's two-sided p (losslab-report's comparison). At α = 0.05 the words say better or worse (lower "
+             f"is better for {', '.join(LOWER_IS_BETTER)}), else not distinguishable, which is no proof of equality; "
+             "p is not corrected for the number of comparisons.")
+    header_cells = [*result.keys, "pairs", *(f"{m} (points)" if percent(m) else m for m in tab.compared)]
+    return [f"### {tab.title}: compared with {name}", "", intro, "", table(header_cells, cells),
+            *(["", *notes] if notes else []), ""]
+
+
+def compared_cell(row: dict, metric: str, most: int) -> str:
+    """losslab.report's comparison cell, with an accuracy's difference in percentage points."""
+    if not percent(metric) or row[f"{metric} diff low"] is None:
+        return comparison_cell(row, metric, most)
+    scaled = {**row, **{f"{metric} {s}": 100 * row[f"{metric} {s}"] for s in ("diff", "diff low", "diff high")}}
+    return comparison_cell(scaled, metric, most)
+
+
 def label(row: Row) -> str:
     return ", ".join(f"{k}={v}" for k, v in row.values.items() if v is not None) or "all runs"
 
@@ -389,7 +448,12 @@ def copy_figures(study: Study, result: Result, out: Path, folder: Path) -> list[
     lines = []
     for figure in result.table.figures:
         target = folder / f"{figure.name}.png"
-        reason = draw(figure, result, target) if figure.plot else copy_figure(study, figure, result, out, target)
+        if figure.plot:
+            reason = draw(figure, result, target)
+        elif figure.panels:
+            reason = draw_reliability(figure, result, out / study.name, target)
+        else:
+            reason = copy_figure(study, figure, result, out, target)
         if reason:
             lines.append(f"_{figure.caption} (not available: {reason}.)_")
         else:
@@ -442,6 +506,40 @@ def draw(figure: Figure, result: Result, target: Path) -> str | None:
             ax.set_xscale("symlog", linthresh=min(positive))
         ax.set(xlabel=key, ylabel=header(metric), title=f"{header(metric)} vs {key}")
         ax.grid(alpha=0.3)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save(fig, target)
+    return None
+
+
+def draw_reliability(figure: Figure, result: Result, study_dir: Path, target: Path) -> str | None:
+    """Reliability diagrams side by side, one per panel: the test predictions (predictions_test.npz) of every
+    aggregated run of the panel's config, pooled over its seeds, with their ECE."""
+    import numpy as np
+
+    from losslab.drawing import calibration_bins, expected_calibration_error
+    from losslab.figures import PREDICTIONS, read_predictions
+    from losslab.metrics import ECE_BINS
+
+    pooled = []
+    for multirun, match, title in figure.panels:
+        label = next((run.label for run in result.table.multiruns if run.name == multirun), {})
+        runs = [run for run in result.runs.get(multirun, [])
+                if run.aggregated and matches({**label, **run.overrides}, match)]
+        arrays = [a for run in runs if (a := read_predictions(study_dir / multirun / run.job / PREDICTIONS))]
+        if not arrays:
+            return f"{multirun} has no predictions of {title}"
+        pooled.append((title, len(arrays), *(np.concatenate(column) for column in zip(*arrays))))
+    fig, axes = new_figure(len(pooled), columns=len(pooled))
+    edges = np.linspace(0, 1, ECE_BINS + 1)
+    for ax, (title, n, confidence, correct) in zip(axes, pooled):
+        count, mean_confidence, accuracy = calibration_bins(confidence, correct, ECE_BINS)
+        filled = count > 0
+        ax.stairs(np.where(filled, accuracy, 0), edges, fill=True, alpha=0.7, color="tab:blue")
+        ax.plot(mean_confidence[filled], accuracy[filled], "o", color="tab:red", markersize=4)
+        ax.plot([0, 1], [0, 1], "--", color="gray")
+        ece = expected_calibration_error(confidence, correct, ECE_BINS)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top label)", ylabel="accuracy",
+               title=f"{title}: ECE {ece:.4f} ({n} runs)")
     target.parent.mkdir(parents=True, exist_ok=True)
     save(fig, target)
     return None
@@ -516,6 +614,7 @@ def write_page(study: Study, out: Path, docs: Path) -> Path:
                 lines += [f"Not run yet: {', '.join(result.not_run)}.", ""]
             if result.rows:
                 lines += [markdown_table(result), ""]
+                lines += comparison_section(result)
             if result.not_aggregated:
                 lines += ["Not aggregated (see report.md in the sweep dir):", "",
                           *(f"- {line}" for line in result.not_aggregated), ""]

@@ -46,7 +46,8 @@ class Trend:
 class Figure:
     """A PNG copied beside the page: `source` inside the run dir of the first aggregated job (lowest seed) whose
     overrides include `match`, or inside the sweep dir when `match` is None; or, with `plot=(key, metrics)`, drawn
-    from the table: each metric's mean ± std against the numeric key."""
+    from the table: each metric's mean ± std against the numeric key; or, with `panels`, reliability diagrams side
+    by side, each of the test predictions of every aggregated run of a config, pooled over its seeds."""
 
     multirun: str
     name: str  # the file name beside the page, without .png
@@ -54,6 +55,7 @@ class Figure:
     source: str = ""
     match: dict[str, str] | None = None
     plot: tuple[str, tuple[str, ...]] | None = None
+    panels: tuple[tuple[str, dict[str, str], str], ...] = ()  # reliability diagrams: (multirun, match, title) each
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,9 @@ class Table:
     originals: tuple[Original, ...] = ()
     trends: tuple[Trend, ...] = ()
     figures: tuple[Figure, ...] = ()
+    reference: dict[str, str] | None = None  # each row compared with this config over matched seeds
+    reference_name: str = ""  # its name in the words ("ce")
+    compared: tuple[str, ...] = ()  # the metrics compared
 
 
 @dataclass(frozen=True)
@@ -290,44 +295,57 @@ EMNIST_ENTROPY_LOSSES = Study(
     notes=SEED_NOTE + " The original's figures are compared with the fixed β and b (the tuned values).",
 )
 
-ENTROPY_CE = Multirun("ce", "entropy_losses_mnist", "[label_smoothing,five_seeds]", label={"loss": "ce"})
-ENTROPY_ABLATION = Multirun("entropy", "entropy_losses_mnist", "[entropy_ablation,five_seeds]")
 CALIBRATION_METRICS = ("test/acc", "test/nll", "calibrated/test/nll", "test/ece", "calibrated/test/ece",
                        "calibration/temperature")
-ENTROPY_LOSSES_MNIST = Study(
-    name="entropy_losses_mnist",
-    title="Entropy-regularised losses on MNIST with LeNet-5: calibration, fixed vs learnable bases, seeds",
-    original="VGG-5 on EMNIST letters, one run per loss: CE 95.86 %, MIN-ENT 95.933 %, MIX-ENT 95.927 % (test). "
-             "Accuracy only: no calibration, no ablation of the learnable coefficients and bases, no learned values.",
-    tables=(Table(
-        "LeNet-5 on MNIST, 5 epochs, 5 seeds", (ENTROPY_CE, ENTROPY_ABLATION), CALIBRATION_METRICS,
-        note="experiment=entropy_losses_mnist: MNIST less a 5,000-image validation split, standardised pixels, "
-             "LeNet-5, "
-             "Adam lr 1e-3, batch 128, 5 epochs, trainer.monitor=val/nll; the test-time model is the last one. CE "
-             "without and with label smoothing (ε = 0.1); MIN-ENT and MIX-ENT with fixed or learnable coefficients "
-             "(β) and log bases (b), starting from the EMNIST study's tuned values (conf/loss/min_ent.yaml, "
-             "mix_ent.yaml). ECE: 15 equal-width bins of top-label confidence. calibrated/*: after temperature "
-             "scaling (one T fitted on the validation split by NLL, `losslab-eval <run dir> --calibrate`).",
-        figures=(
-            Figure("ce", "ce_reliability", "CE: reliability on the test split (seed 0).",
-                   source="figures/reliability_test.png", match={"loss.label_smoothing": "0.0"}),
-            Figure("ce", "label_smoothing_reliability", "CE with label smoothing 0.1: reliability on the test split "
-                   "(seed 0).", source="figures/reliability_test.png", match={"loss.label_smoothing": "0.1"}),
-            Figure("entropy", "min_ent_reliability", "MIN-ENT, fixed β and b: reliability on the test split (seed 0).",
-                   source="figures/reliability_test.png", match=fixed("min_ent")),
-            Figure("entropy", "mix_ent_reliability", "MIX-ENT, fixed β and b: reliability on the test split (seed 0).",
-                   source="figures/reliability_test.png", match=fixed("mix_ent")),
-            Figure("entropy", "learned_values", "The learnable coefficients and log bases over training: a thin "
-                   "line per run, a thick one for the mean over seeds.", source="learned_values.png"),
-        ),
-    ),),
-    headlines=(Headline(0, {"loss": "ce", "loss.label_smoothing": "0.0"}, "test/acc", "LeNet-5 with CE, test accuracy"),
-               Headline(0, fixed("min_ent"), "test/acc", "MIN-ENT"),
-               Headline(0, fixed("mix_ent"), "test/acc", "MIX-ENT")),
-    notes="5 seeds (0–4); the validation split is fixed (dataset.split_seed=0), so seeds measure training noise, and "
-          "a seed is the same initialisation and data order for every loss.",
-    calibrate=True,
-)
+ENTROPY_LOSSES_NOTE = (
+    "CE without and with label smoothing (ε = 0.1); MIN-ENT and MIX-ENT with fixed or learnable coefficients (β) and "
+    "log bases (b), starting from the EMNIST study's tuned values (conf/loss/min_ent.yaml, mix_ent.yaml). ECE: 15 "
+    "equal-width bins of top-label confidence. calibrated/*: after temperature scaling (one T fitted on the "
+    "validation split by NLL, `losslab-eval <run dir> --calibrate`).")
+
+
+def entropy_losses_study(name: str, experiment: str, setting: str, description: str) -> Study:
+    """The entropy-loss questions for one setting (the experiment preset): CE with and without label smoothing,
+    MIN-ENT and MIX-ENT with fixed or learnable coefficients and bases, five seeds, every run calibrated."""
+    ce = Multirun("ce", experiment, "[label_smoothing,five_seeds]", label={"loss": "ce"})
+    entropy = Multirun("entropy", experiment, "[entropy_ablation,five_seeds]")
+    plain_ce = {"loss": "ce", "loss.label_smoothing": "0.0"}
+    reliability = Figure(
+        "", "reliability", "Reliability on the test split before temperature scaling, the predictions of the five "
+        "seeds pooled: CE, CE with label smoothing 0.1, MIN-ENT and MIX-ENT (fixed β and b).",
+        panels=(("ce", plain_ce, "CE"), ("ce", {"loss.label_smoothing": "0.1"}, "CE, label smoothing 0.1"),
+                ("entropy", fixed("min_ent"), "MIN-ENT"), ("entropy", fixed("mix_ent"), "MIX-ENT")))
+    learned = Figure("entropy", "learned_values", "The learnable coefficients and log bases over training: a thin "
+                     "line per run, a thick one for the mean over seeds.", source="learned_values.png")
+    return Study(
+        name=name,
+        title=f"Entropy-regularised losses, {setting}: calibration, fixed vs learnable bases, seeds",
+        original="VGG-5 on EMNIST letters, one run per loss: CE 95.86 %, MIN-ENT 95.933 %, MIX-ENT 95.927 % (test). "
+                 "Accuracy only: no calibration, no ablation of the learnable coefficients and bases, no learned "
+                 "values.",
+        tables=(Table(f"{setting}, 5 seeds", (ce, entropy), CALIBRATION_METRICS,
+                      note=f"experiment={experiment}: {description} {ENTROPY_LOSSES_NOTE}",
+                      reference=plain_ce, reference_name="ce",
+                      compared=("test/acc", "test/nll", "test/ece", "calibrated/test/nll", "calibrated/test/ece"),
+                      figures=(reliability, learned)),),
+        headlines=(Headline(0, plain_ce, "test/acc", f"{setting}, CE test accuracy"),
+                   Headline(0, fixed("min_ent"), "test/acc", "MIN-ENT"),
+                   Headline(0, fixed("mix_ent"), "test/acc", "MIX-ENT")),
+        notes="5 seeds (0–4); the validation split is fixed (dataset.split_seed=0), so seeds measure training noise, "
+              "and a seed is the same initialisation and data order for every loss.",
+        calibrate=True,
+    )
+
+
+ENTROPY_LOSSES_MNIST = entropy_losses_study(
+    "entropy_losses_mnist", "entropy_losses_mnist", "LeNet-5 on MNIST, 5 epochs",
+    "MNIST less a 5,000-image validation split, standardised pixels, LeNet-5, Adam lr 1e-3, batch 128, 5 epochs, "
+    "trainer.monitor=val/nll; the test-time model is the last one.")
+ENTROPY_LOSSES_EMNIST = entropy_losses_study(
+    "entropy_losses_emnist", "emnist_vgg5_ce", "VGG-5 on EMNIST letters, 10 epochs",
+    "EMNIST letters less a 10,000-image validation split, VGG-5 (dropout 0.5), Adam lr 0.005, batch 100, 10 epochs, "
+    "trainer.monitor=val/nll (the default); the test-time model is the last one. The original's setting.")
 
 STUDIES: dict[str, Study] = {study.name: study for study in (
-    COURSE_MNIST, EVEN_ODD_ENTROPY, MNIST_FNN_LENET, CIFAR10_LINEAR, EMNIST_ENTROPY_LOSSES, ENTROPY_LOSSES_MNIST)}
+    COURSE_MNIST, EVEN_ODD_ENTROPY, MNIST_FNN_LENET, CIFAR10_LINEAR, EMNIST_ENTROPY_LOSSES, ENTROPY_LOSSES_MNIST,
+    ENTROPY_LOSSES_EMNIST)}
