@@ -41,7 +41,7 @@ DRAWN_FOR = ("completed", "early_stopped")  # a diverged run's weights and predi
 PREDICTIONS = "predictions_test.npz"
 
 
-MIN_RUNS_FOR_POOL = 4  # a drawing worker costs about one run's figures to start (scripts/bench_figures.py)
+MIN_RUNS_FOR_POOL = 8  # the workers pay from about 8 runs: 4 runs 0.71x, 16 runs 1.46x (scripts/bench_figures.py)
 
 
 @dataclass
