@@ -1,12 +1,20 @@
 """Wall time of whole commands, side by side in one run: a grid with Hydra's basic launcher vs
 `hydra/launcher=stacked`, and `losslab-train trainer=debug` vs importing torch and torchvision.
 
-    python scripts/bench_sweep.py [--grids softmax lenet lenet-conv_on_cpu] [--repeat 3] [--device auto]
+    python scripts/bench_sweep.py [--grids softmax softmax64 lenet lenet-conv_on_cpu] [--figures on|off]
+                                  [--repeat 3] [--device auto]
 
 Each grid runs as the user runs it: one `losslab-train -m` process per launcher, on the shipped MNIST,
-everything else at its defaults (so each job writes its figures, checkpoints and TensorBoard events). The
-last column compares each job's final test accuracy between the two launchers (same seed, same config).
-Start-up times are the best of `--repeat` runs.
+everything else at its defaults (so each job writes its checkpoints and TensorBoard events, and its figures
+unless `--figures off`, which sets trainer.figures=false for both launchers alike). The last column compares
+each job's final test accuracy between the two launchers (same seed, same config). Start-up times are the best
+of `--repeat` runs.
+
+For every stacked command the phases of its wall time are read from its log and files: start-up (`import torch,
+torchvision`, measured here), compose (the rest until the launcher starts), build (job dirs and members, until
+"N jobs stacked"), train (until "N jobs trained"), finish (the members' final evaluations and summaries, until
+the last "completed"), figures (the last PNG written) and report (report.md written), each counted from the
+end of the finish, since they overlap; exit is what is left.
 """
 
 from __future__ import annotations
@@ -14,10 +22,12 @@ from __future__ import annotations
 import argparse
 import compileall
 import json
+import re
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 from losslab.job_dirs import job_dir, job_dirs, job_number
@@ -26,6 +36,10 @@ GRIDS = {  # name: (title, the grid's overrides, the stacked launcher's options)
     "softmax": ("softmax regression, 4 lr x 4 l2, 3 epochs",
                 ["model=linear", "trainer.epochs=3", "optimizer.lr=0.3,0.1,0.03,0.01", "trainer.l2=0,0.001,0.01,0.1"],
                 []),
+    # the same with 4 seeds: every member draws its own data order
+    "softmax64": ("softmax regression, 4 lr x 4 l2 x 4 seeds, 3 epochs",
+                  ["model=linear", "trainer.epochs=3", "optimizer.lr=0.3,0.1,0.03,0.01",
+                   "trainer.l2=0,0.001,0.01,0.1", "seed=0,1,2,3"], []),
     "lenet": ("LeNet-5, 2 lr x 2 momentum x 2 seeds, 1 epoch",
               ["model=lenet", "trainer.epochs=1", "optimizer.lr=0.1,0.03", "optimizer.momentum=0,0.9", "seed=0,1"],
               []),
@@ -43,12 +57,39 @@ def console_script(name: str) -> str:
 
 
 def timed(command: list[str], cwd: Path) -> float:
-    started = time.perf_counter()
+    return run(command, cwd)[0]
+
+
+def run(command: list[str], cwd: Path) -> tuple[float, str, float, float]:
+    """Wall time, output (stdout then stderr), and the wall-clock times of its start and end."""
+    started, start_clock = time.perf_counter(), time.time()
     proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         sys.exit(f"bench_sweep: {' '.join(command)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    return wall
+    return wall, proc.stdout + proc.stderr, start_clock, start_clock + wall
+
+
+LOGGED = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]\[[^]]*\]\[?[A-Z]*\]? ?(.*)$", re.M)
+
+
+def log_times(output: str, pattern: str) -> list[float]:
+    """The wall-clock times of the log lines matching `pattern`."""
+    return [datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            for stamp, text in LOGGED.findall(output) if re.search(pattern, text)]
+
+
+def phases(output: str, sweep_dir: Path, start: float, end: float, startup: float) -> dict[str, float]:
+    """The stacked command's phases (see the module docstring), in seconds."""
+    launched = log_times(output, r"^Launching \d+ jobs")[0]
+    built = max(log_times(output, r"jobs stacked on"))
+    trained = max(log_times(output, r"jobs trained \d+ steps"))
+    finished = max(log_times(output, r" completed after \d+ steps"))
+    figures = max((png.stat().st_mtime for png in sweep_dir.glob("*/figures/*.png")), default=finished)
+    report = (sweep_dir / "report.md").stat().st_mtime
+    return {"start-up": startup, "compose": launched - start - startup, "build": built - launched,
+            "train": trained - built, "finish": finished - trained, "figures": max(0.0, figures - finished),
+            "report": report - finished, "exit": end - max(report, figures)}
 
 
 def test_accuracies(sweep_dir: Path) -> dict[int, float]:
@@ -67,6 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grids", nargs="*", default=list(GRIDS), choices=list(GRIDS), help="none: start-up only")
     parser.add_argument("--repeat", type=int, default=3, help="start-up runs to take the best of")
+    parser.add_argument("--figures", choices=("on", "off"), default="on", help="trainer.figures of every job")
     parser.add_argument("--device", default="auto", help="trainer.device of every run (auto: cuda if there is one)")
     args = parser.parse_args()
     import torch
@@ -74,7 +116,7 @@ def main() -> None:
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() and args.device != "cpu" else ""
     print(f"{torch.get_num_threads()} threads{gpu}, torch {torch.__version__}, python {sys.version.split()[0]}, "
           f"trainer.device={args.device}")
-    device = [f"trainer.device={args.device}"]
+    device = [f"trainer.device={args.device}", *(["trainer.figures=false"] if args.figures == "off" else [])]
     if sys.dont_write_bytecode:  # e.g. PYTHONDONTWRITEBYTECODE=1: Python would compile losslab on every start
         compileall.compile_dir(Path(__file__).resolve().parents[1] / "src", quiet=1)
         print("byte-compiled src/ first, as an installed package is and as Python caches it on a first run "
@@ -83,7 +125,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         timed([TRAIN, "trainer=debug", *device], tmp)  # warm the MNIST cache
-        basic_runs = {}  # grid: (wall, accuracies) of its basic launcher run, shared by its variants
+        debug, imports = [], []
+        for _ in range(args.repeat):  # alternated, so a change in the machine's speed hits both alike
+            debug.append(timed([TRAIN, "trainer=debug", *device, "trainer.progress=log"], tmp))
+            imports.append(timed([sys.executable, "-c", "import torch, torchvision"], tmp))
+        debug, startup = min(debug), min(imports)
+        print(f"{'losslab-train trainer=debug vs import torch, torchvision':52} {debug:8.1f} {startup:8.1f} "
+              f"{debug / startup:6.2f}x  difference {debug - startup:+.2f} s (target <= +1.5 s)", flush=True)
+        basic_runs, stacked_walls = {}, {}  # grid: (wall, accuracies) of its basic launcher run, shared by its variants
         for name in args.grids:
             title, grid, options = GRIDS[name]
             grid_name = name.split("-")[0]
@@ -92,27 +141,25 @@ def main() -> None:
                 basic_dir = tmp / f"{grid_name}-basic"
                 wall = timed([TRAIN, "-m", *grid, *device, "trainer.progress=log", f"hydra.sweep.dir={basic_dir}"], tmp)
                 basic_runs[grid_name] = wall, test_accuracies(basic_dir)
-            walls, accuracies = {}, {}
-            walls["basic"], accuracies["basic"] = basic_runs[grid_name]
+            basic, basic_accuracies = basic_runs[grid_name]
             stacked_dir = tmp / f"{name}-stacked"
-            walls["stacked"] = timed([TRAIN, "-m", *grid, *device, "hydra/launcher=stacked", *options,
-                                      "trainer.progress=log", f"hydra.sweep.dir={stacked_dir}"], tmp)
-            accuracies["stacked"] = test_accuracies(stacked_dir)
-            jobs = len(accuracies["basic"])
-            gaps = {j: abs(accuracies["basic"][j] - accuracies["stacked"][j]) * 100 for j in accuracies["basic"]}
+            stacked, output, start, end = run([TRAIN, "-m", *grid, *device, "hydra/launcher=stacked", *options,
+                                               "trainer.progress=log", f"hydra.sweep.dir={stacked_dir}"], tmp)
+            stacked_walls[name] = stacked
+            accuracies = test_accuracies(stacked_dir)
+            gaps = {j: abs(basic_accuracies[j] - accuracies[j]) * 100 for j in basic_accuracies}
             worst = max(gaps, key=gaps.get)
-            print(f"{title + f' ({jobs} jobs): basic vs stacked':52} {walls['basic']:8.1f} {walls['stacked']:8.1f} "
-                  f"{walls['basic'] / walls['stacked']:6.2f}x  max |test acc difference| {gaps[worst]:.2f} points "
+            print(f"{title + f' ({len(accuracies)} jobs): basic vs stacked':52} {basic:8.1f} {stacked:8.1f} "
+                  f"{basic / stacked:6.2f}x  max |test acc difference| {gaps[worst]:.2f} points "
                   f"(job {worst}: {job_overrides(job_dir(stacked_dir, worst))}, test acc "
-                  f"{accuracies['basic'][worst]:.4f} basic)", flush=True)
-
-        debug, imports = [], []
-        for _ in range(args.repeat):  # alternated, so a change in the machine's speed hits both alike
-            debug.append(timed([TRAIN, "trainer=debug", *device, "trainer.progress=log"], tmp))
-            imports.append(timed([sys.executable, "-c", "import torch, torchvision"], tmp))
-        debug, imports = min(debug), min(imports)
-        print(f"{'losslab-train trainer=debug vs import torch, torchvision':52} {debug:8.1f} {imports:8.1f} "
-              f"{debug / imports:6.2f}x  difference {debug - imports:+.2f} s (target <= +1.5 s)")
+                  f"{basic_accuracies[worst]:.4f} basic)", flush=True)
+            if "jobs stacked on" in output:
+                times = phases(output, stacked_dir, start, end, startup)
+                print(f"{'':52} stacked: {stacked - startup:.1f} s over start-up; "
+                      + ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in times.items()), flush=True)
+        if {"softmax", "softmax64"} <= stacked_walls.keys():
+            many, few = stacked_walls["softmax64"], stacked_walls["softmax"]
+            print(f"{'stacked: 64 jobs vs 16 jobs':52} {many:8.1f} {few:8.1f} {many / few:6.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -133,6 +133,8 @@ def test_every_configured_loss_implements_the_interface(name):
     torch.testing.assert_close(loss.scaled_probs(logits, 1.0), probs)
     for temperature in (0.3, 4.0):  # a temperature moves the confidences, never the prediction
         assert torch.equal(loss.scaled_probs(logits, temperature).argmax(-1), probs.argmax(-1))
+    many = torch.randn(3, 500, loss.head_size(k)) * 4  # predict takes leading dims, as a stack's (M, N, K)
+    assert torch.equal(loss.predict(many), loss.probs(many).argmax(-1))
 
 
 class Identity(Loss):

@@ -16,11 +16,11 @@ from losslab.models import FNN, LeNet, Linear
 from losslab.stacked import (
     StackedAdam,
     StackedSGD,
-    add_l2,
     member_state,
     stack_models,
     stacked_forward,
 )
+from losslab.steppers import FlatLayout
 
 M, IN_SHAPE, CLASSES, BATCH, STEPS = 3, (1, 16, 16), 4, 8, 5
 BUILDERS = {
@@ -102,6 +102,13 @@ def stacked_adam(params, decoupled, lr, beta1, beta2, eps, weight_decay):
                        weight_decay=torch.tensor(weight_decay, dtype=torch.float64), decoupled=decoupled)
 
 
+def with_l2(grads: dict, params: dict, l2) -> dict:
+    """The gradients with trainer.l2's 2λ·w added, as losslab.steppers.StackedStepper adds it."""
+    layout = FlatLayout(params)
+    flat = layout.flatten(params).detach()
+    return layout.views(torch.addcmul(layout.flatten(grads).detach(), layout.l2_rates(l2, flat), flat))
+
+
 def train_against_torch(model, dtype, make_stacked, make_torch, l2=(0.0,) * M) -> None:
     """STEPS steps of the stacked optimizer and of torch.optim per member, compared after each step.
 
@@ -124,7 +131,7 @@ def train_against_torch(model, dtype, make_stacked, make_torch, l2=(0.0,) * M) -
         else:
             grads = {name: torch.stack([reference.get_parameter(name).grad for reference in references])
                      for name in params}
-        optimizer.step(add_l2(grads, params, l2))
+        optimizer.step(with_l2(grads, params, l2))
         for m in range(M):
             torch_step(references[m], torch_optimizers[m], l2[m])
         assert_members_match(params, references, TOLERANCE[dtype])
@@ -227,15 +234,36 @@ def test_member_state_loads_into_a_model_built_alone():
     torch.testing.assert_close(model(x[2]), trained[2], rtol=0, atol=1e-12)
 
 
-def test_add_l2_acts_on_weights_only():
+def test_l2_acts_on_weights_only():
     params, _, _ = stack_models(build_members("fnn"))
     zeros = {name: torch.zeros_like(p) for name, p in params.items()}
-    added = add_l2(zeros, params, torch.tensor(L2, dtype=torch.float64))
+    added = with_l2(zeros, params, L2)
     for name, p in params.items():
         if name.endswith("weight"):
             assert torch.equal(added[name], 2 * torch.tensor(L2, dtype=p.dtype).view(M, 1, 1) * p.detach())
         else:
             assert torch.equal(added[name], zeros[name])
+    assert any(name.endswith("bias") for name in params) and L2[1] > 0
+
+
+def test_a_flat_layout_holds_every_parameter_once_and_gives_them_back():
+    params, _, _ = stack_models(build_members("lenet"))
+    layout = FlatLayout(params)
+    flat = layout.flatten(params)
+    assert flat.shape == (M, sum(p[0].numel() for p in params.values())) and flat.is_leaf and flat.requires_grad
+    views = layout.views(flat)
+    assert views.keys() == params.keys()
+    for name, p in params.items():
+        assert torch.equal(views[name], p)
+    views["classifier.0.weight"].detach()[1].fill_(7.0)  # views share the flat storage
+    assert (flat[1] == 7.0).sum() == params["classifier.0.weight"][1].numel()
+
+
+@pytest.mark.parametrize("model", [*BUILDERS, "batch_norm"])
+def test_models_of_plain_layers_run_batched_and_others_through_vmap(model):
+    members = [batch_norm_net() for _ in range(M)] if model == "batch_norm" else build_members(model)
+    _, _, base = stack_models(members)
+    assert (base.layer_plan is None) == (model == "batch_norm")
 
 
 OPTIMIZERS = {
@@ -259,7 +287,7 @@ def test_inactive_member_is_frozen_exactly_and_resumes_its_own_count(kind):
     torch_optimizers = [TORCH_OPTIMIZERS[kind](reference.parameters(), m) for m, reference in enumerate(references)]
     for step, (x, y) in enumerate(batches()):
         frozen = step in (2, 3)
-        optimizer.active[1] = not frozen
+        optimizer.set_active(1, not frozen)
         grads = stacked_grads(base, params, buffers, x, y)
         if frozen:
             for grad in grads.values():
@@ -287,7 +315,7 @@ def test_state_dict_round_trip_continues_identically(kind):
     optimizer = OPTIMIZERS[kind](params)
     for x, y in data[:2]:
         optimizer.step(stacked_grads(base, params, buffers, x, y))
-    optimizer.active[2] = False
+    optimizer.set_active(2, False)
     saved = io.BytesIO()
     torch.save({"params": {name: p.detach() for name, p in params.items()}, "optimizer": optimizer.state_dict()},
                saved)

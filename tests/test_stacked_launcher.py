@@ -200,18 +200,19 @@ def test_relaunching_a_finished_stacked_sweep_skips_every_job(tmp_path):
 
 
 def test_per_member_clipping_is_clip_grad_norm_of_each_member():
-    from losslab.steppers import clip_per_member
+    from losslab.steppers import FlatLayout, clip_per_member
 
     torch.manual_seed(0)
-    grads = {"w": torch.randn(3, 4, 5), "b": torch.randn(3, 4), "frozen": None}
+    grads = {"w": torch.randn(3, 4, 5), "b": torch.randn(3, 4)}
+    layout = FlatLayout(grads)
     max_norm = torch.tensor([0.5, math.inf, 100.0])
-    clipped = clip_per_member(grads, max_norm)
-    assert clipped["frozen"] is None
+    clipped = layout.views(clip_per_member(layout.flatten(grads).detach(), max_norm))
     for k in range(3):
         w, b = torch.nn.Parameter(torch.zeros(4, 5)), torch.nn.Parameter(torch.zeros(4))
         w.grad, b.grad = grads["w"][k].clone(), grads["b"][k].clone()
         torch.nn.utils.clip_grad_norm_([w, b], max_norm[k].item())
         assert torch.allclose(clipped["w"][k], w.grad) and torch.allclose(clipped["b"][k], b.grad)
+    assert not torch.allclose(clipped["w"][0], grads["w"][0])  # member 0 was clipped
 
 
 def test_the_launcher_takes_the_sweepers_composition_of_each_job_instead_of_composing_it_again():

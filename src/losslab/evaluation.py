@@ -24,7 +24,8 @@ class Evaluation:
 @torch.no_grad()
 def split_logits(model, x, y, settings) -> tuple[torch.Tensor, torch.Tensor]:
     """The float32 logits of the split `x, y` in eval mode and their labels, in batches of trainer
-    `settings.eval_batch_size` (only the first `settings.limit_eval_batches` if set), at `settings.precision`."""
+    `settings.eval_batch_size` (only the first `settings.limit_eval_batches` if set), at `settings.precision`.
+    The logits are (N, K), or (M, N, K) for a model of M stacked members (losslab.steppers.StackedStepper)."""
     batch_size, limit, precision = settings.eval_batch_size, settings.limit_eval_batches, settings.precision
     starts = range(0, len(y), batch_size)[:limit]
     was_training = model.training
@@ -34,15 +35,20 @@ def split_logits(model, x, y, settings) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(x.device, precision):
             logits.append(model(x[start:start + batch_size]).float())
     model.train(was_training)
-    logits = torch.cat(logits)
-    return logits, y[:len(logits)]
+    logits = torch.cat(logits, dim=-2)
+    return logits, y[:logits.shape[-2]]
 
 
 @torch.no_grad()
 def evaluate(model, loss_fn, x, y, settings) -> Evaluation:
     """The split `x, y` as `split_logits` computes it; the loss batch by batch, as training sees it."""
-    logits, y = split_logits(model, x, y, settings)
-    metrics, confidence, correct = SplitMetrics(x.device), [], []
+    return evaluate_logits(loss_fn, *split_logits(model, x, y, settings), settings)
+
+
+@torch.no_grad()
+def evaluate_logits(loss_fn, logits, y, settings) -> Evaluation:
+    """The metrics of a split's (N, K) logits and labels; the loss batch by batch, as training sees it."""
+    metrics, confidence, correct = SplitMetrics(logits.device), [], []
     for start in range(0, len(y), settings.eval_batch_size):
         zb, yb = logits[start:start + settings.eval_batch_size], y[start:start + settings.eval_batch_size]
         top, hits = metrics.update(loss_fn.probs(zb), yb, loss_fn(zb, yb))

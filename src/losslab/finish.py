@@ -7,22 +7,35 @@ import logging
 import time
 
 from losslab.checkpoint import save_checkpoint, save_last
-from losslab.evaluation import evaluate, save_predictions
+from losslab.evaluation import save_predictions
 from losslab.log import provenance, versions, write_summary
 from losslab.progress import rounded
 from losslab.runs import Group, Run
 from losslab.runtime import stop_point
 
 log = logging.getLogger("losslab")
+SPLITS = ("train", "val", "test")
 
 
-def finish_run(group: Group, k: int, status: str, diverged_at: int | None = None) -> None:
-    """Stop run k: its final evaluation, best.pt and summary.json; the group's other runs go on."""
+def finish_runs(group: Group, ks: list[int], status: str) -> None:
+    """Stop the runs `ks` with `status` (not diverged) at once: their final evaluations in one pass per split."""
+    for k in ks:
+        restore_final_weights(group.runs[k])
+    settings, data = group.runs[0].job.cfg.trainer, group.data
+    splits = {split: group.stepper.evaluate(*data.split(split), settings, ks) for split in SPLITS} if ks else {}
+    for k in ks:
+        finish_run(group, k, status, evaluations={split: splits[split][k] for split in SPLITS})
+
+
+def finish_run(group: Group, k: int, status: str, diverged_at: int | None = None,
+               evaluations: dict | None = None) -> None:
+    """Stop run k: its final evaluation (`evaluations` of its final weights by split, when given), best.pt and
+    summary.json; the group's other runs go on."""
     run, position = group.runs[k], group.position
     group.running.remove(k)
     group.stepper.freeze(k)
     train_s = time.perf_counter() - group.train_started
-    final = final_evaluation(group, run, status, diverged_at)
+    final = final_evaluation(group, k, status, diverged_at, evaluations)
     best = run.progress.best
     if run.job.cfg.trainer.checkpoints and run.progress.best_state is not None:
         save_checkpoint(run.job.run_dir / "checkpoints" / "best.pt", **run.progress.best_state, step=best["step"],
@@ -40,9 +53,10 @@ def finish_run(group: Group, k: int, status: str, diverged_at: int | None = None
              status, position.step, rounded(final.get("test/acc")), run.job.run_dir)
 
 
-def final_evaluation(group: Group, run: Run, status: str, diverged_at: int | None) -> dict:
+def final_evaluation(group: Group, k: int, status: str, diverged_at: int | None, evaluations: dict | None) -> dict:
     """`final`: every split evaluated with the best weights under early stopping, else the last ones (logged, and
     the test split's predictions saved); after a divergence, the last finite evaluation."""
+    run = group.runs[k]
     settings, progress = run.job.cfg.trainer, run.progress
     if status == "diverged":
         message = (f"diverged: the loss at step {diverged_at} is not finite or above trainer.divergence_threshold="
@@ -50,20 +64,27 @@ def final_evaluation(group: Group, run: Run, status: str, diverged_at: int | Non
         run.logger.text("status", message, diverged_at)
         log.warning(message)
         return dict(progress.last_row)
-    if settings.patience is not None and progress.best_state is not None:
-        run.model.load_state_dict(progress.best_state["model"])
-        run.loss_fn.load_state_dict(progress.best_state["loss"])
+    if evaluations is None:
+        restore_final_weights(run)
+        evaluations = {split: group.stepper.evaluate(*group.data.split(split), settings, [k])[k] for split in SPLITS}
     final = position_row(group, run) | loss_values(run)
-    for split in ("train", "val", "test"):
-        evaluation = evaluate(run.model, run.loss_fn, *group.data.split(split), settings)
-        final.update({f"{split}/{k}": v for k, v in evaluation.metrics.items()})
-    save_predictions(run.job.run_dir / "predictions_test.npz", evaluation)
+    for split in SPLITS:
+        final.update({f"{split}/{key}": value for key, value in evaluations[split].metrics.items()})
+    save_predictions(run.job.run_dir / "predictions_test.npz", evaluations["test"])
     # train/loss and train/acc are per-step tags; the full train split's other metrics are logged once here
     run.logger.scalars({k: v for k, v in final.items() if k.startswith("test/")
                         or (k.startswith("train/") and k not in ("train/loss", "train/acc"))}, group.position.step)
     run.logger.row(final)
     stop_point("finish", group.position.step)
     return final
+
+
+def restore_final_weights(run: Run) -> None:
+    """The final model is the best one under early stopping (trainer.patience), else the last one."""
+    settings, progress = run.job.cfg.trainer, run.progress
+    if settings.patience is not None and progress.best_state is not None:
+        run.model.load_state_dict(progress.best_state["model"])
+        run.loss_fn.load_state_dict(progress.best_state["loss"])
 
 
 def record_interruption(group: Group, signum: int) -> None:

@@ -663,21 +663,48 @@ def table(header: list[str], rows: list[list]) -> str:
 
 
 def new_figure(n_axes: int, columns: int = 3):
-    """An Agg figure with `n_axes` axes, at most `columns` to a row."""
+    """An Agg figure with `n_axes` axes, at most `columns` to a row, each 4.5 x 3.5 inches with its margins fixed
+    (no layout engine: measuring every tick label to place the axes costs as much as drawing them)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     n_rows, n_cols = math.ceil(n_axes / columns), min(n_axes, columns)
-    fig = Figure(figsize=(4.5 * n_cols + 2, 3.5 * n_rows), layout="constrained")
+    width, height = 4.5 * n_cols, 3.5 * n_rows + 0.4
+    fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)
     axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
+    fig.subplots_adjust(left=0.9 / width, right=1 - 0.2 / width, bottom=0.6 / height, top=1 - 0.8 / height,
+                        wspace=0.35, hspace=0.9 / 3.5)
     for ax in axes[n_axes:]:
         ax.set_axis_off()
     return fig, axes[:n_axes]
 
 
+def legend_outside(fig, handles: list, labels: list[str]) -> None:
+    """The legend right of the axes: the figure widens by the legend's width, estimated from its longest label
+    at the small font size."""
+    if not labels:
+        return
+    width, height = fig.get_size_inches()
+    extra = 0.4 + 0.065 * max(map(len, labels))
+    fig.set_size_inches(width + extra, height)
+    params = fig.subplotpars
+    fig.subplots_adjust(left=params.left * width / (width + extra), right=params.right * width / (width + extra))
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(width / (width + extra), 1 - 0.8 / height),
+               fontsize="small", frameon=False)
+
+
+def figure_legend_entries(fig) -> tuple[list, list[str]]:
+    """Every labelled artist of the figure's axes, each label once."""
+    entries = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    return list(entries.values()), list(entries)
+
+
 def save(fig, path: Path) -> Path:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
     return path
 
 
@@ -706,7 +733,7 @@ def plot_curves(sweep_dir: Path, configs: list[Config], runs: list[Run]) -> list
     for ax, metric in zip(axes, CURVE_METRICS):
         ax.set(xlabel="step", ylabel=metric, title=metric + dashed)
         ax.grid(alpha=0.3)
-    fig.legend(loc="outside right upper", fontsize="small")
+    legend_outside(fig, *figure_legend_entries(fig))
     return [save(fig, sweep_dir / "val_curves.png")]
 
 
@@ -761,7 +788,7 @@ def plot_learned(sweep_dir: Path, configs: list[Config]) -> list[Path]:
         ax.set(xlabel="step", ylabel=key, title=key)
         ax.grid(alpha=0.3)
     fig.suptitle("Learned loss values at each evaluation (thin: one run; thick: mean over seeds)")
-    fig.legend(loc="outside right upper", fontsize="small")
+    legend_outside(fig, *figure_legend_entries(fig))
     return [save(fig, sweep_dir / LEARNED_FIGURE)]
 
 
@@ -796,7 +823,7 @@ def parameter_figure(configs: list[Config], key: str, plotted: list[str]):
         ax.set(xlabel=key, ylabel=metric, title=f"{metric} vs {key}")
         ax.grid(alpha=0.3)
     if len(lines) > 1:
-        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize="small")
+        legend_outside(fig, *axes[0].get_legend_handles_labels())
     return fig
 
 

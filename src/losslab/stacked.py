@@ -22,7 +22,8 @@ Adam, as torch.optim.Adam; with ``decoupled=True`` as torch.optim.AdamW::
     v = β2·v + (1 − β2)·g²
     p ← p − lr / (1 − β1^t) · m / (√v / √(1 − β2^t) + ε)
 
-losslab's L2 (trainer.l2 = λ, :func:`add_l2`): g = g + 2λ·w on weight tensors (ndim ≥ 2 per member), not biases.
+losslab's L2 (trainer.l2 = λ, added to the gradients by losslab.steppers): g = g + 2λ·w on weight tensors
+(ndim ≥ 2 per member), not biases.
 
 Hyperparameters and everything derived from them (1 − β1, lr / (1 − β1^t), ...) are computed in float64 and cast
 to the parameters' dtype where they meet a tensor, as torch.optim does with its Python floats.
@@ -34,7 +35,7 @@ slice is the gradient of member m's own loss)::
     optimizer = StackedSGD(params, lr=lrs, momentum=momenta, weight_decay=decays)
     logits = stacked_forward(base, params, buffers, x)                 # x: (M, N, ...), logits: (M, N, K)
     per_member_loss(logits, y).sum().backward()                         # per_member_loss: (M,)
-    optimizer.step(add_l2({k: p.grad for k, p in params.items()}, params, l2s))
+    optimizer.step({k: p.grad for k, p in params.items()})
     for p in params.values():
         p.grad = None
 """
@@ -48,17 +49,21 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 
+from losslab.batched_layers import batched_forward, layer_plan
+
 
 # ---------------------------------------------------------------- the stacked model
 def stack_models(models: Sequence[nn.Module]) -> tuple[dict[str, Tensor], dict[str, Tensor], nn.Module]:
     """Stack separately built members (same class and shapes, each its own initialisation).
 
     Returns ``(params, buffers, base)``: the stacked parameters as new leaf tensors (requires_grad), the
-    stacked buffers, and a structure-only copy of the first member on the meta device for :func:`stacked_forward`.
+    stacked buffers, and a structure-only copy of the first member on the meta device for :func:`stacked_forward`
+    (with its ``layer_plan``: the traced layers when they can run batched, else None).
     The base's train/eval mode is the mode every member runs in.
     """
     params, buffers = stack_module_state(list(models))
     base = copy.deepcopy(models[0]).to("meta")
+    base.layer_plan = layer_plan(base)
     return params, buffers, base
 
 
@@ -68,8 +73,12 @@ def stacked_forward(base: nn.Module, params: dict[str, Tensor], buffers: dict[st
     every member sees the same ``x`` (N, ...), e.g. a validation batch.
 
     Dropout draws different masks per member. In train mode, BatchNorm updates each member's own running
-    statistics in the stacked ``buffers``.
+    statistics in the stacked ``buffers``. A model of linear, convolutional, pooling, dropout and activation
+    layers runs as batched layers (losslab.batched_layers); any other through vmap.
     """
+    if base.layer_plan is not None:
+        return batched_forward(base, base.layer_plan, params, x, shared_input)
+
     def member_forward(member_params, member_buffers, member_x):
         return functional_call(base, (member_params, member_buffers), (member_x,))
 
@@ -109,26 +118,13 @@ def member_view(values: Tensor, like: Tensor) -> Tensor:
     return values.view(-1, *[1] * (like.ndim - 1))
 
 
-def add_l2(grads: dict[str, Tensor | None], params: dict[str, Tensor],
-           l2: float | Sequence[float] | Tensor) -> dict[str, Tensor | None]:
-    """The gradients with losslab's L2 (trainer.l2 = λ, one per member) added: 2λ·w on weight tensors
-    (ndim ≥ 2 per member, so ≥ 3 stacked), biases untouched."""
-    added = {}
-    for name, grad in grads.items():
-        weight = params[name].detach()
-        if grad is not None and weight.ndim >= 3:
-            grad = grad + member_view(2 * per_member(l2, weight.shape[0], weight.device), weight) * weight
-        added[name] = grad
-    return added
-
-
 # ---------------------------------------------------------------- optimizers
 class StackedOptimizer:
     """What the stacked optimizers share: per-member hyperparameters, per-parameter state, the active mask,
     checkpoints. A subclass gives ``init_state(p)`` and the pure ``update(p, g, state) -> (p, state)``.
 
     ``hparams[name]`` is an (M,) tensor that may be changed between steps (an lr schedule).
-    ``active`` is an (M,) bool tensor, all true at the start; set a member's entry to false to freeze it.
+    ``active`` is an (M,) bool tensor, all true at the start; ``set_active(m, False)`` freezes member m.
     """
 
     def __init__(self, params: dict[str, Tensor], **hparams: float | Sequence[float] | Tensor):
@@ -137,7 +133,13 @@ class StackedOptimizer:
         self.members, device = first.shape[0], first.device
         self.hparams = {name: per_member(value, self.members, device) for name, value in hparams.items()}
         self.active = torch.ones(self.members, dtype=torch.bool, device=device)
+        self.all_active = True  # kept on the host, so that a step reads nothing from the device
+        self.decays = bool((self.hparams["weight_decay"] != 0).any())  # no schedule changes it
         self.state: dict[str, dict[str, Tensor]] = {}
+
+    def set_active(self, member: int, active: bool) -> None:
+        self.active[member] = active
+        self.all_active = bool(self.active.all())
 
     def init_state(self, param: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -159,9 +161,12 @@ class StackedOptimizer:
                 continue
             state = self.state.get(name) or self.init_state(param)
             new_param, new_state = self.update(param, grad, state)
-            param.copy_(torch.where(member_view(self.active, param), new_param, param))
-            self.state[name] = {key: torch.where(member_view(self.active, value), value, state[key])
-                                for key, value in new_state.items()}
+            if not self.all_active:  # a frozen member keeps its parameters and state exactly
+                new_param = torch.where(member_view(self.active, param), new_param, param)
+                new_state = {key: torch.where(member_view(self.active, value), value, state[key])
+                             for key, value in new_state.items()}
+            param.copy_(new_param)
+            self.state[name] = new_state
 
     def state_dict(self) -> dict:
         """Copies of the hyperparameters, the active mask and the state; plain tensors (torch.load weights_only)."""
@@ -177,6 +182,8 @@ class StackedOptimizer:
         device = self.active.device
         self.hparams = {name: value.to(device).clone() for name, value in state_dict["hparams"].items()}
         self.active = state_dict["active"].to(device).clone()
+        self.all_active = bool(self.active.all())
+        self.decays = bool((self.hparams["weight_decay"] != 0).any())
         self.state = {name: {key: value.to(device).clone() for key, value in state.items()}
                       for name, state in state_dict["state"].items()}
 
@@ -200,7 +207,7 @@ class StackedSGD(StackedOptimizer):
 
     def update(self, param, grad, state):
         h = self.hparams
-        direction = grad + member_view(h["weight_decay"], param) * param
+        direction = grad + member_view(h["weight_decay"], param) * param if self.decays else grad
         new_state = {"step": state["step"] + 1}
         if "momentum_buffer" in state:
             momentum, undamped = member_view(h["momentum"], param), member_view(1 - h["dampening"], param)

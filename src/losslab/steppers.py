@@ -22,9 +22,10 @@ import math
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from losslab.evaluation import Evaluation, evaluate, evaluate_logits, split_logits
 from losslab.losses import scale_step
 from losslab.runtime import autocast
-from losslab.stacked import StackedAdam, StackedOptimizer, StackedSGD, add_l2, stack_models, stacked_forward
+from losslab.stacked import StackedAdam, StackedOptimizer, StackedSGD, stack_models, stacked_forward
 
 # numbers a stack holds per member; jobs whose configs agree on everything else train together
 STACKABLE_KEYS = (
@@ -76,7 +77,7 @@ class SingleStepper:
             self.scaled_step(x, logits.detach(), epoch)
         else:
             self.optimizer.step()
-        hits = (self.loss_fn.probs(logits.detach()).argmax(-1) == y).sum()
+        hits = (self.loss_fn.predict(logits.detach()) == y).sum()
         return torch.stack([loss.detach(), hits.float(), *logged])[None]
 
     @torch.no_grad()
@@ -86,6 +87,9 @@ class SingleStepper:
         before = [q.detach().clone() for q in params]
         self.optimizer.step()
         scale_step(params, before, self.loss_fn.step_scale(logits_before, self.model(x).float(), epoch))
+
+    def evaluate(self, x, y, settings, members: list[int]) -> dict[int, Evaluation]:
+        return {0: evaluate(self.model, self.loss_fn, x, y, settings)}
 
     def freeze(self, member: int) -> None:
         """Nothing to do: a single run that stops is not stepped again."""
@@ -101,40 +105,48 @@ class StackedStepper:
     def __init__(self, runs):
         settings = [run.job.cfg.trainer for run in runs]
         self.runs, self.precision = runs, settings[0].precision
-        self.params, self.buffers, self.base = stack_models([run.model for run in runs])
-        share_storage(runs, self.params, self.buffers)
+        params, self.buffers, self.base = stack_models([run.model for run in runs])
+        self.layout = FlatLayout(params)
+        self.flat = self.layout.flatten(params)  # every member's parameters as one (M, P) leaf: one update
+        share_storage(runs, self.layout.views(self.flat.detach()), self.buffers)
         _, self.loss_buffers, loss_base = stack_models([run.loss_fn for run in runs])
-        self.param_names = [name for name, _ in runs[0].model.named_parameters()]
-        self.optimizer = stacked_optimizer(runs, self.params)
-        self.optimizer.state = stacked_state(runs, self.param_names, self.optimizer)  # a resume's, else empty
-        self.l2 = [s.l2 for s in settings]
-        device = next(iter(self.params.values())).device
-        self.grad_clip = torch.tensor([s.grad_clip or math.inf for s in settings], device=device)
+        self.optimizer = stacked_optimizer(runs, {FLAT: self.flat})
+        self.optimizer.state = stacked_state(runs, self.layout, self.optimizer)  # a resume's, else empty
+        self.l2_rates = self.layout.l2_rates([s.l2 for s in settings], self.flat) if any(s.l2 for s in settings) \
+            else None
+        self.grad_clip = torch.tensor([s.grad_clip or math.inf for s in settings], device=self.flat.device)
         self.clipping = any(s.grad_clip for s in settings)  # decided once: no host read per step
-        self.loss_values = logged_values(runs, device)
+        self.loss_values = logged_values(runs, self.flat.device)
         self.member_losses = torch.vmap(
             lambda state, logits, y: torch.func.functional_call(loss_base, state, (logits, y)))
-        self.probs = runs[0].loss_fn.probs  # elementwise over the class dim, so it takes (M, N, K)
+        self.predict = runs[0].loss_fn.predict  # row by row over the class dim, so it takes (M, N, K)
 
     def step(self, x, y, shared: bool, epoch: int) -> torch.Tensor:
         with autocast(x.device, self.precision):
-            logits = stacked_forward(self.base, self.params, self.buffers, x, shared_input=shared)
+            logits = stacked_forward(self.base, self.layout.views(self.flat), self.buffers, x, shared_input=shared)
         logits = logits.float()
         losses = self.member_losses(self.loss_buffers, logits, y)
         losses.sum().backward()
-        grads = {name: q.grad for name, q in self.params.items()}
-        if any(self.l2):
-            grads = add_l2(grads, self.params, self.l2)
+        grad, self.flat.grad = self.flat.grad, None
+        if self.l2_rates is not None:  # d/dw of λ·Σw² on weight matrices
+            grad = torch.addcmul(grad, self.l2_rates, self.flat.detach())
         if self.clipping:
-            grads = clip_per_member(grads, self.grad_clip)
-        self.optimizer.step(grads)
-        for q in self.params.values():
-            q.grad = None
-        hits = (self.probs(logits.detach()).argmax(-1) == y).sum(-1)
+            grad = clip_per_member(grad, self.grad_clip)
+        self.optimizer.step({FLAT: grad})
+        hits = (self.predict(logits.detach()) == y).sum(-1)
         return torch.cat([losses.detach()[:, None], hits.float()[:, None], self.loss_values], 1)
 
+    def evaluate(self, x, y, settings, members: list[int]) -> dict[int, Evaluation]:
+        """The split `x, y` evaluated for each of `members`: their logits from one pass of the stack when there
+        are several, each with its own loss."""
+        if len(members) == 1:
+            run = self.runs[members[0]]
+            return {members[0]: evaluate(run.model, run.loss_fn, x, y, settings)}
+        logits, y = split_logits(StackedModel(self), x, y, settings)
+        return {k: evaluate_logits(self.runs[k].loss_fn, logits[k], y, settings) for k in members}
+
     def freeze(self, member: int) -> None:
-        self.optimizer.active[member] = False
+        self.optimizer.set_active(member, False)
 
     def sync_lrs(self) -> None:
         """Copy the lr each member's scheduler has set on its own torch optimizer into the stack."""
@@ -143,8 +155,59 @@ class StackedStepper:
                                                     dtype=lr.dtype, device=lr.device)
 
     def optimizer_state(self, member: int) -> dict:
-        return torch_optimizer_state(self.runs[member].optimizer, self.optimizer, self.param_names, member)
+        return torch_optimizer_state(self.runs[member].optimizer, self.optimizer.state.get(FLAT), self.layout,
+                                     member)
 
+
+class StackedModel:
+    """The stack as a model of the evaluation (losslab.evaluation.split_logits): x (N, ...) -> (M, N, K), every
+    member on the same x, in the mode of the stack's base (train or eval)."""
+
+    def __init__(self, stepper: StackedStepper):
+        self.stepper, self.base = stepper, stepper.base
+
+    @property
+    def training(self) -> bool:
+        return self.base.training
+
+    def train(self, mode: bool = True) -> None:
+        self.base.train(mode)
+
+    def eval(self) -> None:
+        self.base.eval()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        stepper = self.stepper
+        return stacked_forward(self.base, stepper.layout.views(stepper.flat.detach()), stepper.buffers, x,
+                               shared_input=True)
+
+
+FLAT = "parameters"  # the stacked optimizer's one parameter: every member's parameters side by side
+
+
+class FlatLayout:
+    """Where each stacked parameter (M, *shape) lies in the (M, P) matrix of every member's parameters."""
+
+    def __init__(self, params: dict[str, torch.Tensor]):
+        self.names = list(params)
+        self.shapes = [tuple(q.shape[1:]) for q in params.values()]
+        self.sizes = [math.prod(shape) for shape in self.shapes]
+
+    def flatten(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        members = next(iter(params.values())).shape[0]
+        return torch.cat([q.detach().reshape(members, -1) for q in params.values()], 1).requires_grad_()
+
+    def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """name -> (M, *shape) view of `flat` (or of an (M, P) state of the same layout)."""
+        parts = flat.split(self.sizes, dim=1)
+        return {name: part.unflatten(1, shape) for name, part, shape in zip(self.names, parts, self.shapes)}
+
+    def l2_rates(self, l2, like: torch.Tensor) -> torch.Tensor:
+        """(M, P) in the dtype and on the device of `like`: 2λ_m (trainer.l2 of member m) at member m's
+        weight-matrix entries (ndim >= 2), 0 at its biases; λ·Σw²'s gradient is rates·flat."""
+        is_weight = torch.cat([torch.full((size,), float(len(shape) >= 2), dtype=torch.float64)
+                               for size, shape in zip(self.sizes, self.shapes)])
+        return torch.outer(2 * torch.as_tensor(l2, dtype=torch.float64), is_weight).to(like)
 
 def logged_values(runs, device: torch.device) -> torch.Tensor:
     """(M, L): each member's loss values to log, constant over training (a stack's losses learn nothing)."""
@@ -201,48 +264,46 @@ def stacked_optimizer(runs, params: dict) -> StackedOptimizer:
                        decoupled=isinstance(runs[0].optimizer, torch.optim.AdamW))
 
 
-def clip_per_member(grads: dict, max_norm: torch.Tensor) -> dict:
-    """torch.nn.utils.clip_grad_norm_ per member: scale member m's gradients by min(1, c_m / (‖g_m‖ + 1e-6))."""
-    present = [g for g in grads.values() if g is not None]
-    norms = torch.stack([g.flatten(1).float().square().sum(1) for g in present]).sum(0).sqrt()
-    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-    return {name: None if g is None else g * scale.view(-1, *[1] * (g.ndim - 1)).to(g.dtype)
-            for name, g in grads.items()}
+def clip_per_member(grad: torch.Tensor, max_norm: torch.Tensor) -> torch.Tensor:
+    """torch.nn.utils.clip_grad_norm_ per member of the (M, P) gradient: scale row m by min(1, c_m / (‖g_m‖ + 1e-6))."""
+    norms = grad.float().square().sum(1).sqrt()
+    return grad * (max_norm / (norms + 1e-6)).clamp(max=1.0).to(grad.dtype)[:, None]
 
 
-def torch_optimizer_state(optimizer: torch.optim.Optimizer, stacked: StackedOptimizer, names: list[str],
-                          k: int) -> dict:
-    """Member k's optimizer state in its torch optimizer's own format (what a separate run's last.pt holds)."""
+def torch_optimizer_state(optimizer: torch.optim.Optimizer, state: dict | None, layout: FlatLayout, k: int) -> dict:
+    """Member k's optimizer state in its torch optimizer's own format (what a separate run's last.pt holds), from
+    the stacked optimizer's `state` of the flat parameters (None before its first step)."""
     group = optimizer.param_groups[0]
-    for name, param in zip(names, group["params"]):
-        state = stacked.state.get(name)
-        if state is None:
-            continue
+    if state is None:
+        return optimizer.state_dict()
+    tensors = {key: layout.views(value[k:k + 1]) for key, value in state.items() if key != "step"}
+    for name, param in zip(layout.names, group["params"]):
         if isinstance(optimizer, torch.optim.SGD):
-            if group["momentum"] != 0 and "momentum_buffer" in state:
-                optimizer.state[param] = {"momentum_buffer": state["momentum_buffer"][k].clone()}
+            if group["momentum"] != 0 and "momentum_buffer" in tensors:
+                optimizer.state[param] = {"momentum_buffer": tensors["momentum_buffer"][name][0].clone()}
         else:
             optimizer.state[param] = {"step": torch.tensor(float(state["step"][k])),
-                                      "exp_avg": state["exp_avg"][k].clone(),
-                                      "exp_avg_sq": state["exp_avg_sq"][k].clone()}
+                                      "exp_avg": tensors["exp_avg"][name][0].clone(),
+                                      "exp_avg_sq": tensors["exp_avg_sq"][name][0].clone()}
     return optimizer.state_dict()
 
 
-def stacked_state(runs, names: list[str], stacked: StackedOptimizer) -> dict:
-    """The members' torch optimizer states (as a resume loaded them) as the stacked optimizer's state: the
-    inverse of torch_optimizer_state. Only `step == 0` matters for SGD (a momentum buffer starts at the first
-    gradient), so a member with a buffer counts as stepped."""
-    state = {}
-    for i, name in enumerate(names):
-        member_states = [run.optimizer.state.get(run.optimizer.param_groups[0]["params"][i]) for run in runs]
-        if not any(member_states):
+def stacked_state(runs, layout: FlatLayout, stacked: StackedOptimizer) -> dict:
+    """The members' torch optimizer states (as a resume loaded them) as the stacked optimizer's state of the flat
+    parameters: the inverse of torch_optimizer_state. Only `step == 0` matters for SGD (a momentum buffer starts
+    at the first gradient), so a member with a buffer counts as stepped."""
+    member_states = [[run.optimizer.state.get(param) for param in run.optimizer.param_groups[0]["params"]]
+                     for run in runs]
+    if not any(any(states) for states in member_states):
+        return {}
+    state = stacked.init_state(stacked.params[FLAT])
+    views = {key: layout.views(value) for key, value in state.items() if key != "step"}
+    for k, states in enumerate(member_states):
+        if not any(states):
             continue
-        state[name] = stacked.init_state(stacked.params[name])
-        for k, member in enumerate(member_states):
-            if not member:
-                continue
-            state[name]["step"][k] = int(member.get("step", 1))
-            for key in ("momentum_buffer", "exp_avg", "exp_avg_sq"):
-                if key in state[name] and member.get(key) is not None:
-                    state[name][key][k] = member[key]
-    return state
+        state["step"][k] = int(next(s for s in states if s).get("step", 1))
+        for name, member in zip(layout.names, states):
+            for key, view in views.items():
+                if member and member.get(key) is not None:
+                    view[name][k] = member[key]
+    return {FLAT: state}

@@ -24,8 +24,7 @@ from losslab import config
 from losslab.checkpoint import save_last, snapshot
 from losslab.data import augment
 from losslab.errors import Interrupted
-from losslab.evaluation import evaluate
-from losslab.finish import finish_run, log_train_steps, loss_values, position_row, record_interruption
+from losslab.finish import finish_run, finish_runs, log_train_steps, loss_values, position_row, record_interruption
 from losslab.log import RunLogger
 from losslab.progress import ProgressLines, log_evaluation, progress_bar
 from losslab.rundir import exclusive
@@ -75,7 +74,7 @@ def train_group(jobs: list[Job], received: list[int], conv_on_cpu: bool) -> list
     blown_up = torch.zeros(len(group.runs), dtype=torch.bool, device=group.device)  # a loss not finite or too big
     bar = progress_bar(settings.progress, total_steps, position.step)
     lines = ProgressLines(bar, steps_per_epoch, eval_interval, total_steps, position.step)
-    group.train_started = time.perf_counter()
+    group.train_started, first_step = time.perf_counter(), position.step
     while position.step < total_steps and group.running:
         if group.orders is None:
             group.orders = torch.stack([torch.randperm(n_train, device=group.device, generator=run.order_gen)
@@ -115,8 +114,10 @@ def train_group(jobs: list[Job], received: list[int], conv_on_cpu: bool) -> list
             end_epoch(group)
     if bar is not None:
         bar.close()
-    for k in list(group.running):
-        finish_run(group, k, "completed")
+    trained_s, steps = time.perf_counter() - group.train_started, position.step - first_step
+    log.info("%strained %d steps in %.1f s (%.2f ms a step)", f"{len(group.runs)} jobs " if len(group.runs) > 1
+             else "", steps, trained_s, 1e3 * trained_s / max(steps, 1))
+    finish_runs(group, list(group.running), "completed")
     return [run.summary for run in group.runs]
 
 
@@ -198,11 +199,13 @@ def evaluate_running(group: Group) -> None:
     per_step, sizes = torch.stack(position.pending).tolist(), position.pending_sizes
     first = position.step - len(per_step) + 1
     position.pending, position.pending_sizes = [], []
+    settings, data = group.runs[0].job.cfg.trainer, group.data
+    evaluations = group.stepper.evaluate(data.val_x, data.val_y, settings, group.running)
     for k in list(group.running):
         run = group.runs[k]
         row = position_row(group, run) | loss_values(run) | log_train_steps(
             run, [step_values[k] for step_values in per_step], sizes, first)
-        outcome = validate(group, run, row)
+        outcome = validate(run, evaluations[k].metrics, row)
         if outcome != "diverged":
             log_evaluation(row, f"job {run.job.run_dir.name} " if len(group.runs) > 1 else "")
         if outcome == "early_stopped":  # the end of its epoch, as for a run that trains to the end
@@ -214,12 +217,11 @@ def evaluate_running(group: Group) -> None:
     group.stepper.sync_lrs()  # a plateau scheduler may have cut an lr
 
 
-def validate(group: Group, run: Run, row: dict) -> str | None:
-    """One evaluation of `run` on the val split, added to `row` and logged; steps a plateau scheduler, keeps the
+def validate(run: Run, val: dict, row: dict) -> str | None:
+    """`run`'s evaluation `val` of the val split, added to `row` and logged; steps a plateau scheduler, keeps the
     best state by trainer.monitor and counts patience. Returns "diverged" (the val loss is not finite or above
     the limit; nothing is logged), "early_stopped" or None."""
-    settings, progress, data = run.job.cfg.trainer, run.progress, group.data
-    val = evaluate(run.model, run.loss_fn, data.val_x, data.val_y, settings).metrics
+    settings, progress = run.job.cfg.trainer, run.progress
     row.update({f"val/{k}": v for k, v in val.items()})
     if not abs(val["loss"]) <= loss_limit(run):
         return "diverged"

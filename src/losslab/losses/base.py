@@ -19,6 +19,8 @@ class Loss(nn.Module, metaclass=abc.ABCMeta):
     - ``head_size(num_classes)``: how many outputs the model needs for ``num_classes`` classes.
     - ``forward(logits, y)``: the batch-mean loss, a 0-dim tensor.
     - ``probs(logits)``: the (N, K) class probabilities; the prediction is their argmax.
+    - ``predict(logits)``: that argmax, the (N,) predicted classes; a loss whose probabilities increase with
+      each logit (softmax, σ) may return the logits' argmax instead, which skips computing them.
     - ``scaled_probs(logits, temperature)``: the probabilities of the logits divided by one temperature T > 0,
       ``probs(logits / T)`` (post-hoc temperature scaling, ``losslab.calibration``). Every loss here predicts
       argmax_k z_k (one logit: its sign), which dividing by T keeps: T moves only the confidences.
@@ -48,6 +50,9 @@ class Loss(nn.Module, metaclass=abc.ABCMeta):
 
     @abc.abstractmethod
     def probs(self, logits: torch.Tensor) -> torch.Tensor: ...
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.probs(logits).argmax(-1)
 
     def scaled_probs(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
         return self.probs(logits / temperature)

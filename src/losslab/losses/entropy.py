@@ -131,6 +131,9 @@ class EntropyLoss(Loss):
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.softmax(-1)
 
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.argmax(-1)  # the probabilities increase with each logit
+
     def logged(self) -> dict[str, torch.Tensor]:
         beta, base = self.beta().detach(), self.base().detach()
         return {"loss/beta1": beta[0], "loss/beta2": beta[1], "loss/base1": base[0], "loss/base2": base[1]}

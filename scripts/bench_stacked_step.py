@@ -1,0 +1,126 @@
+"""Milliseconds per training step of a stack of M members against the matrix products that step needs, and
+against the same M runs stepped one after another, measured side by side in one run.
+
+    python scripts/bench_stacked_step.py [--members 16] [--steps 200] [--repeat 5] [--device cpu]
+                                         [--models linear lenet]
+
+Each member is built from its own composed config, as `hydra/launcher=stacked` builds it (MNIST shapes, batch
+128, SGD, a 4 lr x 4 trainer.l2 grid for 16 members). Two cases per model: the members share their batches
+(one seed: the same data order), and every member draws its own (one seed each). Columns:
+
+- `stacked`: one `StackedStepper.step` (forward, loss, backward, L2, the members' SGD updates, hits);
+- `products`: for linear models, the stack's matrix products alone, timed in isolation: the forward product
+  and the weight gradient's, as one (128 x 784) by (784 x 16·10) product each for shared batches, as batched
+  products (M of 128 x 784 by 784 x 10) for the members' own;
+- `separate`: M `SingleStepper.step`s, the runs as the basic launcher would step them one after another.
+
+Times are medians over `--repeat` timings of `--steps` steps each, after warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from losslab.cli import compose
+from losslab.runs import Job, build_run
+from losslab.steppers import SingleStepper, StackedStepper
+
+LRS, L2S = (0.3, 0.1, 0.03, 0.01), (0.0, 0.001, 0.01, 0.1)
+
+
+def build_runs(model: str, members: int, own_batches: bool, device: torch.device, run_dir: Path):
+    runs, data = [], None
+    for m in range(members):
+        overrides = [f"model={model}", f"trainer.device={device}", f"optimizer.lr={LRS[m % 4]}",
+                     f"trainer.l2={L2S[(m // 4) % 4]}", f"seed={m if own_batches else 0}"]
+        run, data = build_run(Job(compose(overrides), run_dir / str(m)), device, data)
+        runs.append(run)
+    return runs, data
+
+
+def batch(data, members: int, own_batches: bool, device: torch.device, size: int = 128):
+    generator = torch.Generator(device=device).manual_seed(0)
+    index = torch.randint(0, len(data.train_y), (members if own_batches else 1, size), device=device,
+                          generator=generator)
+    x, y = data.train_x[index], data.train_y[index]
+    return (x, y) if own_batches else (x[0], y[0].expand(members, -1))
+
+
+def median_ms(step, steps: int, repeat: int, device: torch.device) -> float:
+    for _ in range(max(10, steps // 10)):
+        step()
+    timings = []
+    for _ in range(repeat):
+        synchronize(device)
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        synchronize(device)
+        timings.append((time.perf_counter() - started) / steps * 1e3)
+    return statistics.median(timings)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def products(x: torch.Tensor, classes: int, members: int, own_batches: bool):
+    """The linear stack's matrix products, forward and weight gradient, on random weights of its shapes."""
+    features = x.flatten(-x.ndim + (2 if own_batches else 1)).shape[-1]
+    inputs = x.reshape(*x.shape[:2 if own_batches else 1], features)
+    if own_batches:
+        weight = torch.randn(members, classes, features, device=x.device)
+        grad_out = torch.randn(members, classes, inputs.shape[1], device=x.device)
+        return lambda: (torch.bmm(weight, inputs.transpose(1, 2)), torch.bmm(grad_out, inputs))
+    weight = torch.randn(members * classes, features, device=x.device)
+    grad_out = torch.randn(inputs.shape[0], members * classes, device=x.device)
+    return lambda: (inputs @ weight.t(), grad_out.t() @ inputs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--members", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--models", nargs="+", default=["linear", "lenet"])
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"{args.members} members, batch 128, MNIST shapes, SGD, {where}, torch {torch.__version__}; "
+          f"ms per step, medians of {args.repeat} x {args.steps} steps")
+    print(f"{'model':7} {'batches':8} {'stacked':>8} {'products':>9} {'ratio':>6} {'separate':>9} {'speed-up':>9}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models:
+            for own_batches in (False, True):
+                print(measured_row(model, own_batches, args, device, Path(tmp)), flush=True)
+
+
+def measured_row(model: str, own_batches: bool, args, device: torch.device, tmp: Path) -> str:
+    runs, data = build_runs(model, args.members, own_batches, device, tmp)
+    x, y = batch(data, args.members, own_batches, device)
+    stepper = StackedStepper(runs)
+    stacked = median_ms(lambda: stepper.step(x, y, not own_batches, 0), args.steps, args.repeat, device)
+    singles = [SingleStepper(run) for run in runs]
+    own = [(x[m], y[m]) if own_batches else (x, y[m]) for m in range(args.members)]
+    separate = median_ms(lambda: [single.step(*own[m], True, 0) for m, single in enumerate(singles)],
+                         max(1, args.steps // 4), args.repeat, device)
+    line = f"{model:7} {'own' if own_batches else 'shared':8} {stacked:8.2f} "
+    if model == "linear":
+        matmuls = median_ms(products(x, data.num_classes, args.members, own_batches), args.steps, args.repeat,
+                            device)
+        line += f"{matmuls:9.2f} {stacked / matmuls:5.1f}x "
+    else:
+        line += f"{'':9} {'':6} "
+    return line + f"{separate:9.2f} {separate / stacked:8.2f}x"
+
+
+if __name__ == "__main__":
+    main()
