@@ -114,9 +114,10 @@ def train_group(jobs: list[Job], received: list[int], conv_on_cpu: bool) -> list
             end_epoch(group)
     if bar is not None:
         bar.close()
-    trained_s, steps = time.perf_counter() - group.train_started, position.step - first_step
-    log.info("%strained %d steps in %.1f s (%.2f ms a step)", f"{len(group.runs)} jobs " if len(group.runs) > 1
-             else "", steps, trained_s, 1e3 * trained_s / max(steps, 1))
+    if len(group.runs) > 1:
+        trained_s, steps = time.perf_counter() - group.train_started, position.step - first_step
+        log.info("%d jobs trained %d steps in %.1f s (%.2f ms a step)", len(group.runs), steps, trained_s,
+                 1e3 * trained_s / max(steps, 1))
     finish_runs(group, list(group.running), "completed")
     return [run.summary for run in group.runs]
 
