@@ -86,3 +86,39 @@ def test_the_slurm_launcher_without_srun_says_so_in_one_sentence(tmp_path):
     assert "submits to a Slurm cluster, but this machine has no `srun` on its PATH" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "outputs").exists()
+
+
+def test_the_stacked_launchers_slurm_executor_without_srun_says_so_in_one_sentence(tmp_path):
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}  # losslab-train and python, no Slurm commands
+    result = subprocess.run(["losslab-train", "-m", "hydra/launcher=stacked", "hydra.launcher.executor=submitit_slurm",
+                             "seed=0,1"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "executor=submitit_slurm submits to a Slurm cluster, but this machine has no `srun` on its PATH" \
+        in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("executor", ["submitit_local", "submitit_slurm"])
+def test_the_stacked_launchers_submitit_executors_without_the_sweep_extra_say_so_in_one_sentence(executor, tmp_path):
+    missing = tmp_path / "without_submitit" / "submitit"
+    missing.mkdir(parents=True)
+    (missing / "__init__.py").write_text("raise ImportError(\"No module named 'submitit'\")\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(missing.parent),
+                                                                     os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run(["losslab-train", "-m", "hydra/launcher=stacked", f"hydra.launcher.executor={executor}",
+                             "seed=0,1"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr == (f"losslab-train: error: hydra.launcher.executor={executor} needs submitit and Hydra's "
+                             "submitit launcher, which the `sweep` extra installs (pip install -e \".[sweep]\"); "
+                             "without them use hydra.launcher.executor=in_process.\n")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_an_unknown_executor_of_the_stacked_launcher_is_one_sentence_with_the_choices(tmp_path):
+    result = run("losslab-train", "-m", "hydra/launcher=stacked", "hydra.launcher.executor=slurm", "seed=0,1",
+                 cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Invalid value 'slurm', expected one of [in_process, submitit_local, submitit_slurm]" in result.stderr
+    assert not (tmp_path / "outputs").exists()

@@ -296,10 +296,15 @@ def run_length(argv: list[str]) -> list[str]:
     return extra + ([f"hydra.sweeper.n_trials={TRIALS}"] if trials and trials[-1] > TRIALS else [])
 
 
+def submits_to_slurm(argv: list[str]) -> bool:
+    """hydra/launcher=slurm, or hydra/launcher=stacked with its Slurm executor."""
+    return "hydra/launcher=slurm" in argv or "hydra.launcher.executor=submitit_slurm" in argv
+
+
 def check_train(session: Newcomer, line: Line, argv: list[str]) -> None:
     before = session.summaries()
     result = run(argv + run_length(argv), session.home, session.env)
-    if "hydra/launcher=slurm" in argv and shutil.which("srun") is None:
+    if submits_to_slurm(argv) and shutil.which("srun") is None:
         missing = [w for w in CLUSTER_WORDS if w.lower() not in README.read_text().lower()]
         expect(not missing, f"README.md does not say what happens without a Slurm cluster ({missing})")
         assert_documented_failure(result, list(CLUSTER_WORDS))

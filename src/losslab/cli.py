@@ -183,6 +183,7 @@ def check_command(argv: list[str]) -> list[str]:
         raise UserError("hydra/launcher=submitit_slurm is Hydra's Slurm launcher without losslab's handling of "
                         "cancelled, timed-out and preempted jobs; use hydra/launcher=slurm, which takes the same "
                         "hydra.launcher keys.")
+    check_stacked_executor(launcher, given.get("hydra.launcher.executor"))
     if launcher == "slurm" and shutil.which("srun") is None:
         raise UserError("hydra/launcher=slurm submits to a Slurm cluster, but this machine has no `srun` on its "
                         "PATH; run the command on a cluster's login node, or try the sweep here with "
@@ -213,6 +214,19 @@ def check_command(argv: list[str]) -> list[str]:
         check_relaunch(Path(given["hydra.sweep.dir"]), [a for a in argv if "=" in a and not a.startswith("-")
                                                          and not _key(a).startswith(("hydra.", "hydra/"))])
     return []
+
+
+def check_stacked_executor(launcher: str | None, executor: str | None) -> None:
+    """`hydra/launcher=stacked` with a submitit executor needs the `sweep` extra, and with Slurm's a cluster."""
+    if launcher != "stacked" or executor not in ("submitit_local", "submitit_slurm"):
+        return
+    from losslab.slurm import require_submitit
+
+    require_submitit(executor)
+    if executor == "submitit_slurm" and shutil.which("srun") is None:
+        raise UserError("hydra.launcher.executor=submitit_slurm submits to a Slurm cluster, but this machine has no "
+                        "`srun` on its PATH; run the command on a cluster's login node, or try the sweep here with "
+                        "hydra.launcher.executor=submitit_local.")
 
 
 def check_relaunch(sweep_dir: Path, task_overrides: list[str]) -> None:

@@ -1,5 +1,7 @@
 """What `hydra/launcher=slurm` (hydra_plugins.losslab_launcher.slurm_launcher) does with Slurm: every job ends as a
-recorded result.
+recorded result. `hydra/launcher=stacked` with `hydra.launcher.executor=submitit_slurm`
+(hydra_plugins.losslab_launcher.stacked_launcher) does the same with one stack of jobs per task, named
+`<sweep name>/<its job numbers>`: what follows holds for each of its jobs.
 
 In each job (a Slurm array task):
 - The task renames itself `<sweep name>/<job number>` so that `squeue` and `sacct` say which sweep and job it is.
@@ -37,6 +39,39 @@ ACTIVE = "PENDING,RUNNING,CONFIGURING,COMPLETING,SUSPENDED,REQUEUED,REQUEUE_FED,
 
 class JobFailed(Exception):
     """Raised in a Slurm task whose job losslab recorded as failed, so that Slurm records it FAILED too."""
+
+
+def require_submitit(executor: str) -> None:
+    """Refuse `hydra.launcher.executor=<executor>` where submitit or Hydra's submitit launcher, which the `sweep`
+    extra installs, is missing."""
+    try:
+        import hydra_plugins.hydra_submitit_launcher.config  # noqa: F401
+        import submitit  # noqa: F401
+    except ImportError:
+        raise UserError(f"hydra.launcher.executor={executor} needs submitit and Hydra's submitit launcher, which "
+                        f"the `sweep` extra installs (pip install -e \".[sweep]\"); without them use "
+                        f"hydra.launcher.executor=in_process.") from None
+
+
+def build_executor(params: dict, name: str, cluster: str = "slurm"):
+    """submitit's AutoExecutor for `cluster` (slurm, local) with the keys of hydra/launcher=slurm in `params`, as
+    Hydra's submitit launcher builds it; the array is named `name`. USR2 comes `signal_delay_s` before the time
+    limit, at most half of `timeout_min` (a signal at the start would requeue a task before it trains)."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+
+    params = {**params, "name": name}
+    half = 60 * int(params["timeout_min"]) // 2
+    if params["signal_delay_s"] > half:
+        log.info("signal_delay_s %s is over half of timeout_min; the tasks get USR2 %d s before their time limit",
+                 params["signal_delay_s"], half)
+        params["signal_delay_s"] = half
+    built = submitit.AutoExecutor(cluster=cluster, folder=params.pop("submitit_folder"),
+                                  slurm_max_num_timeout=params.pop("max_num_timeout"))
+    shared = set(OmegaConf.structured(BaseQueueConf).keys())
+    built.update_parameters(**{key if key in shared else f"slurm_{key}": value for key, value in params.items()})
+    return built
 
 
 def submit(executor, launcher, arguments: list[tuple]) -> list:
@@ -111,8 +146,9 @@ def active_tasks(array_ids: list[str]) -> set[str] | None:
     return set(listed.stdout.split())
 
 
-def read_result(job) -> JobReturn | str | None:
-    """The task's JobReturn; the error text when it raised; None when it wrote nothing (killed, cancelled)."""
+def read_result(job) -> JobReturn | list[JobReturn] | str | None:
+    """What the task returned (a JobReturn, or a list of them for a stack); the error text when it raised; None
+    when it wrote nothing (killed, cancelled)."""
     from submitit.core.utils import pickle_load
 
     deadline = time.monotonic() + 15  # a shared filesystem may show the file late
@@ -122,7 +158,7 @@ def read_result(job) -> JobReturn | str | None:
         return None
     outcome, value = pickle_load(job.paths.result_pickle)
     if outcome == "success":
-        return value[0] if isinstance(value, list) else value
+        return value
     return str(value).strip().splitlines()[-1] if value else "error"
 
 

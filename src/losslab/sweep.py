@@ -209,8 +209,9 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         pin_sweep_dir(config)
         name_job_dirs(config)
-        folder = config.hydra.launcher.get("submitit_folder")
-        if folder:  # jobs that submitit runs write their output to its folder, not to this screen
+        folder, executor = config.hydra.launcher.get("submitit_folder"), config.hydra.launcher.get("executor")
+        # jobs that submitit runs (not hydra/launcher=stacked's in_process ones) write their output to its folder
+        if folder and getattr(executor, "name", executor) != "in_process":
             print(f"losslab sweep {config.hydra.sweep.dir}: the jobs' output (stdout, stderr) goes to "
                   f"{str(folder).replace('%j', '<job id>')}/, each job's log to <its run dir>/cli.log", flush=True)
             ANNOUNCERS[str(config.hydra.sweep.dir)] = JobEndAnnouncer(Path(config.hydra.sweep.dir))

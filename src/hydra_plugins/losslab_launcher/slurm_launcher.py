@@ -13,7 +13,7 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from omegaconf import OmegaConf, open_dict
+from omegaconf import open_dict
 
 try:
     from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
@@ -83,23 +83,11 @@ class SlurmLauncher(HydraSlurmLauncher or object):
         return [self.outcome(job, number, list(overrides)) for job, (overrides, _, number, *_) in zip(jobs, arguments)]
 
     def executor(self, name: str):
-        """submitit's AutoExecutor for Slurm with this launcher's keys, as Hydra's launcher builds it."""
-        import submitit
-        from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+        """submitit's AutoExecutor for Slurm with this launcher's keys (losslab.slurm.build_executor)."""
+        from losslab.slurm import build_executor
 
-        params = {**self.params, "name": name}
-        half = 60 * int(params["timeout_min"]) // 2
-        if params["signal_delay_s"] > half:  # a signal at the start would requeue the task before it trains
-            log.info("signal_delay_s %s is over half of timeout_min; the tasks get USR2 %d s before their time "
-                     "limit", params["signal_delay_s"], half)
-            params["signal_delay_s"] = half
-        executor = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),
-                                         slurm_max_num_timeout=params.pop("max_num_timeout"))
-        shared = set(OmegaConf.structured(BaseQueueConf).keys())
-        executor.update_parameters(**{key if key in shared else f"slurm_{key}": value
-                                      for key, value in params.items()})
         self.params["name"] = name
-        return executor
+        return build_executor(self.params, name)
 
     def outcome(self, job, number: int, overrides: list[str]) -> JobReturn:
         """The task's JobReturn; a task that ended without a result is recorded in its run dir and returns inf."""

@@ -3,23 +3,35 @@
     losslab-train -m hydra/launcher=stacked optimizer.lr=0.1,0.03,0.01,0.003 trainer.l2=0,0.001,0.01,0.1
 
 Every job is set up as Hydra's basic launcher sets it up (its run dir, .hydra/, the same job numbers), then
-the jobs are grouped by their config without `losslab.steppers.STACKABLE_KEYS` and each group of two or
-more trains in this process with `losslab.train.fit_group`, at most `max_members` at a time. Relaunching a sweep,
-a job with a finished result is skipped and the jobs that resume from their last.pt are grouped the same way,
-so an interrupted stack resumes as a stack. A job runs on its own, like the basic launcher runs it, when it is
-alone in its group or when its group cannot be stacked (the log says why).
+the jobs are grouped by their config without `losslab.steppers.STACKABLE_KEYS`, and each group is cut into chunks
+of at most `max_members`; a chunk of two or more trains with `losslab.train.fit_group`. Relaunching a sweep, a job
+with a finished result is skipped and the jobs that resume from their last.pt are grouped the same way, so an
+interrupted stack resumes as a stack. A job runs on its own, like the basic launcher runs it, when it is alone in
+its group or when its group cannot be stacked (the log says why).
+
+`executor` says where the chunks train: `in_process` (the default) one after the other in this process;
+`submitit_local` or `submitit_slurm` each chunk as one task of one submitit array, with the keys of
+hydra/launcher=slurm (losslab.slurm). A task renames itself `<sweep name>/<its job numbers>` (`synthetic-linear-ce/
+0-15`), sets its members up again and trains them with the very code of the in-process path (`StackedLauncher.
+train`), so a requeued task (time limit, preemption) resumes its stack from the members' last.pt. A task ends
+FAILED when one of its members failed; one that ends without a result (cancelled, killed) has each unfinished member
+recorded in its run dir, and the sweep ends with its tally and the command that continues it.
 """
 
 # no `from __future__ import annotations`: Hydra's plugin scan runs this module outside sys.modules, where
 # dataclasses cannot resolve string annotations
 import logging
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -27,11 +39,46 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 log = logging.getLogger("losslab")
 
 
+class Executor(Enum):
+    in_process = 0  # the chunks one after the other, in the launcher's process
+    submitit_local = 1  # each chunk a submitit task on this machine
+    submitit_slurm = 2  # each chunk a Slurm array task
+
+
 @dataclass
 class StackedLauncherConf:
     _target_: str = "hydra_plugins.losslab_launcher.stacked_launcher.StackedLauncher"
     max_members: int = 64  # the most jobs in one stack; a larger group trains in several stacks
     conv_on_cpu: bool = False  # stack convolutional models on the CPU too (slower there than one by one)
+    executor: Executor = Executor.in_process  # where the stacks train
+    # with a submitit executor: the keys of hydra/launcher=slurm (slurm_launcher.LosslabSlurmConf), each task being
+    # one stack of at most max_members jobs
+    submitit_folder: str = "${hydra.sweep.dir}/.submitit/%j"
+    timeout_min: int = 60
+    cpus_per_task: int | None = None
+    gpus_per_node: int | None = None
+    tasks_per_node: int = 1
+    mem_gb: int | None = None
+    nodes: int = 1
+    name: str = "losslab"  # the launcher names the array after the sweep, each task <sweep>/<its job numbers>
+    stderr_to_stdout: bool = False
+    partition: str | None = None
+    qos: str | None = None
+    comment: str | None = None
+    constraint: str | None = None
+    exclude: str | None = None
+    gres: str | None = None
+    cpus_per_gpu: int | None = None
+    gpus_per_task: int | None = None
+    mem_per_gpu: str | None = None
+    mem_per_cpu: str | None = None
+    account: str | None = None
+    signal_delay_s: int = 120  # USR2 this long before the time limit: the stack writes last.pt and is requeued
+    max_num_timeout: int = 10  # requeues after time-outs; each resumes from last.pt
+    additional_parameters: dict[str, Any] = field(default_factory=dict)
+    array_parallelism: int = 256
+    setup: list[str] | None = None
+    poll_s: float = 5.0  # how often the launcher asks Slurm about its tasks
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="stacked", node=StackedLauncherConf, provider="losslab")
@@ -67,15 +114,49 @@ def remember_compositions(config_loader) -> dict:
     return composed
 
 
+def numbers_text(numbers: list[int]) -> str:
+    """Job numbers as ranges: [0, 1, 2, 3, 8, 10, 11] -> `0-3,8,10-11`."""
+    ranges: list[list[int]] = []
+    for number in sorted(numbers):
+        if ranges and number == ranges[-1][1] + 1:
+            ranges[-1][1] = number
+        else:
+            ranges.append([number, number])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+@dataclass
+class Member:
+    """A job of the sweep, set up: its number, overrides, composed config, run dir, its losslab.train.Job, and its
+    JobReturn (the set-up pass's until it has trained)."""
+
+    number: int
+    overrides: list
+    sweep_config: DictConfig
+    ret: JobReturn
+
+    def __post_init__(self):
+        self.job = self.ret.return_value
+        self.run_dir = self.job.run_dir
+
+
 class StackedLauncher(Launcher):
-    def __init__(self, max_members: int = 64, conv_on_cpu: bool = False) -> None:
+    def __init__(self, max_members: int = 64, conv_on_cpu: bool = False, executor: Any = "in_process",
+                 poll_s: float = 5.0, **params: Any) -> None:
         super().__init__()
-        self.max_members, self.conv_on_cpu = max_members, conv_on_cpu
+        self.max_members, self.conv_on_cpu, self.poll_s = max_members, conv_on_cpu, float(poll_s)
+        self.executor = getattr(executor, "name", str(executor))  # an Executor of the scanned module, or its name
+        self.params = {key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+                       for key, value in params.items()}  # the submitit keys
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from losslab.slurm import require_submitit
+
+        if self.executor != "in_process":
+            require_submitit(self.executor)
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
         self.composed = remember_compositions(hydra_context.config_loader)
 
@@ -86,52 +167,173 @@ class StackedLauncher(Launcher):
         return ret
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from losslab.cli import objective
         from losslab.errors import Interrupted
-        from losslab.steppers import NotStackable, group_key
-        from losslab.sweep import can_resume, previous_result, print_stopped
-        from losslab.train import fit_group
+        from losslab.sweep import print_stopped
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        log.info("Launching %d jobs, stacked where they differ only in numbers", len(job_overrides))
-        sweep_configs, returns, groups = [], [], {}
-        for idx, overrides in enumerate(job_overrides, initial_job_idx):
-            log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
-            sweep_config = self.composed.pop((id(self.config), tuple(overrides)), None)
-            if sweep_config is None:
-                sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            with open_dict(sweep_config):
-                sweep_config.hydra.job.id = sweep_config.hydra.job.num = idx
-            ret = self.run(sweep_config, describe_job)  # run dir and .hydra/, as the basic launcher makes them
-            sweep_configs.append(sweep_config)
-            returns.append(ret)
-            job = ret.return_value
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        where = "in this process" if self.executor == "in_process" else f"as {self.executor} tasks"
+        log.info("Launching %d jobs, stacked where they differ only in numbers, %s", len(job_overrides), where)
+        jobs = [(number, list(overrides)) for number, overrides in enumerate(job_overrides, initial_job_idx)]
+        for number, overrides in jobs:
+            log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
+        if self.executor != "in_process":
+            return self.submit(jobs)
+        try:
+            return [member.ret for member in self.train(jobs)]
+        except Interrupted as e:
+            print_stopped(sweep_dir, e.signum)
+            raise
+
+    def set_up(self, number: int, overrides: list[str], job_id: str | None = None) -> Member:
+        """A job's run dir and .hydra/, as the basic launcher makes them, and its resolved config."""
+        sweep_config = self.composed.pop((id(self.config), tuple(overrides)), None)
+        if sweep_config is None:
+            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.num = number
+            sweep_config.hydra.job.id = job_id or number
+        return Member(number, overrides, sweep_config, self.run(sweep_config, describe_job))
+
+    def chunks(self, members: list[Member]) -> list[list[Member]]:
+        """The stacks to train: members grouped by losslab.steppers.group_key and whether they resume, in chunks of
+        at most `max_members`; a member with a finished result alone (its own run skips it)."""
+        from losslab.steppers import group_key
+        from losslab.sweep import can_resume, previous_result
+
+        groups: dict[Any, list[Member]] = {}
+        for member in members:
+            job = member.job
             if previous_result(job.run_dir, job.overrides):
-                groups[f"own {idx}"] = [len(returns) - 1]  # skipped by the job itself
+                groups[f"own {member.number}"] = [member]
             else:
                 job.resume = can_resume(job.run_dir, job.overrides)
-                groups.setdefault((job.resume, group_key(job.cfg)), []).append(len(returns) - 1)
+                groups.setdefault((job.resume, group_key(job.cfg)), []).append(member)
+        return [group[start:start + self.max_members] for group in groups.values()
+                for start in range(0, len(group), self.max_members)]
 
-        for members in groups.values():
-            for start in range(0, len(members), self.max_members):
-                chunk = members[start:start + self.max_members]
-                if len(chunk) > 1:
-                    try:
-                        summaries = fit_group([returns[i].return_value for i in chunk], self.conv_on_cpu)
-                    except Interrupted as e:
-                        print_stopped(Path(str(self.config.hydra.sweep.dir)), e.signum)
-                        raise
-                    except NotStackable as e:
-                        log.info("jobs %s run one by one: %s", [initial_job_idx + i for i in chunk], e)
-                    except Exception as e:  # a job's own run then records what is wrong (failed summary, error.txt)
-                        log.warning("jobs %s could not train stacked (%s: %s); running them one by one",
-                                    [initial_job_idx + i for i in chunk], type(e).__name__, e)
-                    else:
-                        for i, summary in zip(chunk, summaries):
-                            returns[i].return_value = objective(summary)
-                        continue
-                for i in chunk:
-                    returns[i] = self.run(sweep_configs[i], self.task_function)
+    def train(self, jobs: list[tuple[int, list[str]]], task_id: str | None = None) -> list[Member]:
+        """Set up, group and train `jobs` (number, overrides) in this process: the whole sweep with the in-process
+        executor, one chunk in submitit's task `task_id`, which first waits for any process that still trains in a
+        member's run dir (an earlier launch's task, when the sweep is relaunched while it runs). Every member holds
+        its JobReturn."""
+        from losslab.rundir import wait_for_lock
+
+        members = [self.set_up(number, overrides, task_id) for number, overrides in jobs]
+        for member in members if task_id else []:
+            wait_for_lock(member.run_dir)
+        for chunk in self.chunks(members):
+            self.run_chunk(chunk)
+        return members
+
+    def run_chunk(self, chunk: list[Member]) -> None:
+        """Train a chunk as one stack (each member's JobReturn then holds its objective); one by one, as the basic
+        launcher runs them, when it is a single job or cannot be stacked."""
+        from losslab.cli import objective
+        from losslab.runtime import training_stack
+        from losslab.steppers import NotStackable
+        from losslab.train import fit_group
+
+        numbers = [member.number for member in chunk]
+        if len(chunk) > 1:
+            try:
+                with training_stack(numbers):
+                    summaries = fit_group([member.job for member in chunk], self.conv_on_cpu)
+            except NotStackable as e:
+                log.info("jobs %s run one by one: %s", numbers, e)
+            except Exception as e:  # a job's own run then records what is wrong (failed summary, error.txt)
+                log.warning("jobs %s could not train stacked (%s: %s); running them one by one", numbers,
+                            type(e).__name__, e)
+            else:
+                for member, summary in zip(chunk, summaries):
+                    member.ret.return_value = objective(summary)
+                return
+        for member in chunk:
+            member.ret = self.run(member.sweep_config, self.task_function)
+
+    def submit(self, jobs: list[tuple[int, list[str]]]) -> list[JobReturn]:
+        """Every chunk of the sweep as one task of one submitit array; a job with a finished result is skipped here.
+        Returns when every task has ended."""
+        from losslab.slurm import build_executor, submit, wait_for_tasks
+        from losslab.sweep import sweep_name
+
+        members, chunks = [self.set_up(number, overrides) for number, overrides in jobs], []
+        for chunk in self.chunks(members):
+            if self.finished(chunk):
+                self.run_chunk(chunk)  # its own run says it is skipped
+            else:
+                chunks.append(chunk)
+        if chunks:
+            self.params["name"] = sweep_name(self.config)
+            executor = build_executor(self.params, self.params["name"], self.executor.removeprefix("submitit_"))
+            arguments = [([(m.number, m.overrides) for m in chunk], Singleton.get_state()) for chunk in chunks]
+            log.info("%d jobs in %d tasks of at most %d: %s", sum(map(len, chunks)), len(chunks), self.max_members,
+                     "; ".join(numbers_text([m.number for m in chunk]) for chunk in chunks))
+            tasks = submit(executor, self, arguments)
+            if self.executor == "submitit_slurm":
+                wait_for_tasks(tasks, self.poll_s)
+            for task, chunk in zip(tasks, chunks):
+                if self.executor == "submitit_local":
+                    task.wait()
+                for member, ret in zip(chunk, self.outcome(task, chunk)):
+                    member.ret = ret
+        return [member.ret for member in members]
+
+    @staticmethod
+    def finished(chunk: list[Member]) -> bool:
+        """Whether the chunk is one job with a finished result (losslab.sweep.previous_result)."""
+        from losslab.sweep import previous_result
+
+        return len(chunk) == 1 and previous_result(chunk[0].run_dir, chunk[0].overrides) is not None
+
+    def __call__(self, jobs: list[tuple[int, list[str]]], singleton_state: dict) -> list[JobReturn]:
+        """One chunk, in its submitit task: its members set up again and trained as in-process (`train`)."""
+        import submitit
+
+        from losslab.errors import Interrupted
+        from losslab.rundir import run_state
+        from losslab.slurm import JobFailed, ignore_preemption, rename_task, requeue_on_preemption
+
+        numbers = numbers_text([number for number, _ in jobs])
+        rename_task(f"{self.params['name']}/{numbers}")
+        Singleton.set_state(singleton_state)
+        setup_globals()
+        try:
+            members = self.train(jobs, task_id=submitit.JobEnvironment().job_id)
+        except Interrupted as stop:
+            requeue_on_preemption(stop.signum)
+            raise
+        failed = [member.number for member in members if run_state(member.run_dir) == "failed"]
+        if failed:
+            raise JobFailed(f"jobs {numbers_text(failed)} failed; their errors are in their run dirs' error.txt")
+        ignore_preemption()  # the jobs are done: a time limit's signal now has nothing to save or requeue
+        return [member.ret for member in members]
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """What submitit requeues: the same chunk, which resumes from its members' last.pt."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+    def outcome(self, task, chunk: list[Member]) -> list[JobReturn]:
+        """The task's JobReturns; when it ended without them, each member's finished result from its run dir, and
+        each unfinished member recorded there (losslab.sweep.record_slurm_end) with inf."""
+        from losslab.cli import objective
+        from losslab.slurm import final_state, read_result
+        from losslab.sweep import previous_result, record_slurm_end
+
+        result = read_result(task)
+        if isinstance(result, list):
+            return result
+        state = final_state(task.job_id) if self.executor == "submitit_slurm" else task.state
+        returns = []
+        for member in chunk:
+            done = previous_result(member.run_dir, member.overrides)
+            if done is None:
+                record_slurm_end(member.run_dir, member.overrides, task.job_id, state, result)
+            returns.append(JobReturn(overrides=member.overrides, status=JobStatus.COMPLETED,
+                                     _return_value=math.inf if done is None else objective(done)))
         return returns
+
