@@ -167,12 +167,14 @@ def batch_at(group: Group, start: int, batch_size: int, shared: bool, augmenting
     data, dataset, runs = group.data, group.runs[0].job.cfg.dataset, group.runs
     if shared:
         index = group.orders[0, start:start + batch_size]
-        x, y = data.train_x[index], data.train_y[index]
+        x, y = data.train_x.index_select(0, index), data.train_y[index]
         if augmenting:  # one run (a stack that augments shares no batch)
             x = augment(x, dataset.hflip, dataset.crop_padding, runs[0].order_gen)
         return x, y if len(runs) == 1 else y.expand(len(runs), -1)
     index = group.orders[:, start:start + batch_size]
-    x, y = data.train_x[index], data.train_y[index]
+    # index_select gathers whole images at about 5x the speed of indexing with a 2-d index
+    x = data.train_x.index_select(0, index.flatten()).unflatten(0, index.shape)
+    y = data.train_y[index]
     if augmenting:
         x = torch.stack([augment(x[k], dataset.hflip, dataset.crop_padding, run.order_gen)
                          for k, run in enumerate(runs)])
