@@ -10,11 +10,12 @@ unless `--figures off`, which sets trainer.figures=false for both launchers alik
 each job's final test accuracy between the two launchers (same seed, same config). Start-up times are the best
 of `--repeat` runs.
 
-For every stacked command the phases of its wall time are read from its log and files: start-up (`import torch,
-torchvision`, measured here), compose (the rest until the launcher starts), build (job dirs and members, until
-"N jobs stacked"), train (until "N jobs trained"), finish (the members' final evaluations and summaries, until
-the last "completed"), figures (the last PNG written) and report (report.md written), each counted from the
-end of the finish, since they overlap; exit is what is left.
+For every stacked command the phases of its wall time are read from its log and files: compose (Hydra's start
+and the sweeper composing every job, until the launcher starts; losslab imports torch only after it), build
+(importing torch, the job dirs and .hydra/, the data and the members, until "N jobs stacked"), train (until "N
+jobs trained"), finish (the members' final evaluations and summaries, until the last "completed"), figures (the
+last PNG written) and report (report.md written), each counted from the end of the finish, since they overlap;
+exit is what is left. The start-up it is compared with is `import torch, torchvision`, measured here.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def log_times(output: str, pattern: str) -> list[float]:
             for stamp, text in LOGGED.findall(output) if re.search(pattern, text)]
 
 
-def phases(output: str, sweep_dir: Path, start: float, end: float, startup: float) -> dict[str, float]:
+def phases(output: str, sweep_dir: Path, start: float, end: float) -> dict[str, float]:
     """The stacked command's phases (see the module docstring), in seconds."""
     launched = log_times(output, r"^Launching \d+ jobs")[0]
     built = max(log_times(output, r"jobs stacked on"))
@@ -87,7 +88,7 @@ def phases(output: str, sweep_dir: Path, start: float, end: float, startup: floa
     finished = max(log_times(output, r" completed after \d+ steps"))
     figures = max((png.stat().st_mtime for png in sweep_dir.glob("*/figures/*.png")), default=finished)
     report = (sweep_dir / "report.md").stat().st_mtime
-    return {"start-up": startup, "compose": launched - start - startup, "build": built - launched,
+    return {"compose": launched - start, "build": built - launched,
             "train": trained - built, "finish": finished - trained, "figures": max(0.0, figures - finished),
             "report": report - finished, "exit": end - max(report, figures)}
 
@@ -154,8 +155,8 @@ def main() -> None:
                   f"(job {worst}: {job_overrides(job_dir(stacked_dir, worst))}, test acc "
                   f"{basic_accuracies[worst]:.4f} basic)", flush=True)
             if "jobs stacked on" in output:
-                times = phases(output, stacked_dir, start, end, startup)
-                print(f"{'':52} stacked: {stacked - startup:.1f} s over start-up; "
+                times = phases(output, stacked_dir, start, end)
+                print(f"{'':52} stacked: {stacked - startup:.1f} s over start-up ({startup:.1f} s); "
                       + ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in times.items()), flush=True)
         if {"softmax", "softmax64"} <= stacked_walls.keys():
             many, few = stacked_walls["softmax64"], stacked_walls["softmax"]
