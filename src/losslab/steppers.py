@@ -2,12 +2,14 @@
 per-run values of that step (loss, hits, then the loss's own logged values) and leaves the weights updated.
 
 - `SingleStepper`: one run, its torch optimizer, `torch.compile` when trainer.compile is on.
-- `StackedStepper`: M runs whose configs differ only in `STACKABLE_KEYS`, trained as one stacked model: the
-  members' parameters are stacked (`torch.func.stack_module_state`) and each member's model keeps *views* into
-  the stack, so evaluation and checkpoints use the ordinary per-run code; one `vmap`ped forward and loss, the sum
-  of the members' mean losses backward (member m's gradient is its own loss's), L2 / clipping / the optimizer
-  update per member (`losslab.stacked`). A member that stops is frozen. Its `last.pt` holds its optimizer state
-  in torch.optim's format, so a stopped member resumes alone or in a stack alike.
+- `StackedStepper`: M runs whose configs differ only in `STACKABLE_KEYS`, trained as one stacked model: every
+  member's parameters are one (M, P) matrix (`FlatLayout`) and each member's model keeps *views* into it, so
+  checkpoints use the ordinary per-run code; one forward of the stack (batched layers, else vmap:
+  `losslab.stacked.stacked_forward`) and a vmapped loss, the sum of the members' mean losses backward (member
+  m's gradient is its own loss's), then L2, clipping and the optimizer update (`losslab.stacked`) on the one
+  matrix with per-member numbers. The members' evaluations are one pass of the stack. A member that stops is
+  frozen. Its `last.pt` holds its optimizer state in torch.optim's format, so a stopped member resumes alone or
+  in a stack alike.
 
 What a separate run does and a stacked one does not: per-member dropout masks come from the shared global RNG,
 so a member with dropout is not bit-for-bit its separate run (it is the same model and recipe). Runs a stack
@@ -218,10 +220,10 @@ def logged_values(runs, device: torch.device) -> torch.Tensor:
 
 def check_stackable(first, device: torch.device, conv_on_cpu: bool = False) -> None:
     """Raise NotStackable with the reason when runs like `first` (their configs differ only in
-    STACKABLE_KEYS) cannot train as one stack, or would train slower as one: vmap runs the members'
-    convolutions as one grouped convolution, which oneDNN computes on the CPU in the plain memory format (vmap
-    has no channels_last) at about half the speed of separate convolutions (LeNet-5, 8 members: 0.83x the
-    basic launcher's wall time, scripts/bench_sweep.py)."""
+    STACKABLE_KEYS) cannot train as one stack, or would train slower as one: past the first layer the members'
+    convolutions are one grouped convolution, which the CPU computes slower than separate ones (a 16-member
+    LeNet-5 step ran at 0.72x the speed of 16 separate steps with a shared batch, 0.54x with their own batches,
+    scripts/bench_stacked_step.py)."""
     if device.type == "cpu" and not conv_on_cpu and any(isinstance(m, torch.nn.Conv2d) for m in first.model.modules()):
         raise NotStackable("stacked convolutions run slower than separate ones on the CPU "
                            "(hydra.launcher.conv_on_cpu=true stacks them anyway)")
