@@ -356,3 +356,24 @@ def test_hyperparameters_are_checked():
         StackedSGD(params, lr=0.1, momentum=(0.9, 0.0, 0.9), nesterov=True)
     with pytest.raises(ValueError, match="hyperparameters"):
         StackedSGD(params, lr=0.1).load_state_dict(StackedAdam(params).state_dict())
+
+
+class PartFlatten(nn.Module):
+    """Flattens only some dims: not a layer the batched path knows, so the stack keeps vmap."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, CLASSES)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1, 2).mean(1))
+
+
+def test_a_partial_flatten_runs_through_vmap_and_equals_each_member():
+    members = [PartFlatten().double() for _ in range(M)]
+    params, buffers, base = stack_models(members)
+    assert base.layer_plan is None
+    x = batches(steps=1)[0][0]
+    out = stacked_forward(base, params, buffers, x)
+    for m, member in enumerate(members):
+        torch.testing.assert_close(out[m], member(x[m]), rtol=0, atol=1e-12)

@@ -40,8 +40,9 @@ def layer_plan(base: nn.Module) -> list | None:
 def batchable(node, base: nn.Module) -> bool:
     if node.op in ("placeholder", "output"):
         return True
-    if node.op == "call_method":
-        return node.target == "flatten" and flatten_start(node) == 1
+    if node.op == "call_method":  # x.flatten(1): every dim after the batch's into one
+        return node.target == "flatten" and flatten_start(node) == 1 and len(node.args) <= 2 \
+            and "end_dim" not in node.kwargs
     if node.op != "call_module":
         return False
     module = base.get_submodule(node.target)

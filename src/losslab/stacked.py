@@ -133,13 +133,18 @@ class StackedOptimizer:
         self.members, device = first.shape[0], first.device
         self.hparams = {name: per_member(value, self.members, device) for name, value in hparams.items()}
         self.active = torch.ones(self.members, dtype=torch.bool, device=device)
-        self.all_active = True  # kept on the host, so that a step reads nothing from the device
-        self.decays = bool((self.hparams["weight_decay"] != 0).any())  # no schedule changes it
         self.state: dict[str, dict[str, Tensor]] = {}
+        self.read_flags()
+
+    def read_flags(self) -> None:
+        """What a step decides on, read once onto the host so that a step reads nothing from the device: whether
+        every member is active, and whether any has weight decay (no schedule changes it)."""
+        self.all_active = bool(self.active.all())
+        self.decays = bool((self.hparams["weight_decay"] != 0).any())
 
     def set_active(self, member: int, active: bool) -> None:
         self.active[member] = active
-        self.all_active = bool(self.active.all())
+        self.read_flags()
 
     def init_state(self, param: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -182,10 +187,9 @@ class StackedOptimizer:
         device = self.active.device
         self.hparams = {name: value.to(device).clone() for name, value in state_dict["hparams"].items()}
         self.active = state_dict["active"].to(device).clone()
-        self.all_active = bool(self.active.all())
-        self.decays = bool((self.hparams["weight_decay"] != 0).any())
         self.state = {name: {key: value.to(device).clone() for key, value in state.items()}
                       for name, state in state_dict["state"].items()}
+        self.read_flags()
 
 
 class StackedSGD(StackedOptimizer):

@@ -123,9 +123,13 @@ class StackedStepper:
             lambda state, logits, y: torch.func.functional_call(loss_base, state, (logits, y)))
         self.predict = runs[0].loss_fn.predict  # row by row over the class dim, so it takes (M, N, K)
 
+    def forward(self, x: torch.Tensor, shared: bool) -> torch.Tensor:
+        """Every member's outputs (M, N, K) for x: (N, ...) the members share, or (M, N, ...) one each."""
+        return stacked_forward(self.base, self.layout.views(self.flat), self.buffers, x, shared_input=shared)
+
     def step(self, x, y, shared: bool, epoch: int) -> torch.Tensor:
         with autocast(x.device, self.precision):
-            logits = stacked_forward(self.base, self.layout.views(self.flat), self.buffers, x, shared_input=shared)
+            logits = self.forward(x, shared)
         logits = logits.float()
         losses = self.member_losses(self.loss_buffers, logits, y)
         losses.sum().backward()
@@ -179,9 +183,7 @@ class StackedModel:
         self.base.eval()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        stepper = self.stepper
-        return stacked_forward(self.base, stepper.layout.views(stepper.flat.detach()), stepper.buffers, x,
-                               shared_input=True)
+        return self.stepper.forward(x, shared=True)  # split_logits runs it without autograd
 
 
 FLAT = "parameters"  # the stacked optimizer's one parameter: every member's parameters side by side
@@ -210,6 +212,7 @@ class FlatLayout:
         is_weight = torch.cat([torch.full((size,), float(len(shape) >= 2), dtype=torch.float64)
                                for size, shape in zip(self.sizes, self.shapes)])
         return torch.outer(2 * torch.as_tensor(l2, dtype=torch.float64), is_weight).to(like)
+
 
 def logged_values(runs, device: torch.device) -> torch.Tensor:
     """(M, L): each member's loss values to log, constant over training (a stack's losses learn nothing)."""
