@@ -1,6 +1,8 @@
 """ce, bce, mbce against the SPEC formulas computed independently in float64 numpy; the `Loss` interface every
 configured loss implements; the entropy-gradient rule's step scale on the dual-weight linear model."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from losslab.config import CONF_DIR
 from losslab.errors import ConfigError
 from losslab.losses import BinaryCrossEntropy, CrossEntropy, EntropyGradient, Loss, MultiBinaryCrossEntropy, scale_step
 from losslab.models import DualLinear
+from losslab.steppers import stacked_loss
 
 rng = np.random.default_rng(0)
 
@@ -135,6 +138,34 @@ def test_every_configured_loss_implements_the_interface(name):
         assert torch.equal(loss.scaled_probs(logits, temperature).argmax(-1), probs.argmax(-1))
     many = torch.randn(3, 500, loss.head_size(k)) * 4  # predict takes leading dims, as a stack's (M, N, K)
     assert torch.equal(loss.predict(many), loss.probs(many).argmax(-1))
+
+
+MEMBER_HYPERPARAMETERS = {  # a loss's own numbers for each of three stack members (defaults where none)
+    "ce": [dict(label_smoothing=e) for e in (0.0, 0.1, 0.3)],
+    "min_ent": [dict(beta1=1.0, beta2=0.1), dict(beta1=0.5, beta2=0.5, base1=2.0), dict(beta1=0.2, base2=10.0)],
+    "mix_ent": [dict(beta1=1.0, beta2=0.1), dict(beta1=0.5, beta2=0.5, base1=2.0), dict(beta1=0.2, base2=10.0)],
+}
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_a_stack_of_losses_gives_each_members_own_loss_and_gradient(name):
+    """The stack's loss (member 0's, holding every member's buffers) on (M, N, K) logits laid out as a stack's
+    (the class dim not the innermost in memory) against each member's own loss on its (N, K) logits."""
+    cls, k = loss_class(name), 2 if name in BINARY_ONLY else 7
+    members = [cls(**numbers) for numbers in MEMBER_HYPERPARAMETERS.get(name, [{}] * 3)]
+    width = members[0].head_size(k)
+    logits = (torch.randn(3, width, 50, dtype=torch.float64) * 3).transpose(1, 2).requires_grad_()
+    y = torch.randint(0, k, (3, 50))
+    stacked = stacked_loss([SimpleNamespace(loss_fn=member) for member in members])(logits, y)
+    assert stacked.shape == (3,)
+    stacked.sum().backward()
+    for m, member in enumerate(members):
+        own_logits = logits.detach()[m].clone().requires_grad_()
+        own = member(own_logits, y[m])
+        own.backward()
+        torch.testing.assert_close(stacked[m], own, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(logits.grad[m], own_logits.grad, rtol=1e-12, atol=1e-12)
+    assert len({round(value, 9) for value in stacked.tolist()}) == 3  # the members' numbers differ
 
 
 class Identity(Loss):

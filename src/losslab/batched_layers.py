@@ -10,11 +10,13 @@ Member m has weights W[m], biases b[m]. A value flows through the layers in one 
 - ``members``: (M, N, ...), member m's values at [m] (any strides);
 - ``channels``: (N, M·C, H, W), member m's C feature maps at channels [m·C, (m+1)·C) (what a convolution gives).
 
-Linear: shared h (N, I): one product h · [W[0]; ...; W[M−1]]ᵀ, (N, M·O) — every member's outputs side by side;
-members h (M, N, I): z[m]ᵀ = W[m] · h[m]ᵀ + b[m] as one batched product (`baddbmm`), computed as (M, O, N): its
-backward then multiplies in BLAS's preferred layout. Conv2d: shared input, one convolution with M·O output
-channels; channels input, one grouped convolution (groups = M). Activations, dropout and max-pooling act
-elementwise or per channel, so in any layout (dropout draws each member's own mask).
+Linear: shared h (N, I): one product [W[0]; ...; W[M−1]] · hᵀ, (M·O, N) — every member's outputs stacked;
+members h (M, N, I): z[m]ᵀ = W[m] · h[m]ᵀ + b[m] as one batched product (`baddbmm`), (M, O, N). Both keep the
+outputs transposed in memory: the backward then multiplies in BLAS's preferred layout, and a loss over the last
+layer's outputs reduces over its classes across the rows (losslab.losses.base.log_softmax). Conv2d: shared
+input, one convolution with M·O output channels; channels input, one grouped convolution (groups = M).
+Activations, dropout and max-pooling act elementwise or per channel, so in any layout (dropout draws each
+member's own mask).
 """
 
 from __future__ import annotations
@@ -92,8 +94,8 @@ def apply_layer(module: nn.Module, name: str, params: dict, tensor: Tensor, layo
 def linear(h: Tensor, layout: str, weight: Tensor, bias: Tensor | None, members: int) -> tuple[Tensor, str]:
     if layout == SHARED:
         flat_weight = weight.reshape(-1, weight.shape[-1])  # (M·O, I)
-        out = h @ flat_weight.t() if bias is None else torch.addmm(bias.reshape(-1), h, flat_weight.t())
-        return out.view(h.shape[0], members, -1).transpose(0, 1), MEMBERS
+        out = flat_weight @ h.t() if bias is None else torch.addmm(bias.reshape(-1, 1), flat_weight, h.t())
+        return out.view(members, -1, h.shape[0]).transpose(1, 2), MEMBERS
     h = as_members(h, layout, members)
     out = torch.bmm(weight, h.transpose(1, 2)) if bias is None else torch.baddbmm(bias.unsqueeze(2), weight,
                                                                                    h.transpose(1, 2))

@@ -222,7 +222,7 @@ class StackedSGD(StackedOptimizer):
             else:
                 direction = torch.where(momentum != 0, buffer, direction)
             new_state["momentum_buffer"] = buffer
-        return param - member_view(h["lr"], param) * direction, new_state
+        return torch.addcmul(param, member_view(h["lr"], param), direction, value=-1), new_state
 
 
 class StackedAdam(StackedOptimizer):

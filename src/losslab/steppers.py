@@ -5,7 +5,7 @@ per-run values of that step (loss, hits, then the loss's own logged values) and 
 - `StackedStepper`: M runs whose configs differ only in `STACKABLE_KEYS`, trained as one stacked model: every
   member's parameters are one (M, P) matrix (`FlatLayout`) and each member's model keeps *views* into it, so
   checkpoints use the ordinary per-run code; one forward of the stack (batched layers, else vmap:
-  `losslab.stacked.stacked_forward`) and a vmapped loss, the sum of the members' mean losses backward (member
+  `losslab.stacked.stacked_forward`) and the members' losses as one (`stacked_loss`), their sum backward (member
   m's gradient is its own loss's), then L2, clipping and the optimizer update (`losslab.stacked`) on the one
   matrix with per-member numbers. The members' evaluations are one pass of the stack. A member that stops is
   frozen. Its `last.pt` holds its optimizer state in torch.optim's format, so a stopped member resumes alone or
@@ -18,6 +18,7 @@ cannot express raise `NotStackable` (the launcher runs them one by one and logs 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -111,7 +112,7 @@ class StackedStepper:
         self.layout = FlatLayout(params)
         self.flat = self.layout.flatten(params)  # every member's parameters as one (M, P) leaf: one update
         share_storage(runs, self.layout.views(self.flat.detach()), self.buffers)
-        _, self.loss_buffers, loss_base = stack_models([run.loss_fn for run in runs])
+        self.loss_fn = stacked_loss(runs)
         self.optimizer = stacked_optimizer(runs, {FLAT: self.flat})
         self.optimizer.state = stacked_state(runs, self.layout, self.optimizer)  # a resume's, else empty
         self.l2_rates = self.layout.l2_rates([s.l2 for s in settings], self.flat) if any(s.l2 for s in settings) \
@@ -119,8 +120,6 @@ class StackedStepper:
         self.grad_clip = torch.tensor([s.grad_clip or math.inf for s in settings], device=self.flat.device)
         self.clipping = any(s.grad_clip for s in settings)  # decided once: no host read per step
         self.loss_values = logged_values(runs, self.flat.device)
-        self.member_losses = torch.vmap(
-            lambda state, logits, y: torch.func.functional_call(loss_base, state, (logits, y)))
         self.predict = runs[0].loss_fn.predict  # row by row over the class dim, so it takes (M, N, K)
 
     def forward(self, x: torch.Tensor, shared: bool) -> torch.Tensor:
@@ -131,7 +130,7 @@ class StackedStepper:
         with autocast(x.device, self.precision):
             logits = self.forward(x, shared)
         logits = logits.float()
-        losses = self.member_losses(self.loss_buffers, logits, y)
+        losses = self.loss_fn(logits, y)  # (M,)
         losses.sum().backward()
         grad, self.flat.grad = self.flat.grad, None
         if self.l2_rates is not None:  # d/dw of λ·Σw² on weight matrices
@@ -212,6 +211,18 @@ class FlatLayout:
         is_weight = torch.cat([torch.full((size,), float(len(shape) >= 2), dtype=torch.float64)
                                for size, shape in zip(self.sizes, self.shapes)])
         return torch.outer(2 * torch.as_tensor(l2, dtype=torch.float64), is_weight).to(like)
+
+
+def stacked_loss(runs):
+    """Member 0's loss holding every member's buffers (its hyperparameters) stacked to (M, ...): a loss computes
+    over leading member dims (losslab.losses.Loss), so this one gives the (M,) members' losses of (M, N, K)
+    logits."""
+    loss_fn = copy.deepcopy(runs[0].loss_fn)
+    _, buffers = torch.func.stack_module_state([run.loss_fn for run in runs])
+    for name, stacked in buffers.items():
+        module, _, leaf = name.rpartition(".")
+        loss_fn.get_submodule(module)._buffers[leaf] = stacked
+    return loss_fn
 
 
 def logged_values(runs, device: torch.device) -> torch.Tensor:

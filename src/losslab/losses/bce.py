@@ -12,7 +12,7 @@ from losslab.losses.base import Loss
 
 
 def binary_cross_entropy(logit: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logit.squeeze(-1), t.to(logit.dtype))
+    return F.binary_cross_entropy_with_logits(logit.squeeze(-1), t.to(logit.dtype), reduction="none").mean(-1)
 
 
 class BinaryCrossEntropy(Loss):

@@ -9,16 +9,15 @@ val/nll stays -ln p̂_y and differs from val/loss when ε > 0).
 """
 
 import torch
-import torch.nn.functional as F
 
 from losslab.errors import require
-from losslab.losses.base import Loss
+from losslab.losses.base import Loss, log_softmax, mean_nll, top_class
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor, label_smoothing: torch.Tensor | float = 0.0) -> torch.Tensor:
-    """The batch mean of (1 - ε)·(-ln p̂_y) + ε·mean_k(-ln p̂_k); ε may be a tensor (one per stacked member)."""
-    log_p = logits.log_softmax(-1)
-    return (1 - label_smoothing) * F.nll_loss(log_p, y) - label_smoothing * log_p.mean(-1).mean()
+    """The batch mean of (1 - ε)·(-ln p̂_y) + ε·mean_k(-ln p̂_k); over leading member dims, with ε one per member."""
+    log_p = log_softmax(logits)
+    return (1 - label_smoothing) * mean_nll(log_p, y) - label_smoothing * log_p.mean((-2, -1))
 
 
 class CrossEntropy(Loss):
@@ -41,4 +40,4 @@ class CrossEntropy(Loss):
         return logits.softmax(-1)
 
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.argmax(-1)  # the probabilities increase with each logit
+        return top_class(logits)  # the probabilities increase with each logit

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from losslab.errors import require
-from losslab.losses.base import Loss
+from losslab.losses.base import Loss, log_softmax, nll, top_class
 
 # Past this, torch's softplus returns its input; at 40 that is exact to float64 precision (the default, 20,
 # is exact only to float32's), and exp(40) still fits in float32.
@@ -47,7 +47,7 @@ def learnable_bases(phi: torch.Tensor, base_min: float, base_max: float) -> torc
 
 def cross_entropy_nats(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """-ln p̂_y per sample."""
-    return F.cross_entropy(logits, y, reduction="none")
+    return nll(log_softmax(logits), y)
 
 
 
@@ -124,15 +124,15 @@ class EntropyLoss(Loss):
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         beta, log_base = self.beta().to(logits.dtype), self.base().log().to(logits.dtype)
-        first = cross_entropy_nats(logits, y).mean()
-        second = self.second_term(logits.softmax(-1), y).mean()
-        return beta[0] * first / log_base[0] + beta[1] * second / log_base[1]
+        first = cross_entropy_nats(logits, y).mean(-1)
+        second = self.second_term(logits.softmax(-1), y).mean(-1)
+        return beta[..., 0] * first / log_base[..., 0] + beta[..., 1] * second / log_base[..., 1]
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.softmax(-1)
 
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.argmax(-1)  # the probabilities increase with each logit
+        return top_class(logits)  # the probabilities increase with each logit
 
     def logged(self) -> dict[str, torch.Tensor]:
         beta, base = self.beta().detach(), self.base().detach()

@@ -57,8 +57,8 @@ class EntropyGradient(Loss):
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         z = logits.squeeze(-1)
-        value = entropy_bits(z).mean()
-        surrogate = (z * entropy_gradient(z).detach()).mean()  # d/dz = ∂H/∂z / N
+        value = entropy_bits(z).mean(-1)
+        surrogate = (z * entropy_gradient(z).detach()).mean(-1)  # d/dz = ∂H/∂z / N
         return value.detach() + surrogate - surrogate.detach()
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
