@@ -129,3 +129,21 @@ def test_the_loss_is_weighted_by_batch_size():
     metrics.update(probs[:1], torch.tensor([0]), torch.tensor(1.0))
     metrics.update(probs[1:], torch.tensor([0, 1, 1]), torch.tensor(3.0))
     assert metrics.result()["loss"] == pytest.approx((1 * 1.0 + 3 * 3.0) / 4)
+
+
+def test_the_metrics_of_stacked_members_are_each_members_own():
+    """Three members' (M, N, K) probabilities in two batches, each member's numbers against numpy on its slice."""
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(5) * 0.7, size=(3, 90))
+    y = rng.integers(0, 5, (3, 90))
+    metrics = SplitMetrics(torch.device("cpu"), members=3)
+    probs_t, y_t = torch.from_numpy(probs), torch.from_numpy(y)
+    for batch in (slice(0, 40), slice(40, 90)):
+        confidence, hits = metrics.update(probs_t[:, batch], y_t[:, batch], torch.tensor([0.5, 1.0, 2.0]).double())
+        assert confidence.shape == hits.shape == (3, batch.stop - batch.start)
+    results = metrics.results()
+    assert len(results) == 3
+    for m, result in enumerate(results):
+        expected = numpy_metrics(probs[m], y[m]) | {"loss": [0.5, 1.0, 2.0][m]}
+        assert result == pytest.approx(expected, rel=1e-12)
+    assert len({result["ece"] for result in results}) == 3

@@ -215,20 +215,44 @@ def test_per_member_clipping_is_clip_grad_norm_of_each_member():
     assert not torch.allclose(clipped["w"][0], grads["w"][0])  # member 0 was clipped
 
 
-def test_the_launcher_takes_the_sweepers_composition_of_each_job_instead_of_composing_it_again():
+SWEEP_JOBS = [  # the overrides of a sweep's jobs, in the order a sweeper validates them
+    ["optimizer=adam", "optimizer.lr=0.3", "optimizer.betas=[0.9,0.999]", "trainer.l2=0"],
+    ["optimizer=adam", "optimizer.lr=0.1", "optimizer.betas=[0.8,0.99]", "trainer.l2=0.01"],
+    ["optimizer=adam", "optimizer.lr=${trainer.l2}", "optimizer.betas=[0.8,0.99]", "trainer.l2=0.001"],
+    ["optimizer=sgd", "optimizer.lr=0.1", "optimizer.momentum=0.9", "trainer.l2=0"],  # another group: composed
+    ["optimizer=sgd", "optimizer.lr=0.1", "+optimizer.extra=1", "trainer.l2=0"],  # an added key: composed
+]
+
+
+def test_the_launcher_takes_the_sweepers_composition_of_each_job_and_derives_value_overrides_as_hydra_composes():
+    """Each job's composition through the launcher's layer equals Hydra's own, while Hydra composes only the jobs
+    whose overrides change a config group or add a key; the launcher takes what the sweeper composed."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import ConfigCompositionException
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
     from hydra_plugins.losslab_launcher.stacked_launcher import remember_compositions
+    from losslab.config import CONF_DIR, register
 
-    class Loader:
-        calls = 0
-
-        def load_sweep_config(self, master_config, sweep_overrides):
-            Loader.calls += 1
-            return {"overrides": list(sweep_overrides)}
-
-    loader, master = Loader(), object()
-    composed = remember_compositions(loader)
-    assert remember_compositions(loader) is composed  # set up twice (a second multirun): still one layer
-    validated = [loader.load_sweep_config(master, ["seed=0"]), loader.load_sweep_config(master, ["seed=1"])]
-    assert Loader.calls == 2
-    assert composed.pop((id(master), ("seed=1",))) is validated[1]
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("train", ["hydra/launcher=stacked"], RunMode.MULTIRUN)
+        expected = [OmegaConf.to_yaml(loader.load_sweep_config(master, job)) for job in SWEEP_JOBS]
+        hydra_composes = loader.load_sweep_config
+        calls = []
+        loader.load_sweep_config = lambda master_config, overrides: calls.append(overrides) or hydra_composes(
+            master_config, overrides)
+        composed = remember_compositions(loader)
+        assert remember_compositions(loader) is composed  # set up twice (a second multirun): still one layer
+        validated = [loader.load_sweep_config(master, job) for job in SWEEP_JOBS]
+        wrong = ["optimizer=adam", "optimizer.lr=0.3", "optimizer.betas=[0.9,0.999]", "trainer.l2=abc"]
+        with pytest.raises(ConfigCompositionException, match="Error merging override trainer.l2=abc"):
+            loader.load_sweep_config(master, wrong)  # derived, and refused as Hydra refuses it
+    assert calls == [SWEEP_JOBS[0], SWEEP_JOBS[3], SWEEP_JOBS[4]]
+    assert [OmegaConf.to_yaml(config) for config in validated] == expected
+    assert validated[2].optimizer.lr == 0.001 and validated[1].optimizer.betas == [0.8, 0.99]
+    assert composed.pop((id(master), tuple(SWEEP_JOBS[1]))) is validated[1]
     assert composed.pop((id(master), ("seed=2",)), None) is None  # never validated: the launcher composes it

@@ -42,19 +42,25 @@ def split_logits(model, x, y, settings) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.no_grad()
 def evaluate(model, loss_fn, x, y, settings) -> Evaluation:
     """The split `x, y` as `split_logits` computes it; the loss batch by batch, as training sees it."""
-    return evaluate_logits(loss_fn, *split_logits(model, x, y, settings), settings)
+    return evaluate_logits(loss_fn, *split_logits(model, x, y, settings), settings)[0]
 
 
 @torch.no_grad()
-def evaluate_logits(loss_fn, logits, y, settings) -> Evaluation:
-    """The metrics of a split's (N, K) logits and labels; the loss batch by batch, as training sees it."""
-    metrics, confidence, correct = SplitMetrics(logits.device), [], []
-    for start in range(0, len(y), settings.eval_batch_size):
-        zb, yb = logits[start:start + settings.eval_batch_size], y[start:start + settings.eval_batch_size]
+def evaluate_logits(loss_fn, logits, y, settings) -> list[Evaluation]:
+    """The metrics of a split's logits and its (N,) labels, the loss batch by batch, as training sees it: of one
+    model's (N, K) logits, or of M stacked members' (M, N, K) with the stack's loss (losslab.steppers.stacked_loss),
+    each member's from its own slice; one Evaluation per model."""
+    members, batch_size = logits.shape[0] if logits.ndim == 3 else None, settings.eval_batch_size
+    labels = y.expand(logits.shape[:-1])
+    metrics, confidence, correct = SplitMetrics(logits.device, members=members), [], []
+    for start in range(0, labels.shape[-1], batch_size):
+        zb, yb = logits[..., start:start + batch_size, :], labels[..., start:start + batch_size]
         top, hits = metrics.update(loss_fn.probs(zb), yb, loss_fn(zb, yb))
         confidence.append(top)
         correct.append(hits.bool())
-    return Evaluation(metrics.result(), torch.cat(confidence), torch.cat(correct))
+    confidence, correct = torch.cat(confidence, -1), torch.cat(correct, -1)
+    return [Evaluation(result, top, hits) for result, top, hits in
+            zip(metrics.results(), confidence.reshape(-1, labels.shape[-1]), correct.reshape(-1, labels.shape[-1]))]
 
 
 def save_predictions(path, evaluation: Evaluation) -> None:

@@ -731,7 +731,8 @@ def plot_curves(sweep_dir: Path, configs: list[Config], runs: list[Run]) -> list
                     linestyle="-" if run.aggregated else "--", marker="." if len(points) < 20 else None)
     dashed = " (dashed: not aggregated)" if any(not run.aggregated for run, _ in curves) else ""
     for ax, metric in zip(axes, CURVE_METRICS):
-        ax.set(xlabel="step", ylabel=metric, title=metric + dashed)
+        ax.set(xlabel="step", ylabel=metric)
+        ax.set_title(metric + dashed, y=1.0)  # y given: no search for room above the ticks
         ax.grid(alpha=0.3)
     legend_outside(fig, *figure_legend_entries(fig))
     return [save(fig, sweep_dir / "val_curves.png")]
@@ -785,7 +786,8 @@ def plot_learned(sweep_dir: Path, configs: list[Config]) -> list[Path]:
                 ax.plot(*zip(*mean_trajectory(lines)), color=color, linewidth=2.5, label=label)
                 label = None  # one legend entry per config
     for ax, key in zip(axes, keys):
-        ax.set(xlabel="step", ylabel=key, title=key)
+        ax.set(xlabel="step", ylabel=key)
+        ax.set_title(key, y=1.0)
         ax.grid(alpha=0.3)
     fig.suptitle("Learned loss values at each evaluation (thin: one run; thick: mean over seeds)")
     legend_outside(fig, *figure_legend_entries(fig))
@@ -820,7 +822,9 @@ def parameter_figure(configs: list[Config], key: str, plotted: list[str]):
                 ax.errorbar(*zip(*points), marker="o", capsize=3, label=others or None)
         if log_axis(key, xs):
             ax.set_xscale("log")
-        ax.set(xlabel=key, ylabel=metric, title=f"{metric} vs {key}")
+            ax.minorticks_off()  # the swept values are the points; unlabelled minor ticks only cost drawing time
+        ax.set(xlabel=key, ylabel=metric)
+        ax.set_title(f"{metric} vs {key}", y=1.0)
         ax.grid(alpha=0.3)
     if len(lines) > 1:
         legend_outside(fig, *axes[0].get_legend_handles_labels())

@@ -142,13 +142,13 @@ class StackedStepper:
         return torch.cat([losses.detach()[:, None], hits.float()[:, None], self.loss_values], 1)
 
     def evaluate(self, x, y, settings, members: list[int]) -> dict[int, Evaluation]:
-        """The split `x, y` evaluated for each of `members`: their logits from one pass of the stack when there
-        are several, each with its own loss."""
+        """The split `x, y` evaluated for each of `members`: when there are several, every member's logits from one
+        pass of the stack and its metrics from one computation over the members, each with its own loss."""
         if len(members) == 1:
             run = self.runs[members[0]]
             return {members[0]: evaluate(run.model, run.loss_fn, x, y, settings)}
-        logits, y = split_logits(StackedModel(self), x, y, settings)
-        return {k: evaluate_logits(self.runs[k].loss_fn, logits[k], y, settings) for k in members}
+        evaluations = evaluate_logits(self.loss_fn, *split_logits(StackedModel(self), x, y, settings), settings)
+        return {k: evaluations[k] for k in members}
 
     def freeze(self, member: int) -> None:
         self.optimizer.set_active(member, False)

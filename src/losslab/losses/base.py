@@ -71,14 +71,26 @@ class Loss(nn.Module, metaclass=abc.ABCMeta):
         return {}
 
 
-def log_softmax(logits: torch.Tensor) -> torch.Tensor:
-    """ln softmax(z) over the class dim, the last. On the CPU, over 256 rows or more, it is taken over the
-    transposed tensor: the CPU's kernel over a last dim of few classes goes row by row, while over a leading dim
-    it vectorizes across the rows (2,048 rows of 10 classes, a 16-member stack's batch: the loss's forward and
+def over_rows(logits: torch.Tensor) -> bool:
+    """Whether softmax over the classes (the last dim) runs faster over the transposed tensor: on the CPU, over
+    256 rows or more. The CPU's kernel over a last dim of few classes goes row by row, while over a leading dim it
+    vectorizes across the rows (2,048 rows of 10 classes, a 16-member stack's batch: the loss's forward and
     backward took 0.66x the time; 128 rows, one run's batch: 1.06x, so one run keeps the last dim)."""
-    if logits.device.type != "cpu" or logits.ndim < 2 or logits.numel() < 256 * logits.shape[-1]:
+    return logits.device.type == "cpu" and logits.ndim >= 2 and logits.numel() >= 256 * logits.shape[-1]
+
+
+def log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """ln softmax(z) over the class dim, the last."""
+    if not over_rows(logits):
         return logits.log_softmax(-1)
     return logits.transpose(-1, -2).log_softmax(-2).transpose(-1, -2)
+
+
+def softmax(logits: torch.Tensor) -> torch.Tensor:
+    """softmax(z) over the class dim, the last."""
+    if not over_rows(logits):
+        return logits.softmax(-1)
+    return logits.transpose(-1, -2).softmax(-2).transpose(-1, -2)
 
 
 def nll(log_probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ val/nll stays -ln p̂_y and differs from val/loss when ε > 0).
 import torch
 
 from losslab.errors import require
-from losslab.losses.base import Loss, log_softmax, mean_nll, top_class
+from losslab.losses.base import Loss, log_softmax, mean_nll, softmax, top_class
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor, label_smoothing: torch.Tensor | float = 0.0) -> torch.Tensor:
@@ -37,7 +37,7 @@ class CrossEntropy(Loss):
         return cross_entropy(logits, y, self.label_smoothing.to(logits.dtype))
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.softmax(-1)
+        return softmax(logits)
 
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         return top_class(logits)  # the probabilities increase with each logit

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from losslab.errors import require
-from losslab.losses.base import Loss, log_softmax, nll, top_class
+from losslab.losses.base import Loss, log_softmax, nll, softmax, top_class
 
 # Past this, torch's softplus returns its input; at 40 that is exact to float64 precision (the default, 20,
 # is exact only to float32's), and exp(40) still fits in float32.
@@ -125,11 +125,11 @@ class EntropyLoss(Loss):
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         beta, log_base = self.beta().to(logits.dtype), self.base().log().to(logits.dtype)
         first = cross_entropy_nats(logits, y).mean(-1)
-        second = self.second_term(logits.softmax(-1), y).mean(-1)
+        second = self.second_term(softmax(logits), y).mean(-1)
         return beta[..., 0] * first / log_base[..., 0] + beta[..., 1] * second / log_base[..., 1]
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.softmax(-1)
+        return softmax(logits)
 
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         return top_class(logits)  # the probabilities increase with each logit
