@@ -5,7 +5,8 @@ sitting (runs alternated, so a change in the machine's speed hits both alike), m
   imports them only for s3:// and gs:// log dirs. losslab imports it as is (the hack paid under 3 %); here the
   hack is applied before the command. Timed on `losslab-train trainer=debug` and on the import alone.
 - compositions: the stacked launcher takes each job's config from the sweeper's validation pass
-  (stacked_launcher.remember_compositions) instead of composing it again. Timed on a 16-job stacked grid.
+  (stacked_launcher.remember_compositions) instead of composing it again, and that pass derives a job that
+  changes only config values from an earlier job's composition. Timed on a 16-job stacked grid.
   Without the hack, remember_compositions is replaced by one that remembers nothing. As whole commands vary by
   more than the hack saves on a busy machine, one more run without it times each composition and prints what
   the launcher's compositions (the ones the hack saves) cost of the command.
