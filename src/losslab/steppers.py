@@ -235,11 +235,11 @@ def logged_values(runs, device: torch.device) -> torch.Tensor:
 def check_stackable(first, device: torch.device, conv_on_cpu: bool = False) -> None:
     """Raise NotStackable with the reason when runs like `first` (their configs differ only in
     STACKABLE_KEYS) cannot train as one stack, or would train slower as one: past the first layer the members'
-    convolutions are one grouped convolution, which the CPU computes slower than separate ones (a 16-member
-    LeNet-5 step ran at 0.72x the speed of 16 separate steps with a shared batch, 0.54x with their own batches,
-    scripts/bench_stacked_step.py)."""
+    convolutions are one grouped convolution, which the CPU computes no faster than separate ones (a 16-member
+    LeNet-5 step ran at 1.06x the speed of 16 separate steps with a shared batch, 0.86x with their own batches;
+    0.72x and 0.54x on a slower CPU; scripts/bench_stacked_step.py)."""
     if device.type == "cpu" and not conv_on_cpu and any(isinstance(m, torch.nn.Conv2d) for m in first.model.modules()):
-        raise NotStackable("stacked convolutions run slower than separate ones on the CPU "
+        raise NotStackable("stacked convolutions run no faster than separate ones on the CPU "
                            "(hydra.launcher.conv_on_cpu=true stacks them anyway)")
     if any(q.requires_grad for q in first.loss_fn.parameters()):
         raise NotStackable("the loss has learnable parameters (loss.coeffs or loss.bases = learnable)")
