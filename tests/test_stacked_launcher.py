@@ -247,7 +247,10 @@ def test_the_launcher_takes_the_sweepers_composition_of_each_job_and_derives_val
             master_config, overrides)
         composed = remember_compositions(loader)
         assert remember_compositions(loader) is composed  # set up twice (a second multirun): still one layer
-        validated = [loader.load_sweep_config(master, job) for job in SWEEP_JOBS]
+        validated = [loader.load_sweep_config(master, SWEEP_JOBS[0])]
+        OmegaConf.set_readonly(validated[0].hydra, True)  # as running the job leaves it (HydraConfig.set_config)
+        validated += [loader.load_sweep_config(master, job) for job in SWEEP_JOBS[1:]]
+        OmegaConf.set_readonly(validated[0].hydra, False)
         wrong = ["optimizer=adam", "optimizer.lr=0.3", "optimizer.betas=[0.9,0.999]", "trainer.l2=abc"]
         with pytest.raises(ConfigCompositionException, match="Error merging override trainer.l2=abc"):
             loader.load_sweep_config(master, wrong)  # derived, and refused as Hydra refuses it

@@ -113,7 +113,8 @@ def remember_compositions(config_loader) -> dict:
                                                           list(sweep_overrides))) is not None), None)
         if config is None:
             config = compose(master_config, sweep_overrides)
-            templates.append((id(master_config), list(sweep_overrides), config))
+            # a copy: running the job makes the composition's hydra node read-only (HydraConfig.set_config)
+            templates.append((id(master_config), list(sweep_overrides), copy.deepcopy(config)))
         composed[id(master_config), tuple(sweep_overrides)] = config  # a validating sweeper only reads it
         return config
 
