@@ -120,7 +120,6 @@ class StackedStepper:
         self.grad_clip = torch.tensor([s.grad_clip or math.inf for s in settings], device=self.flat.device)
         self.clipping = any(s.grad_clip for s in settings)  # decided once: no host read per step
         self.loss_values = logged_values(runs, self.flat.device)
-        self.predict = runs[0].loss_fn.predict  # row by row over the class dim, so it takes (M, N, K)
 
     def forward(self, x: torch.Tensor, shared: bool) -> torch.Tensor:
         """Every member's outputs (M, N, K) for x: (N, ...) the members share, or (M, N, ...) one each."""
@@ -138,7 +137,7 @@ class StackedStepper:
         if self.clipping:
             grad = clip_per_member(grad, self.grad_clip)
         self.optimizer.step({FLAT: grad})
-        hits = (self.predict(logits.detach()) == y).sum(-1)
+        hits = (self.loss_fn.predict(logits.detach()) == y).sum(-1)  # row by row over the class dim
         return torch.cat([losses.detach()[:, None], hits.float()[:, None], self.loss_values], 1)
 
     def evaluate(self, x, y, settings, members: list[int]) -> dict[int, Evaluation]:
@@ -220,8 +219,7 @@ def stacked_loss(runs):
     loss_fn = copy.deepcopy(runs[0].loss_fn)
     _, buffers = torch.func.stack_module_state([run.loss_fn for run in runs])
     for name, stacked in buffers.items():
-        module, _, leaf = name.rpartition(".")
-        loss_fn.get_submodule(module)._buffers[leaf] = stacked
+        put_buffer(loss_fn, name, stacked)
     return loss_fn
 
 
@@ -261,8 +259,13 @@ def share_storage(runs, params: dict, buffers: dict) -> None:
         for name, q in run.model.named_parameters():
             q.data = params[name].data[k]
         for name, _ in run.model.named_buffers():
-            module, _, leaf = name.rpartition(".")
-            run.model.get_submodule(module)._buffers[leaf] = buffers[name][k]
+            put_buffer(run.model, name, buffers[name][k])
+
+
+def put_buffer(module: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Make `tensor` the buffer `name` (dotted, as named_buffers names it) of `module`."""
+    owner, _, leaf = name.rpartition(".")
+    module.get_submodule(owner)._buffers[leaf] = tensor
 
 
 def stacked_optimizer(runs, params: dict) -> StackedOptimizer:
