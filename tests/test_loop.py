@@ -12,7 +12,7 @@ from losslab.cli import compose
 from losslab.errors import ConfigError
 from losslab.runs import build
 from losslab.runtime import seed_everything
-from losslab.train import fit
+from losslab.train import distinct_batches, fit
 
 SYNTH = ["dataset=synthetic", "trainer.progress=log", "trainer.device=cpu"]
 
@@ -159,3 +159,20 @@ def test_explicit_device_must_exist(tmp_path):
         pytest.skip("this machine has CUDA")
     with pytest.raises(ConfigError, match="no CUDA device"):
         fit(compose([*SYNTH, "trainer.device=cuda"]), tmp_path)
+
+
+def test_runs_of_one_data_order_in_equal_blocks_share_a_batch():
+    """Orders of seeds (0, 0, 1, 1, 2, 2) give 3 batches; interleaved seeds, unequal blocks or augmenting runs
+    give one batch per run; one order for all, one batch."""
+    seeds = [torch.randperm(50, generator=torch.Generator().manual_seed(seed)) for seed in range(3)]
+
+    def orders(*numbers):
+        return torch.stack([seeds[n] for n in numbers])
+
+    assert distinct_batches(orders(0, 0, 1, 1, 2, 2), augmenting=False) == 3
+    assert distinct_batches(orders(1, 1, 1, 1), augmenting=False) == 1
+    assert distinct_batches(orders(0, 1, 0, 1), augmenting=False) == 4
+    assert distinct_batches(orders(0, 0, 0, 1, 1), augmenting=False) == 5
+    assert distinct_batches(orders(0, 0, 1, 1, 1, 1), augmenting=False) == 3  # three blocks of two
+    assert distinct_batches(orders(0, 0, 1, 1, 0, 0), augmenting=False) == 3  # blocks, though two are alike
+    assert distinct_batches(orders(0, 0, 1, 1), augmenting=True) == 4

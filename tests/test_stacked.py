@@ -168,6 +168,35 @@ def test_stacked_forward_equals_each_member(model):
     assert not torch.allclose(per_member[0], per_member[1])  # own initialisations
 
 
+@pytest.mark.parametrize("model", [*BUILDERS, "batch_norm"])
+def test_members_in_groups_see_their_groups_batch_with_their_own_gradients(model):
+    """x (G, N, ...) for M = 4 members in G = 2 groups (the batches of two seeds, two members each): member m's
+    outputs and gradients are its own model's on x[m // 2], batched or (BatchNorm) through vmap."""
+    seeds = range(4)
+    if model == "batch_norm":
+        members = []
+        for seed in seeds:
+            torch.manual_seed(seed)
+            members.append(batch_norm_net().train())
+    else:
+        members = build_members(model, seeds=seeds)
+    references = [copy.deepcopy(member) for member in members]
+    params, buffers, base = stack_models(members)
+    assert (base.layer_plan is None) == (model == "batch_norm")
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, BATCH, *IN_SHAPE, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, CLASSES, (2, BATCH), generator=gen)
+    logits = stacked_forward(base, params, buffers, x)
+    assert logits.shape == (4, BATCH, CLASSES)
+    losses = F.cross_entropy(logits.flatten(0, 1), y.repeat_interleave(2, 0).flatten(), reduction="none")
+    grads = dict(zip(params, torch.autograd.grad(losses.view(4, -1).mean(1).sum(), list(params.values()))))
+    for m, reference in enumerate(references):
+        torch.testing.assert_close(logits[m], reference(x[m // 2]), rtol=0, atol=1e-12)
+        torch_backward(reference, x[m // 2], y[m // 2])
+        for name, value in reference.named_parameters():
+            torch.testing.assert_close(grads[name][m], value.grad, rtol=0, atol=1e-12)
+
+
 def test_stacked_gradients_equal_each_members_own_in_float32():
     members = build_members("lenet", torch.float32)
     params, buffers, base = stack_models(members)

@@ -89,6 +89,9 @@ def test_sgd_grid_with_seeds_equals_separate_runs(tmp_path):
                                      "optimizer.lr=0.3,0.03", "trainer.l2=0,0.01", "seed=0,1")
     assert "8 jobs stacked" in output
     assert len(stacked) == 8 and all(s["stacked"]["members"] == 8 for s in stacked.values())
+    # the stack holds its members by seed (the jobs alternate seeds), so each seed's four share their batches
+    members = next(iter(stacked.values()))["stacked"]["jobs"]
+    assert [re.search(r"seed=(\d)", name)[1] for name in members] == ["0"] * 4 + ["1"] * 4
     assert_same_runs(tmp_path, separate, stacked)
 
 

@@ -69,8 +69,8 @@ def stack_models(models: Sequence[nn.Module]) -> tuple[dict[str, Tensor], dict[s
 
 def stacked_forward(base: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor,
                     shared_input: bool = False) -> Tensor:
-    """Outputs of all members, (M, N, ...): member m sees ``x[m]`` (x: (M, N, ...)), or with ``shared_input``
-    every member sees the same ``x`` (N, ...), e.g. a validation batch.
+    """Outputs of all members, (M, N, ...): member m sees ``x[m // (M/G)]`` (x: (G, N, ...), G dividing M; G = M
+    is a batch each), or with ``shared_input`` every member sees the same ``x`` (N, ...), e.g. a validation batch.
 
     Dropout draws different masks per member. In train mode, BatchNorm updates each member's own running
     statistics in the stacked ``buffers``. A model of linear, convolutional, pooling, dropout and activation
@@ -82,6 +82,9 @@ def stacked_forward(base: nn.Module, params: dict[str, Tensor], buffers: dict[st
     def member_forward(member_params, member_buffers, member_x):
         return functional_call(base, (member_params, member_buffers), (member_x,))
 
+    members = next(iter(params.values())).shape[0]
+    if not shared_input and len(x) < members:
+        x = x.repeat_interleave(members // len(x), dim=0)
     in_dims = (0, 0, None if shared_input else 0)
     return torch.vmap(member_forward, in_dims=in_dims, randomness="different")(params, buffers, x)
 

@@ -122,7 +122,8 @@ class StackedStepper:
         self.loss_values = logged_values(runs, self.flat.device)
 
     def forward(self, x: torch.Tensor, shared: bool) -> torch.Tensor:
-        """Every member's outputs (M, N, K) for x: (N, ...) the members share, or (M, N, ...) one each."""
+        """Every member's outputs (M, N, K) for x: (N, ...) the members share, else (G, N, ...), member m's batch
+        at [m // (M/G)] (G = M: one each)."""
         return stacked_forward(self.base, self.layout.views(self.flat), self.buffers, x, shared_input=shared)
 
     def step(self, x, y, shared: bool, epoch: int) -> torch.Tensor:

@@ -80,15 +80,13 @@ def train_group(jobs: list[Job], received: list[int], conv_on_cpu: bool) -> list
             group.orders = torch.stack([torch.randperm(n_train, device=group.device, generator=run.order_gen)
                                         if settings.shuffle else torch.arange(n_train, device=group.device)
                                         for run in group.runs])
-        # runs with the same data order (a stack of one seed) share one batch, gathered once
-        shared = len(group.runs) == 1 or not augmenting and all(torch.equal(group.orders[0], order)
-                                                                for order in group.orders[1:])
+        batches = distinct_batches(group.orders, augmenting)
         for start in range(position.batch * batch_size, n_train, batch_size):
             if received:  # every step before this one is done, its evaluation included
                 record_interruption(group, received[0])
                 raise Interrupted(received[0])
-            x, y = batch_at(group, start, batch_size, shared, augmenting)
-            values = group.stepper.step(x, y, shared, position.epoch)  # (M, 2 + L)
+            x, y = batch_at(group, start, batch_size, batches, augmenting)
+            values = group.stepper.step(x, y, batches == 1, position.epoch)  # (M, 2 + L)
             stop_point("step", position.step + 1)
             position.pending.append(values)
             position.pending_sizes.append(y.shape[-1])
@@ -161,24 +159,38 @@ def start_group(jobs: list[Job], conv_on_cpu: bool) -> Group:
     return group
 
 
-def batch_at(group: Group, start: int, batch_size: int, shared: bool, augmenting: bool):
+def distinct_batches(orders: torch.Tensor, augmenting: bool) -> int:
+    """G, the number of distinct batches the runs' data orders (M, n) give at each step, with member m's batch the
+    [m // (M/G)]th: runs with one data order (one seed) share a batch, gathered once, when they stand in G equal
+    blocks of consecutive runs (the stacked launcher orders a stack's members by seed); else, or when the runs
+    augment (each draws its own flips and crops), G = M."""
+    members = len(orders)
+    if augmenting:
+        return members
+    size = next((m for m in range(1, members) if not torch.equal(orders[m], orders[0])), members)
+    blocks = members % size == 0 and all(torch.equal(orders[m], orders[m - m % size]) for m in range(members))
+    return members // size if blocks else members
+
+
+def batch_at(group: Group, start: int, batch_size: int, batches: int, augmenting: bool):
     """The batch at `start` of every run's data order: (N, ...) images for one run or a batch the runs share,
-    else (M, N, ...); labels (N,) for one run, else (M, N)."""
+    else (G, N, ...) with member m's batch at [m // (M/G)] (see distinct_batches); labels (N,) for one run, else
+    (M, N)."""
     data, dataset, runs = group.data, group.runs[0].job.cfg.dataset, group.runs
-    if shared:
+    if batches == 1:
         index = group.orders[0, start:start + batch_size]
         x, y = data.train_x.index_select(0, index), data.train_y[index]
         if augmenting:  # one run (a stack that augments shares no batch)
             x = augment(x, dataset.hflip, dataset.crop_padding, runs[0].order_gen)
         return x, y if len(runs) == 1 else y.expand(len(runs), -1)
-    index = group.orders[:, start:start + batch_size]
+    index = group.orders[::len(runs) // batches, start:start + batch_size]
     # index_select gathers whole images at about 5x the speed of indexing with a 2-d index
     x = data.train_x.index_select(0, index.flatten()).unflatten(0, index.shape)
     y = data.train_y[index]
     if augmenting:
         x = torch.stack([augment(x[k], dataset.hflip, dataset.crop_padding, run.order_gen)
                          for k, run in enumerate(runs)])
-    return x, y
+    return x, y.repeat_interleave(len(runs) // batches, dim=0)
 
 
 def finish_diverged(group: Group, blown: list[bool]) -> None:
@@ -217,6 +229,8 @@ def evaluate_running(group: Group) -> None:
             save_last(group, k, epoch_done=True)
         if outcome is not None:
             finish_run(group, k, outcome, diverged_at=position.step if outcome == "diverged" else None)
+        else:
+            run.logger.flush()
     group.stepper.sync_lrs()  # a plateau scheduler may have cut an lr
 
 
