@@ -107,3 +107,25 @@ def test_full_error_shows_the_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "losslab", "optimizer.lr=-1"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "Traceback" in result.stderr and "optimizer.lr must be > 0" in result.stderr
+
+
+@pytest.mark.parametrize(("ending", "status", "stderr"),
+                         [("None", 0, ""), ("3", 3, ""), ("'a sentence'", 1, "a sentence")])
+def test_the_command_ends_with_mains_status_after_flushing_logs_and_exit_handlers(ending, status, stderr, tmp_path):
+    """losslab-train's process ends without the interpreter's teardown (cli.end_process): the exit status is
+    sys.exit's, and log handlers and atexit handlers have run, so nothing written is lost."""
+    probe = (
+        "import atexit, logging, sys\n"
+        "from pathlib import Path\n"
+        "from losslab.cli import end_process\n"
+        "logging.basicConfig(filename='run.log', level=logging.INFO)\n"
+        "atexit.register(lambda: Path('atexit.txt').write_text('ran'))\n"
+        "def main():\n    logging.info('logged before the end')\n    print('printed', end='')\n"
+        f"    sys.exit({ending})\n"
+        "end_process(main)\n"
+        "print('not reached')\n"
+    )
+    result = run(sys.executable, "-c", probe, cwd=tmp_path)
+    assert (result.returncode, result.stdout, result.stderr.strip()) == (status, "printed", stderr)
+    assert "logged before the end" in (tmp_path / "run.log").read_text()
+    assert (tmp_path / "atexit.txt").read_text() == "ran"

@@ -126,6 +126,13 @@ def test_a_run_with_figures_off_gets_none(tmp_path):
     assert not (tmp_path / "figures").exists() and not list(tmp_path.glob("events.out.tfevents.*"))
 
 
+def test_a_run_whose_config_is_unreadable_gets_none_and_a_log_line(tmp_path, caplog):
+    make_run(tmp_path)
+    (tmp_path / ".hydra" / "config.yaml").write_text("trainer: [figures\n")
+    assert draw_run_figures(tmp_path) == []
+    assert "no figures, since its config" in caplog.text and "is unreadable" in caplog.text
+
+
 def test_figures_whose_files_are_missing_are_left_out(tmp_path, caplog):
     caplog.set_level(logging.INFO, "losslab")
     make_run(tmp_path)

@@ -1,3 +1,3 @@
-from losslab.cli import train
+from losslab.cli import train_command
 
-train()
+train_command()
