@@ -20,7 +20,7 @@ from losslab.stacked import (
     stack_models,
     stacked_forward,
 )
-from losslab.steppers import FlatLayout
+from losslab.steppers import FlatLayout, l2_rates
 
 M, IN_SHAPE, CLASSES, BATCH, STEPS = 3, (1, 16, 16), 4, 8, 5
 BUILDERS = {
@@ -106,7 +106,7 @@ def with_l2(grads: dict, params: dict, l2) -> dict:
     """The gradients with trainer.l2's 2λ·w added, as losslab.steppers.StackedStepper adds it."""
     layout = FlatLayout(params)
     flat = layout.flatten(params).detach()
-    return layout.views(torch.addcmul(layout.flatten(grads).detach(), layout.l2_rates(l2, flat), flat))
+    return layout.views(layout.add_l2(layout.flatten(grads).detach(), flat, l2_rates(l2, flat)))
 
 
 def train_against_torch(model, dtype, make_stacked, make_torch, l2=(0.0,) * M) -> None:

@@ -124,7 +124,8 @@ def member_view(values: Tensor, like: Tensor) -> Tensor:
 # ---------------------------------------------------------------- optimizers
 class StackedOptimizer:
     """What the stacked optimizers share: per-member hyperparameters, per-parameter state, the active mask,
-    checkpoints. A subclass gives ``init_state(p)`` and the pure ``update(p, g, state) -> (p, state)``.
+    checkpoints. A subclass gives ``init_state(p)`` and ``update(p, g, state, out) -> (p, state)``, which changes
+    nothing it is given but writes the new parameters into ``out`` when that is not None.
 
     ``hparams[name]`` is an (M,) tensor that may be changed between steps (an lr schedule).
     ``active`` is an (M,) bool tensor, all true at the start; ``set_active(m, False)`` freezes member m.
@@ -152,7 +153,8 @@ class StackedOptimizer:
     def init_state(self, param: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError
 
-    def update(self, param: Tensor, grad: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    def update(self, param: Tensor, grad: Tensor, state: dict[str, Tensor],
+               out: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
 
     def zero_steps(self) -> Tensor:
@@ -168,12 +170,13 @@ class StackedOptimizer:
             if grad is None:
                 continue
             state = self.state.get(name) or self.init_state(param)
-            new_param, new_state = self.update(param, grad, state)
+            # every member steps: the new parameters go straight into the stack's (one pass less over them)
+            new_param, new_state = self.update(param, grad, state, out=param if self.all_active else None)
             if not self.all_active:  # a frozen member keeps its parameters and state exactly
                 new_param = torch.where(member_view(self.active, param), new_param, param)
                 new_state = {key: torch.where(member_view(self.active, value), value, state[key])
                              for key, value in new_state.items()}
-            param.copy_(new_param)
+                param.copy_(new_param)
             self.state[name] = new_state
 
     def state_dict(self) -> dict:
@@ -212,7 +215,7 @@ class StackedSGD(StackedOptimizer):
             state["momentum_buffer"] = torch.zeros_like(param)
         return state
 
-    def update(self, param, grad, state):
+    def update(self, param, grad, state, out=None):
         h = self.hparams
         direction = grad + member_view(h["weight_decay"], param) * param if self.decays else grad
         new_state = {"step": state["step"] + 1}
@@ -225,7 +228,7 @@ class StackedSGD(StackedOptimizer):
             else:
                 direction = torch.where(momentum != 0, buffer, direction)
             new_state["momentum_buffer"] = buffer
-        return torch.addcmul(param, member_view(h["lr"], param), direction, value=-1), new_state
+        return torch.addcmul(param, member_view(h["lr"], param), direction, value=-1, out=out), new_state
 
 
 class StackedAdam(StackedOptimizer):
@@ -242,7 +245,7 @@ class StackedAdam(StackedOptimizer):
     def init_state(self, param: Tensor) -> dict[str, Tensor]:
         return {"step": self.zero_steps(), "exp_avg": torch.zeros_like(param), "exp_avg_sq": torch.zeros_like(param)}
 
-    def update(self, param, grad, state):
+    def update(self, param, grad, state, out=None):
         h = self.hparams
         lr, beta1, beta2 = h["lr"], h["beta1"], h["beta2"]
         if self.decoupled:
@@ -254,5 +257,5 @@ class StackedAdam(StackedOptimizer):
         exp_avg_sq = member_view(beta2, param) * state["exp_avg_sq"] + member_view(1 - beta2, param) * grad * grad
         step_size = member_view(lr / (1 - beta1**step), param)
         denom = exp_avg_sq.sqrt() / member_view((1 - beta2**step).sqrt(), param) + member_view(h["eps"], param)
-        new_param = param - step_size * exp_avg / denom
+        new_param = torch.sub(param, step_size * exp_avg / denom, out=out)
         return new_param, {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}

@@ -19,6 +19,7 @@ cannot express raise `NotStackable` (the launcher runs them one by one and logs 
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 
@@ -115,8 +116,7 @@ class StackedStepper:
         self.loss_fn = stacked_loss(runs)
         self.optimizer = stacked_optimizer(runs, {FLAT: self.flat})
         self.optimizer.state = stacked_state(runs, self.layout, self.optimizer)  # a resume's, else empty
-        self.l2_rates = self.layout.l2_rates([s.l2 for s in settings], self.flat) if any(s.l2 for s in settings) \
-            else None
+        self.l2_rates = l2_rates([s.l2 for s in settings], self.flat) if any(s.l2 for s in settings) else None
         self.grad_clip = torch.tensor([s.grad_clip or math.inf for s in settings], device=self.flat.device)
         self.clipping = any(s.grad_clip for s in settings)  # decided once: no host read per step
         self.loss_values = logged_values(runs, self.flat.device)
@@ -134,7 +134,7 @@ class StackedStepper:
         losses.sum().backward()
         grad, self.flat.grad = self.flat.grad, None
         if self.l2_rates is not None:  # d/dw of λ·Σw² on weight matrices
-            grad = torch.addcmul(grad, self.l2_rates, self.flat.detach())
+            self.layout.add_l2(grad, self.flat.detach(), self.l2_rates)
         if self.clipping:
             grad = clip_per_member(grad, self.grad_clip)
         self.optimizer.step({FLAT: grad})
@@ -195,6 +195,9 @@ class FlatLayout:
         self.names = list(params)
         self.shapes = [tuple(q.shape[1:]) for q in params.values()]
         self.sizes = [math.prod(shape) for shape in self.shapes]
+        ends = list(itertools.accumulate(self.sizes))
+        self.weight_columns = [(end - size, end) for end, size, shape in zip(ends, self.sizes, self.shapes)
+                               if len(shape) >= 2]  # weight matrices (ndim >= 2), what trainer.l2 acts on
 
     def flatten(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         members = next(iter(params.values())).shape[0]
@@ -205,12 +208,18 @@ class FlatLayout:
         parts = flat.split(self.sizes, dim=1)
         return {name: part.unflatten(1, shape) for name, part, shape in zip(self.names, parts, self.shapes)}
 
-    def l2_rates(self, l2, like: torch.Tensor) -> torch.Tensor:
-        """(M, P) in the dtype and on the device of `like`: 2λ_m (trainer.l2 of member m) at member m's
-        weight-matrix entries (ndim >= 2), 0 at its biases; λ·Σw²'s gradient is rates·flat."""
-        is_weight = torch.cat([torch.full((size,), float(len(shape) >= 2), dtype=torch.float64)
-                               for size, shape in zip(self.sizes, self.shapes)])
-        return torch.outer(2 * torch.as_tensor(l2, dtype=torch.float64), is_weight).to(like)
+    def add_l2(self, grad: torch.Tensor, flat: torch.Tensor, rates: torch.Tensor) -> torch.Tensor:
+        """λ·Σw²'s gradient added to `grad` (M, P) in place and returned: rates (M, 1) = 2λ_m (trainer.l2 of
+        member m) times `flat` at the weight matrices' columns, nothing at the biases. Column ranges with a
+        rate per member, not an (M, P) matrix of rates: that was one more pass over the stack's memory."""
+        for start, end in self.weight_columns:
+            grad[:, start:end].addcmul_(rates, flat[:, start:end])
+        return grad
+
+
+def l2_rates(l2: list[float], like: torch.Tensor) -> torch.Tensor:
+    """(M, 1) 2λ_m, computed in float64 and cast to the dtype of `like` (FlatLayout.add_l2)."""
+    return (2 * torch.tensor(l2, dtype=torch.float64)).to(like)[:, None]
 
 
 def stacked_loss(runs):
