@@ -234,9 +234,9 @@ class StackedLauncher(Launcher):
         return Member(number, overrides, sweep_config, self.run(sweep_config, describe_job))
 
     def chunks(self, members: list[Member]) -> list[list[Member]]:
-        """The stacks to train: members grouped by losslab.steppers.group_key and whether they resume, ordered by
-        seed (members of one seed draw one data order, so consecutive ones share their batches), in chunks of at
-        most `max_members`; a member with a finished result alone (its own run skips it)."""
+        """The stacks to train: members grouped by losslab.steppers.group_key and whether they resume, in chunks of
+        at most `max_members` by job number, each ordered by seed (members of one seed draw one data order, so
+        consecutive ones share their batches); a member with a finished result alone (its own run skips it)."""
         from losslab.steppers import group_key
         from losslab.sweep import can_resume, previous_result
 
@@ -248,9 +248,8 @@ class StackedLauncher(Launcher):
             else:
                 job.resume = can_resume(job.run_dir, job.overrides)
                 groups.setdefault((job.resume, group_key(job.cfg)), []).append(member)
-        in_seed_order = [sorted(group, key=lambda member: member.job.cfg.seed) for group in groups.values()]
-        return [group[start:start + self.max_members] for group in in_seed_order
-                for start in range(0, len(group), self.max_members)]
+        return [sorted(group[start:start + self.max_members], key=lambda member: member.job.cfg.seed)
+                for group in groups.values() for start in range(0, len(group), self.max_members)]
 
     def train(self, jobs: list[tuple[int, list[str]]], task_id: str | None = None) -> list[Member]:
         """Set up, group and train `jobs` (number, overrides) in this process: the whole sweep with the in-process
