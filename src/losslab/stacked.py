@@ -49,7 +49,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 
-from losslab.batched_layers import batched_forward, layer_plan
+from losslab.batched_layers import GROUPS, as_members, batched_forward, layer_plan
 
 
 # ---------------------------------------------------------------- the stacked model
@@ -84,7 +84,7 @@ def stacked_forward(base: nn.Module, params: dict[str, Tensor], buffers: dict[st
 
     members = next(iter(params.values())).shape[0]
     if not shared_input and len(x) < members:
-        x = x.repeat_interleave(members // len(x), dim=0)
+        x = as_members(x, GROUPS, members)
     in_dims = (0, 0, None if shared_input else 0)
     return torch.vmap(member_forward, in_dims=in_dims, randomness="different")(params, buffers, x)
 
