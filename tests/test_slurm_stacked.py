@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -77,6 +78,23 @@ def stopped(job_id: str) -> bool:
     return any(state_of(line.split()[0]) == "T" for line in listed if line.split()[2] != "batch")
 
 
+def pending(job_id: str, signum: int) -> bool:
+    """Whether a signal `signum` waits to be delivered to one of the Slurm job's training processes (the
+    process-wide and thread masks of /proc/<pid>/status). Slurm delivers a step's signals asynchronously, so a
+    SIGCONT sent after `scancel --signal=USR2` may arrive first and let a stopped stack take a step before USR2."""
+    listed = subprocess.run(["scontrol", "listpids", job_id], capture_output=True, text=True).stdout.splitlines()[1:]
+    return any(masks_hold(line.split()[0], signum) for line in listed if line.split()[2] != "batch")
+
+
+def masks_hold(pid: str, signum: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:  # ended
+        return False
+    masks = re.findall(r"^(?:ShdPnd|SigPnd):\s*([0-9a-f]+)$", status, re.M)
+    return any(int(mask, 16) >> (signum - 1) & 1 for mask in masks)
+
+
 def state_of(pid: str) -> str:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
@@ -105,6 +123,7 @@ def interrupt_two_stacks(args: list[str], cwd: Path, cancel: tuple[int, int], pr
     preempted, job_id = task_of(name, preempt[0])
     wait_until(lambda: stopped(job_id), timeout=60, proc=proc)
     subprocess.run(["scancel", "--signal=USR2", preempted], check=True, timeout=60)
+    wait_until(lambda: pending(job_id, signal.SIGUSR2), timeout=60, proc=proc)
     subprocess.run(["scancel", "--signal=CONT", preempted], check=True, timeout=60)
     finish(proc, timeout=900)
     return proc, sweep_dir
