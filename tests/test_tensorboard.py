@@ -1,6 +1,7 @@
 """What TensorBoard shows of a sweep and of a single run, read from a real `tensorboard` server's HTTP API."""
 
 import json
+import random
 import re
 import subprocess
 import sys
@@ -10,7 +11,9 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from commands import losslab_train
+from tensorboard.compat.tensorflow_stub import errors
 
 GRID = ["dataset=synthetic", "trainer.max_steps=2", "trainer.figures=false", "trainer.progress=log"]
 
@@ -82,3 +85,30 @@ def test_a_single_run_shows_its_hparams(tmp_path):
     assert {"optimizer.lr", "loss", "model", "seed", "trainer.max_steps"} <= {info["name"] for info in infos}
     assert not any(info.get("differs") for info in infos)
     assert (group["hparams"]["optimizer.lr"], group["hparams"]["model"]) == (0.3, "linear")
+
+
+def test_event_records_carry_tensorboards_own_checksums(tmp_path):
+    """The record writer's C checksum equals TensorBoard's pure-Python one, and a run's event file reads back
+    through TensorBoard's record reader, which recomputes both checksums of every record."""
+    from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
+    from tensorboard.summary.writer import record_writer
+
+    from losslab.log import import_tensorboard, masked_crc32c
+
+    SummaryWriter, _, Summary = import_tensorboard()
+    assert record_writer.masked_crc32c is masked_crc32c
+    generator = random.Random(0)
+    for size in (0, 1, 8, 57, 1000):
+        data = bytes(generator.randrange(256) for _ in range(size))
+        assert masked_crc32c(data) == pywrap_tensorflow.masked_crc32c(data)
+    writer = SummaryWriter(log_dir=str(tmp_path))
+    for step in range(50):
+        writer.file_writer.add_summary(Summary(value=[Summary.Value(tag="train/loss", simple_value=step / 7)]), step)
+    writer.close()
+    [events] = tmp_path.glob("events.out.tfevents.*")
+    reader, records = pywrap_tensorflow.PyRecordReader_New(str(events)), 0
+    with pytest.raises(errors.OutOfRangeError):  # the end of the file; a bad checksum raises DataLossError
+        while True:
+            reader.GetNext()
+            records += 1
+    assert records == 51  # the file version record and the 50 summaries
