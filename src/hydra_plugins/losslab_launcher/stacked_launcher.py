@@ -102,19 +102,23 @@ def remember_compositions(config_loader) -> dict:
     instead of composing the job a second time. A job whose overrides differ from an earlier job's only in the
     values of plain config keys is that job's composition with Hydra's own override step applied
     (`derived_composition`): composing costs ~0.12 s a job, the copy ~6 ms."""
-    composed, compose = {}, config_loader.load_sweep_config
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    composed, compose, parser = {}, config_loader.load_sweep_config, OverridesParser.create()
     if getattr(compose, "remembers", None) is not None:
         return compose.remembers
-    templates: list[tuple[int, list[str], DictConfig]] = []  # (master config id, overrides, composition)
+    templates: list[tuple[int, list, DictConfig]] = []  # (master config id, parsed overrides, composition)
 
     def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        config = next((derived for master, overrides, template in templates if master == id(master_config)
-                       if (derived := derived_composition(config_loader, master_config, template, overrides,
-                                                          list(sweep_overrides))) is not None), None)
+        candidates = [(before, template) for master, before, template in templates if master == id(master_config)]
+        parsed = parser.parse_overrides(list(sweep_overrides)) if candidates else None
+        config = next((derived for before, template in candidates
+                       if (derived := derived_composition(config_loader, master_config, template, before,
+                                                          parsed)) is not None), None)
         if config is None:
             config = compose(master_config, sweep_overrides)
             # a copy: running the job makes the composition's hydra node read-only (HydraConfig.set_config)
-            templates.append((id(master_config), list(sweep_overrides), copy.deepcopy(config)))
+            templates.append((id(master_config), parser.parse_overrides(list(sweep_overrides)), copy.deepcopy(config)))
         composed[id(master_config), tuple(sweep_overrides)] = config  # a validating sweeper only reads it
         return config
 
@@ -123,17 +127,14 @@ def remember_compositions(config_loader) -> dict:
     return composed
 
 
-def derived_composition(config_loader, master_config: DictConfig, template: DictConfig, template_overrides: list[str],
-                        overrides: list[str]) -> DictConfig | None:
-    """What Hydra composes for `overrides`, from `template`, its composition of `template_overrides`, when the two
-    lists name the same keys in the same order and differ only in values of keys that are not config groups
+def derived_composition(config_loader, master_config: DictConfig, template: DictConfig, before: list,
+                        after: list) -> DictConfig | None:
+    """What Hydra composes for the parsed overrides `after`, from `template`, its composition of `before`, when the
+    two lists name the same keys in the same order and differ only in values of keys that are not config groups
     (Hydra applies those to the composed config, after the defaults: ConfigLoaderImpl._load_configuration_impl);
     else None, and Hydra composes the job itself."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parser = OverridesParser.create()
-    before, after = parser.parse_overrides(template_overrides), parser.parse_overrides(overrides)
     if [o.key_or_group for o in before] != [o.key_or_group for o in after]:
         return None
     changed = [o for o, old in zip(after, before) if o.input_line != old.input_line]
@@ -143,7 +144,7 @@ def derived_composition(config_loader, master_config: DictConfig, template: Dict
     config = copy.deepcopy(template)
     ConfigLoaderImpl._apply_overrides_to_config(changed, config)
     dirname = config.hydra.job.config.override_dirname
-    config.hydra.overrides.task = list(overrides)
+    config.hydra.overrides.task = [o.input_line for o in after]
     config.hydra.job.override_dirname = get_overrides_dirname(after, list(dirname.exclude_keys), dirname.item_sep,
                                                               dirname.kv_sep)
     OmegaConf.copy_cache(from_config=master_config, to_config=config)
