@@ -12,6 +12,7 @@ from losslab.cli import compose
 from losslab.config import CONF_DIR
 from losslab.errors import ConfigError
 from losslab.losses import BinaryCrossEntropy, CrossEntropy, EntropyGradient, Loss, MultiBinaryCrossEntropy, scale_step
+from losslab.losses.base import log_softmax, mean_cross_entropy, mean_nll
 from losslab.models import DualLinear
 from losslab.steppers import stacked_loss
 
@@ -277,3 +278,18 @@ def test_step_scale_is_one_for_a_small_step_and_the_epoch_stats_count_both():
         "entropy_gradient/delta": 0.05, "entropy_gradient/scaled_fraction": 0.0,
         "entropy_gradient/mean_scale": 0.0, "entropy_gradient/max_dz": 0.0,
     }
+
+
+@pytest.mark.parametrize("shape, stored_transposed", [((128, 10), False), ((16, 10, 300), True),
+                                                      ((16, 300, 10), False), ((3, 50, 7), False)])
+def test_the_fused_cross_entropy_is_exactly_log_softmax_then_nll(shape, stored_transposed):
+    """mean_cross_entropy, what ce computes without smoothing, against mean_nll(log_softmax(z)): equal values and
+    gradients to the bit, for one run's logits and a stack's, stored (M, K, N) or (M, N, K)."""
+    raw = torch.randn(*shape) * 3
+    logits = raw.transpose(-1, -2) if stored_transposed else raw
+    y = torch.randint(0, logits.shape[-1], logits.shape[:-1])
+    fused, plain = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    fused_value, plain_value = mean_cross_entropy(fused, y), mean_nll(log_softmax(plain), y)
+    fused_value.sum().backward()
+    plain_value.sum().backward()
+    assert torch.equal(fused_value, plain_value) and torch.equal(fused.grad, plain.grad)

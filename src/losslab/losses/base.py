@@ -105,6 +105,18 @@ def mean_nll(log_probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nll(log_probs, y).mean(-1)
 
 
+def mean_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """mean_nll(log_softmax(logits), y) as torch's fused cross_entropy where it computes the same: one run's
+    (N, K) logits, and a stack's (M, N, K) when log_softmax goes over the rows, since cross_entropy takes the
+    classes at dim 1, where a stack stores them (three view ops and their backward fewer, 0.2x of a 16-member
+    loss's time)."""
+    if logits.ndim == 2:
+        return F.cross_entropy(logits, y)
+    if logits.ndim == 3 and over_rows(logits):
+        return F.cross_entropy(logits.movedim(-1, 1), y, reduction="none").mean(-1)
+    return mean_nll(log_softmax(logits), y)
+
+
 def top_class(values: torch.Tensor) -> torch.Tensor:
     """argmax over the class dim (the last), the first of equal maxima. `max` gives the same index; on the CPU,
     over a class dim that is not the innermost in memory (a stack's logits), it ran 18x faster than `argmax`,

@@ -11,7 +11,7 @@ val/nll stays -ln p̂_y and differs from val/loss when ε > 0).
 import torch
 
 from losslab.errors import require
-from losslab.losses.base import Loss, log_softmax, mean_nll, softmax, top_class
+from losslab.losses.base import Loss, log_softmax, mean_cross_entropy, mean_nll, softmax, top_class
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor, label_smoothing: torch.Tensor | float = 0.0) -> torch.Tensor:
@@ -36,7 +36,7 @@ class CrossEntropy(Loss):
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if not self.smooths():
-            return mean_nll(log_softmax(logits), y)
+            return mean_cross_entropy(logits, y)
         return cross_entropy(logits, y, self.label_smoothing.to(logits.dtype))
 
     def smooths(self) -> bool:
