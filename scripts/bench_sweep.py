@@ -2,13 +2,14 @@
 `hydra/launcher=stacked`, and `losslab-train trainer=debug` vs importing torch and torchvision.
 
     python scripts/bench_sweep.py [--grids softmax softmax64 lenet lenet-conv_on_cpu] [--figures on|off]
-                                  [--repeat 3] [--device auto]
+                                  [--repeat 3] [--runs 1] [--device auto]
 
 Each grid runs as the user runs it: one `losslab-train -m` process per launcher, on the shipped MNIST,
 everything else at its defaults (so each job writes its checkpoints and TensorBoard events, and its figures
 unless `--figures off`, which sets trainer.figures=false for both launchers alike). The last column compares
 each job's final test accuracy between the two launchers (same seed, same config). Start-up times are the best
-of `--repeat` runs.
+of `--repeat` runs. With `--runs N` every stacked command runs N times, the grids taking turns, and its median
+run is reported (the basic launcher's, minutes long, runs once).
 
 For every stacked command the phases of its wall time are read from its log and files: compose (Hydra's start
 and the sweeper composing every job, until the launcher starts; losslab imports torch only after it), build
@@ -109,6 +110,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grids", nargs="*", default=list(GRIDS), choices=list(GRIDS), help="none: start-up only")
     parser.add_argument("--repeat", type=int, default=3, help="start-up runs to take the best of")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="runs of each stacked command, the grids in turn; the median is reported")
     parser.add_argument("--figures", choices=("on", "off"), default="on", help="trainer.figures of every job")
     parser.add_argument("--device", default="auto", help="trainer.device of every run (auto: cuda if there is one)")
     args = parser.parse_args()
@@ -133,35 +136,50 @@ def main() -> None:
         debug, startup = min(debug), min(imports)
         print(f"{'losslab-train trainer=debug vs import torch, torchvision':52} {debug:8.1f} {startup:8.1f} "
               f"{debug / startup:6.2f}x  difference {debug - startup:+.2f} s (target <= +1.5 s)", flush=True)
-        basic_runs, stacked_walls = {}, {}  # grid: (wall, accuracies) of its basic launcher run, shared by its variants
+        basic_runs = {}  # grid: (wall, accuracies) of its basic launcher run, shared by its variants
         for name in args.grids:
-            title, grid, options = GRIDS[name]
             grid_name = name.split("-")[0]
-            grid = grid or GRIDS[grid_name][1]
             if grid_name not in basic_runs:
                 basic_dir = tmp / f"{grid_name}-basic"
-                wall = timed([TRAIN, "-m", *grid, *device, "trainer.progress=log", f"hydra.sweep.dir={basic_dir}"], tmp)
+                wall = timed([TRAIN, "-m", *GRIDS[grid_name][1], *device, "trainer.progress=log",
+                              f"hydra.sweep.dir={basic_dir}"], tmp)
                 basic_runs[grid_name] = wall, test_accuracies(basic_dir)
-            basic, basic_accuracies = basic_runs[grid_name]
-            stacked_dir = tmp / f"{name}-stacked"
-            stacked, output, start, end = run([TRAIN, "-m", *grid, *device, "hydra/launcher=stacked", *options,
-                                               "trainer.progress=log", f"hydra.sweep.dir={stacked_dir}"], tmp)
-            stacked_walls[name] = stacked
-            accuracies = test_accuracies(stacked_dir)
-            gaps = {j: abs(basic_accuracies[j] - accuracies[j]) * 100 for j in basic_accuracies}
-            worst = max(gaps, key=gaps.get)
-            print(f"{title + f' ({len(accuracies)} jobs): basic vs stacked':52} {basic:8.1f} {stacked:8.1f} "
-                  f"{basic / stacked:6.2f}x  max |test acc difference| {gaps[worst]:.2f} points "
-                  f"(job {worst}: {job_overrides(job_dir(stacked_dir, worst))}, test acc "
-                  f"{basic_accuracies[worst]:.4f} basic)", flush=True)
-            if "jobs stacked on" in output:
-                times = phases(output, stacked_dir, start, end)
-                print(f"{'':52} stacked: {stacked - startup:.1f} s over start-up ({startup:.1f} s); "
-                      + ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in times.items()), flush=True)
-        if {"softmax", "softmax64"} <= stacked_walls.keys():
-            many, few = stacked_walls["softmax64"], stacked_walls["softmax"]
+        stacked_runs = {name: [] for name in args.grids}  # grid: [(wall, output, start, end, sweep dir)]
+        for round_number in range(args.runs):  # the grids in turn, so a change in the machine's speed hits all
+            for name in args.grids:
+                title, grid, options = GRIDS[name]
+                stacked_dir = tmp / f"{name}-stacked-{round_number}"
+                command = [TRAIN, "-m", *(grid or GRIDS[name.split("-")[0]][1]), *device, "hydra/launcher=stacked",
+                           *options, "trainer.progress=log", f"hydra.sweep.dir={stacked_dir}"]
+                stacked_runs[name].append((*run(command, tmp), stacked_dir))
+        for name in args.grids:
+            print_grid(name, basic_runs[name.split("-")[0]], stacked_runs[name], startup)
+        if {"softmax", "softmax64"} <= stacked_runs.keys():
+            many, few = (median_run(stacked_runs[name])[0] for name in ("softmax64", "softmax"))
             print(f"{'stacked: 64 jobs vs 16 jobs':52} {many:8.1f} {few:8.1f} {many / few:6.2f}x", flush=True)
 
+
+def median_run(runs: list[tuple]) -> tuple:
+    """The run of median wall time (the lower middle one of an even number)."""
+    return sorted(runs, key=lambda r: r[0])[(len(runs) - 1) // 2]
+
+
+def print_grid(name: str, basic_run: tuple[float, dict], stacked_runs: list[tuple], startup: float) -> None:
+    """The grid's line: basic vs the median stacked wall time, the accuracy gap, and that run's phases."""
+    basic, basic_accuracies = basic_run
+    stacked, output, start, end, stacked_dir = median_run(stacked_runs)
+    accuracies = test_accuracies(stacked_dir)
+    gaps = {j: abs(basic_accuracies[j] - accuracies[j]) * 100 for j in basic_accuracies}
+    worst = max(gaps, key=gaps.get)
+    walls = "" if len(stacked_runs) == 1 else f"; stacked runs {', '.join(f'{r[0]:.1f}' for r in stacked_runs)} s"
+    print(f"{GRIDS[name][0] + f' ({len(accuracies)} jobs): basic vs stacked':52} {basic:8.1f} {stacked:8.1f} "
+          f"{basic / stacked:6.2f}x  max |test acc difference| {gaps[worst]:.2f} points "
+          f"(job {worst}: {job_overrides(job_dir(stacked_dir, worst))}, test acc "
+          f"{basic_accuracies[worst]:.4f} basic){walls}", flush=True)
+    if "jobs stacked on" in output:
+        times = phases(output, stacked_dir, start, end)
+        print(f"{'':52} stacked: {stacked - startup:.1f} s over start-up ({startup:.1f} s); "
+              + ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in times.items()), flush=True)
 
 if __name__ == "__main__":
     main()
