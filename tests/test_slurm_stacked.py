@@ -70,20 +70,24 @@ def task_logs(sweep_dir: Path) -> dict[str, str]:
     return {p.parent.name: p.read_text() for p in sweep_dir.glob(".submitit/*/*_log.out")}
 
 
-def stopped(job_id: str) -> bool:
-    """Whether the Slurm job's training process waits, stopped by LOSSLAB_TEST_STOP_AT's SIGSTOP (its pids from
-    `scontrol listpids`, their state from /proc: the test cluster is this machine). A signal sent before the stop
-    would be lost in it."""
+def training_pids(job_id: str) -> list[str]:
+    """The pids of the Slurm job's training processes: `scontrol listpids` less the batch script's (the test cluster
+    is this machine, so /proc holds their state)."""
     listed = subprocess.run(["scontrol", "listpids", job_id], capture_output=True, text=True).stdout.splitlines()[1:]
-    return any(state_of(line.split()[0]) == "T" for line in listed if line.split()[2] != "batch")
+    return [line.split()[0] for line in listed if line.split()[2] != "batch"]
+
+
+def stopped(job_id: str) -> bool:
+    """Whether the Slurm job's training process waits, stopped by LOSSLAB_TEST_STOP_AT's SIGSTOP. A signal sent
+    before the stop would be lost in it."""
+    return any(state_of(pid) == "T" for pid in training_pids(job_id))
 
 
 def pending(job_id: str, signum: int) -> bool:
     """Whether a signal `signum` waits to be delivered to one of the Slurm job's training processes (the
     process-wide and thread masks of /proc/<pid>/status). Slurm delivers a step's signals asynchronously, so a
     SIGCONT sent after `scancel --signal=USR2` may arrive first and let a stopped stack take a step before USR2."""
-    listed = subprocess.run(["scontrol", "listpids", job_id], capture_output=True, text=True).stdout.splitlines()[1:]
-    return any(masks_hold(line.split()[0], signum) for line in listed if line.split()[2] != "batch")
+    return any(masks_hold(pid, signum) for pid in training_pids(job_id))
 
 
 def masks_hold(pid: str, signum: int) -> bool:

@@ -111,14 +111,14 @@ def remember_compositions(config_loader) -> dict:
 
     def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         candidates = [(before, template) for master, before, template in templates if master == id(master_config)]
-        parsed = parser.parse_overrides(list(sweep_overrides)) if candidates else None
+        parsed = parser.parse_overrides(list(sweep_overrides))
         config = next((derived for before, template in candidates
                        if (derived := derived_composition(config_loader, master_config, template, before,
                                                           parsed)) is not None), None)
         if config is None:
             config = compose(master_config, sweep_overrides)
             # a copy: running the job makes the composition's hydra node read-only (HydraConfig.set_config)
-            templates.append((id(master_config), parser.parse_overrides(list(sweep_overrides)), copy.deepcopy(config)))
+            templates.append((id(master_config), parsed, copy.deepcopy(config)))
         composed[id(master_config), tuple(sweep_overrides)] = config  # a validating sweeper only reads it
         return config
 
