@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -38,12 +37,11 @@ LENET_GRID = ["optimizer.lr=0.05,0.01", "optimizer.momentum=0,0.9", "seed=0,1,2,
 RESUMED = re.compile(r"(\d+) jobs stacked on \w+: .*, resuming at step (\d+)")
 
 
-def task_names(sweep_name: str) -> dict[str, tuple[str, str]]:
-    """The sweep's Slurm tasks in squeue, by name (`<sweep name>/<job numbers>`): their task id (`<array>_<index>`,
-    which scancel takes) and job id (which `scontrol listpids` takes; scancel given an array's own id signals all
-    its tasks)."""
-    listed = subprocess.run(["squeue", "--noheader", "--format", "%i %A %j"], capture_output=True, text=True).stdout
-    return {name: (task, job) for task, job, name in (line.split() for line in listed.splitlines())
+def task_names(sweep_name: str) -> dict[str, str]:
+    """The sweep's Slurm tasks in squeue, by name (`<sweep name>/<job numbers>`): their task id
+    (`<array>_<index>`, which scancel takes; given an array's own id it signals all its tasks)."""
+    listed = subprocess.run(["squeue", "--noheader", "--format", "%i %j"], capture_output=True, text=True).stdout
+    return {name: task for task, name in (line.split() for line in listed.splitlines())
             if name.startswith(f"{sweep_name}/")}
 
 
@@ -56,10 +54,10 @@ def numbers_of(name: str) -> set[int]:
     return numbers
 
 
-def task_of(sweep_name: str, job: int) -> tuple[str, str]:
-    """The task id and job id of the Slurm task that trains job `job`'s stack, by the name the task gives itself."""
-    def holding() -> list[tuple[str, str]]:
-        return [ids for name, ids in task_names(sweep_name).items() if job in numbers_of(name)]
+def task_of(sweep_name: str, job: int) -> str:
+    """The task id of the Slurm task that trains job `job`'s stack, by the name the task gives itself."""
+    def holding() -> list[str]:
+        return [task for name, task in task_names(sweep_name).items() if job in numbers_of(name)]
 
     wait_until(lambda: len(holding()) == 1, timeout=60)
     return holding()[0]
@@ -70,65 +68,24 @@ def task_logs(sweep_dir: Path) -> dict[str, str]:
     return {p.parent.name: p.read_text() for p in sweep_dir.glob(".submitit/*/*_log.out")}
 
 
-def training_pids(job_id: str) -> list[str]:
-    """The pids of the Slurm job's training processes: `scontrol listpids` less the batch script's (the test cluster
-    is this machine, so /proc holds their state)."""
-    listed = subprocess.run(["scontrol", "listpids", job_id], capture_output=True, text=True).stdout.splitlines()[1:]
-    return [line.split()[0] for line in listed if line.split()[2] != "batch"]
-
-
-def stopped(job_id: str) -> bool:
-    """Whether the Slurm job's training process waits, stopped by LOSSLAB_TEST_STOP_AT's SIGSTOP. A signal sent
-    before the stop would be lost in it."""
-    return any(state_of(pid) == "T" for pid in training_pids(job_id))
-
-
-def pending(job_id: str, signum: int) -> bool:
-    """Whether a signal `signum` waits to be delivered to one of the Slurm job's training processes (the
-    process-wide and thread masks of /proc/<pid>/status). Slurm delivers a step's signals asynchronously, so a
-    SIGCONT sent after `scancel --signal=USR2` may arrive first and let a stopped stack take a step before USR2."""
-    return any(masks_hold(pid, signum) for pid in training_pids(job_id))
-
-
-def masks_hold(pid: str, signum: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:  # ended
-        return False
-    masks = re.findall(r"^(?:ShdPnd|SigPnd):\s*([0-9a-f]+)$", status, re.M)
-    return any(int(mask, 16) >> (signum - 1) & 1 for mask in masks)
-
-
-def state_of(pid: str) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:  # ended
-        return ""
-
-
 def interrupt_two_stacks(args: list[str], cwd: Path, cancel: tuple[int, int], preempt: tuple[int, int],
                          eval_every: int):
-    """Launch the sweep; when the stack of job `cancel[0]` waits at step `cancel[1]`'s evaluation, scancel it; then,
-    when the stack of job `preempt[0]` waits at step `preempt[1]`'s, preempt it (USR2, then CONT). Returns the
+    """Launch the sweep; when the stack of job `cancel[0]` waits at step `cancel[1]`'s evaluation
+    (LOSSLAB_TEST_STOP_AT's `wait`), scancel it; then, when the stack of job `preempt[0]` waits at step
+    `preempt[1]`'s, preempt it (`scancel --signal=USR2`, as slurmctld signals a preempted job). Returns the
     finished launcher process and its sweep dir.
 
     The preempted stack must be one of the array's last tasks to start: Slurm 22.05 refuses `scancel --signal` to a
     task of an array with a throttle (submitit's `%<array_parallelism>`) while some of its tasks are pending ("Job
     can not be altered now"); the time limit's and a preemption's signals, which slurmctld sends itself, are not
     concerned."""
-    proc = launch(args, cwd, stop_at=";".join(f"SIGSTOP eval {step} job={job}" for job, step in (cancel, preempt)))
+    proc = launch(args, cwd, stop_at=";".join(f"wait eval {step} job={job}" for job, step in (cancel, preempt)))
     wait_until(lambda: rows(the_sweep_dir(cwd), cancel[0]) >= cancel[1] // eval_every, proc=proc)
     sweep_dir = the_sweep_dir(cwd)
     name = sweep_dir.parent.parent.name
-    cancelled, job_id = task_of(name, cancel[0])
-    wait_until(lambda: stopped(job_id), timeout=60, proc=proc)
-    subprocess.run(["scancel", cancelled], check=True)
+    subprocess.run(["scancel", task_of(name, cancel[0])], check=True)
     wait_until(lambda: rows(sweep_dir, preempt[0]) >= preempt[1] // eval_every, proc=proc)
-    preempted, job_id = task_of(name, preempt[0])
-    wait_until(lambda: stopped(job_id), timeout=60, proc=proc)
-    subprocess.run(["scancel", "--signal=USR2", preempted], check=True, timeout=60)
-    wait_until(lambda: pending(job_id, signal.SIGUSR2), timeout=60, proc=proc)
-    subprocess.run(["scancel", "--signal=CONT", preempted], check=True, timeout=60)
+    subprocess.run(["scancel", "--signal=USR2", task_of(name, preempt[0])], check=True, timeout=60)
     finish(proc, timeout=900)
     return proc, sweep_dir
 

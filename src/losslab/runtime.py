@@ -77,18 +77,21 @@ def stop_signals() -> tuple[int, ...]:
     return signal.SIGINT, signal.SIGTERM, preempt
 
 
+RECEIVED: list[int] = []  # the stop signals caught while catch_stop_signals holds
+
+
 @contextlib.contextmanager
 def catch_stop_signals():
     """Turn the stop signals into a list the loop checks between steps (main thread only)."""
-    received: list[int] = []
+    RECEIVED.clear()
     previous = {}
     try:
         for signum in stop_signals():
-            previous[signum] = signal.signal(signum, lambda n, _frame: received.append(n))
+            previous[signum] = signal.signal(signum, lambda n, _frame: RECEIVED.append(n))
     except ValueError:  # not the main thread: leave signals alone
         pass
     try:
-        yield received
+        yield RECEIVED
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -102,16 +105,21 @@ STACK: list[int] = []  # the job numbers of the stack this process trains (hydra
 def stop_point(point: str, step: int) -> None:
     """Where the tests stop a run at a chosen place: `LOSSLAB_TEST_STOP_AT="SIGKILL eval 8"` sends this process
     SIGKILL when step 8's evaluation has been written; `sleep=0.5 step any` sleeps half a second after every step
-    (a run that takes long on any machine); `job=1` restricts a spec to job 1 of a sweep, or to the stack that holds
-    job 1 (the whole stack, and so every member, stops there). Points: `step` (after the update, before any
-    bookkeeping), `eval` (the evaluation row written), `epoch` (an epoch's end, before last.pt), `finish` (the final
-    row written, before best.pt and summary.json; any step)."""
+    (a run that takes long on any machine); `wait eval 8` naps there until a stop signal has been caught (a
+    cancel's SIGTERM, a preemption's USR2: unlike SIGSTOP then SIGCONT, whose order of handling against the other
+    signal depends on which thread takes it, the run stops at this very step); `job=1` restricts a spec to job 1
+    of a sweep, or to the stack that holds job 1 (the whole stack, and so every member, stops there). Points:
+    `step` (after the update, before any bookkeeping), `eval` (the evaluation row written), `epoch` (an epoch's
+    end, before last.pt), `finish` (the final row written, before best.pt and summary.json; any step)."""
     for action, where, when, *job in STOP_AT:
         if where != point or when not in (str(step), "any") or (job and job[0] not in
                                                                   {f"job={n}" for n in these_jobs()}):
             continue
         if action.startswith("sleep="):
             time.sleep(float(action.removeprefix("sleep=")))
+        elif action == "wait":
+            while not RECEIVED:  # the main thread runs the handler between naps, whichever thread took the signal
+                time.sleep(0.01)
         else:
             os.kill(os.getpid(), getattr(signal, action))
 
