@@ -1,6 +1,7 @@
 """What TensorBoard shows of a sweep and of a single run, read from a real `tensorboard` server's HTTP API."""
 
 import json
+import os
 import random
 import re
 import subprocess
@@ -112,3 +113,43 @@ def test_event_records_carry_tensorboards_own_checksums(tmp_path):
             reader.GetNext()
             records += 1
     assert records == 51  # the file version record and the 50 summaries
+
+
+def open_paths() -> set[str]:
+    """The files this process holds open (its /proc/self/fd links)."""
+    paths = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            paths.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except FileNotFoundError:  # the listing's own descriptor, closed once listed
+            pass
+    return paths
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="lists open files from /proc (Linux)")
+def test_a_run_logger_holds_its_event_file_open_and_every_event_reads_back_in_order(tmp_path):
+    """A run's events go through one file handle held open from the first event to `close` (TensorBoard's GFile
+    stand-in opens the file again for every event); the events written before it was opened (the file version, a
+    resumed run's purge) and after it come back in order through TensorBoard's own reader."""
+    from omegaconf import OmegaConf
+    from tb_events import read_events
+
+    from losslab.log import RunLogger
+
+    cfg = OmegaConf.create({"seed": 0})
+    first = RunLogger(tmp_path, cfg, {"seed": 0})
+    for step in range(1, 31):
+        first.scalars({"train/loss": 1 / step, "train/acc": step / 30}, step)
+    first.flush()
+    [events] = tmp_path.glob("events.out.tfevents.*")
+    assert str(events.resolve()) in open_paths()
+    first.close()
+    assert str(events.resolve()) not in open_paths()
+    resumed = RunLogger(tmp_path, cfg, {"seed": 0}, resume_rows=0, resume_step=20)  # drops steps 21 to 30
+    for step in range(21, 41):
+        resumed.scalars({"train/loss": 2 / step, "train/acc": step / 40}, step)
+    resumed.close()
+    loss = [(event.step, event.value) for event in read_events(tmp_path).Scalars("train/loss")]
+    expected = [(step, 1 / step) for step in range(1, 21)] + [(step, 2 / step) for step in range(21, 41)]
+    assert [step for step, _ in loss] == [step for step, _ in expected]
+    assert [value for _, value in loss] == pytest.approx([value for _, value in expected], rel=1e-6)

@@ -60,13 +60,15 @@ class RunLogger:
         self.csv_path = run_dir / "metrics.csv"
         self.columns = [*COLUMNS, *loss_columns]
         if resume_rows is not None:
-            self.writer = SummaryWriter(log_dir=str(run_dir), max_queue=1000, purge_step=resume_step + 1)
+            self.writer = hold_event_file_open(SummaryWriter(log_dir=str(run_dir), max_queue=1000,
+                                                             purge_step=resume_step + 1))
             self._truncate_csv(resume_rows)
             self.rows = resume_rows
             return
         # a fresh start over an attempt that left no checkpoint: TensorBoard drops that attempt's events
         earlier = any(run_dir.glob("events.out.tfevents.*"))
-        self.writer = SummaryWriter(log_dir=str(run_dir), max_queue=1000, purge_step=0 if earlier else None)
+        self.writer = hold_event_file_open(SummaryWriter(log_dir=str(run_dir), max_queue=1000,
+                                                         purge_step=0 if earlier else None))
         self.writer.add_text("config", "```yaml\n" + OmegaConf.to_yaml(cfg, resolve=True) + "```", 0)
         _, session_start, session_end = hparams_summary(hparams, {})
         for summary in (session_start, session_end):
@@ -124,6 +126,21 @@ def checksum_in_c() -> None:
 
     if google_crc32c.implementation == "c":  # its pure-Python fallback would be no faster
         record_writer.masked_crc32c = masked_crc32c
+
+
+def hold_event_file_open(writer):
+    """`writer` (a SummaryWriter) with its event file held open. Without TensorFlow, TensorBoard writes through its
+    stand-in for tf.io.gfile, whose GFile opens the file again for every record it appends: 27 µs an event here,
+    13 with the file held open (a 64-job stack writes 83,000). The file is opened once, to append, unbuffered, so
+    each record is still one write() as before; TensorBoard's thread, queue and record format are unchanged."""
+    from tensorboard.compat.tensorflow_stub.io.gfile import GFile
+
+    event_writer = writer.file_writer.event_writer
+    record_writer = event_writer._async_writer._writer
+    if isinstance(record_writer._writer, GFile) and "://" not in event_writer._file_name:  # a local file
+        event_writer.flush()  # what was queued goes through the GFile first: its first write created the file
+        record_writer._writer = open(event_writer._file_name, "ab", buffering=0)
+    return writer
 
 
 def masked_crc32c(data: bytes) -> int:
