@@ -262,3 +262,61 @@ def test_the_launcher_takes_the_sweepers_composition_of_each_job_and_derives_val
     assert validated[2].optimizer.lr == 0.001 and validated[1].optimizer.betas == [0.8, 0.99]
     assert composed.pop((id(master), tuple(SWEEP_JOBS[1]))) is validated[1]
     assert composed.pop((id(master), ("seed=2",)), None) is None  # never validated: the launcher composes it
+
+
+def test_a_jobs_set_up_writes_and_returns_what_hydras_run_job_does_with_describe_job(tmp_path):
+    """`StackedLauncher.prepare` (the set-up pass, with fewer copies) against Hydra's run_job with describe_job as
+    the task function, on two copies of one composed job: the same .hydra/ bytes and log file, the same JobReturn
+    (overrides, config, hydra config, working dir, task name, status) and losslab Job, HydraConfig as it was."""
+    import copy
+
+    from hydra import initialize_config_dir
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import JobStatus
+    from hydra.types import HydraContext, RunMode
+    from omegaconf import OmegaConf, open_dict
+
+    from hydra_plugins.losslab_launcher.stacked_launcher import StackedLauncher, describe_job
+    from losslab.config import CONF_DIR, register
+
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("train", ["hydra/launcher=stacked", *TINY], RunMode.MULTIRUN)
+        launcher = StackedLauncher()
+        launcher.setup(hydra_context=HydraContext(config_loader=loader, callbacks=Callbacks(master)),
+                       task_function=describe_job, config=master)
+        composed = loader.load_sweep_config(master, ["optimizer.lr=0.3", "seed=2"])
+        returns, dirs = {}, {}
+        for way in ("run_job", "prepare"):
+            config = copy.deepcopy(composed)
+            with open_dict(config):
+                config.hydra.sweep.dir, config.hydra.job.num, config.hydra.job.id = str(tmp_path / way), 3, 3
+            before = HydraConfig.instance().cfg
+            returns[way] = launcher.run(config, describe_job) if way == "run_job" else launcher.prepare(config)
+            assert HydraConfig.instance().cfg is before
+            [dirs[way]] = (tmp_path / way).iterdir()
+    ran, prepared = returns["run_job"], returns["prepare"]
+    ran_name = ran.task_name  # the job's log file is named after it (hydra.job.name)
+    assert dirs["run_job"].name == dirs["prepare"].name
+    files = [sorted(p.relative_to(dirs[way]).as_posix() for p in dirs[way].rglob("*")) for way in returns]
+    assert files[0] == files[1] == [".hydra", ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml",
+                                    f"{ran_name}.log"]
+    for name in (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml"):
+        texts = [(dirs[way] / name).read_text().replace(str(tmp_path / way), "<sweep dir>") for way in returns]
+        assert texts[0] == texts[1], name
+    assert "lr: 0.3" in (dirs["prepare"] / ".hydra/config.yaml").read_text()
+    assert str(dirs["prepare"]) in (dirs["prepare"] / ".hydra/hydra.yaml").read_text()  # the output dir it set
+    assert prepared.status == ran.status == JobStatus.COMPLETED
+    assert (prepared.overrides, prepared.task_name, prepared.working_dir) == \
+           (ran.overrides, ran.task_name, ran.working_dir)
+    assert OmegaConf.to_yaml(prepared.cfg) == OmegaConf.to_yaml(ran.cfg)
+    assert OmegaConf.is_struct(prepared.cfg) and OmegaConf.is_struct(ran.cfg)
+    assert OmegaConf.to_yaml(prepared.hydra_cfg).replace(str(tmp_path / "prepare"), "") == \
+           OmegaConf.to_yaml(ran.hydra_cfg).replace(str(tmp_path / "run_job"), "")
+    jobs = [ret.return_value for ret in (ran, prepared)]
+    assert [job.run_dir for job in jobs] == [dirs["run_job"], dirs["prepare"]]
+    assert jobs[0].hparams == jobs[1].hparams and jobs[0].overrides == jobs[1].overrides
+    assert OmegaConf.to_yaml(jobs[0].cfg) == OmegaConf.to_yaml(jobs[1].cfg)
