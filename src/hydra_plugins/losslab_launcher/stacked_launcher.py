@@ -238,7 +238,7 @@ class StackedLauncher(Launcher):
             configure_log(config.hydra.job_logging, config.hydra.verbose)
             if config.hydra.output_subdir is not None:
                 hydra_dir = Path(output_dir, config.hydra.output_subdir)
-                hydra_dir.mkdir(exist_ok=True)
+                hydra_dir.mkdir(parents=True, exist_ok=True)
                 for name, node in (("config.yaml", task_cfg), ("hydra.yaml", hydra_config.cfg),
                                    ("overrides.yaml", config.hydra.overrides.task)):
                     (hydra_dir / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
