@@ -71,14 +71,31 @@ def rows(sweep_dir: Path | None, job: int) -> int:
     return 0
 
 
-def task_of(sweep_name: str, job: int) -> str:
-    """The Slurm task id of job `job` of the sweep, by the name the task gives itself."""
-    def tasks() -> list[str]:
-        listed = subprocess.run(["squeue", "--noheader", "--format", "%i %j"], capture_output=True, text=True).stdout
-        return [line.split()[0] for line in listed.splitlines() if line.split()[1:] == [f"{sweep_name}/{job}"]]
+def task_names(sweep_name: str) -> dict[str, str]:
+    """The sweep's Slurm tasks in squeue, by name (`<sweep name>/<job numbers>`): their task id
+    (`<array>_<index>`, which scancel takes; given an array's own id it signals all its tasks)."""
+    listed = subprocess.run(["squeue", "--noheader", "--format", "%i %j"], capture_output=True, text=True).stdout
+    return {name: task for task, name in (line.split() for line in listed.splitlines())
+            if name.startswith(f"{sweep_name}/")}
 
-    wait_until(lambda: len(tasks()) == 1, timeout=30)
-    return tasks()[0]
+
+def numbers_of(name: str) -> set[int]:
+    """The job numbers a task's name lists: `synthetic-linear-ce/0-3,8` -> {0, 1, 2, 3, 8} (a stacked launcher's
+    task trains several), `synthetic-linear-ce/1` -> {1}."""
+    numbers = set()
+    for part in name.rpartition("/")[2].split(","):
+        first, _, last = part.partition("-")
+        numbers |= set(range(int(first), int(last or first) + 1))
+    return numbers
+
+
+def task_of(sweep_name: str, job: int, timeout: float = 30) -> str:
+    """The Slurm task id of the task that trains job `job` of the sweep, by the name the task gives itself."""
+    def holding() -> list[str]:
+        return [task for name, task in task_names(sweep_name).items() if job in numbers_of(name)]
+
+    wait_until(lambda: len(holding()) == 1, timeout=timeout)
+    return holding()[0]
 
 
 def results(sweep_dir: Path) -> dict[int, tuple[str, dict, str]]:

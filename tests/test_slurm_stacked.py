@@ -20,7 +20,18 @@ from pathlib import Path
 import pytest
 from commands import metrics_rows, sweep
 from omegaconf import OmegaConf
-from test_slurm import CONTINUE, finish, launch, one_continuous_run, rows, sacct_states, the_sweep_dir, wait_until
+from test_slurm import (
+    CONTINUE,
+    finish,
+    launch,
+    numbers_of,
+    one_continuous_run,
+    rows,
+    sacct_states,
+    task_of,
+    the_sweep_dir,
+    wait_until,
+)
 
 from hydra_plugins.losslab_launcher.stacked_launcher import numbers_text
 from losslab.cli import compose
@@ -35,32 +46,6 @@ LINEAR_GRID = ["optimizer.lr=0.3,0.1,0.03,0.01", "trainer.l2=0,0.001,0.01,0.1", 
 LENET = ["model=lenet", "hydra.launcher.conv_on_cpu=true", "trainer.device=cpu", "dataset.train_n=768"]  # 4 an epoch
 LENET_GRID = ["optimizer.lr=0.05,0.01", "optimizer.momentum=0,0.9", "seed=0,1,2,3"]
 RESUMED = re.compile(r"(\d+) jobs stacked on \w+: .*, resuming at step (\d+)")
-
-
-def task_names(sweep_name: str) -> dict[str, str]:
-    """The sweep's Slurm tasks in squeue, by name (`<sweep name>/<job numbers>`): their task id
-    (`<array>_<index>`, which scancel takes; given an array's own id it signals all its tasks)."""
-    listed = subprocess.run(["squeue", "--noheader", "--format", "%i %j"], capture_output=True, text=True).stdout
-    return {name: task for task, name in (line.split() for line in listed.splitlines())
-            if name.startswith(f"{sweep_name}/")}
-
-
-def numbers_of(name: str) -> set[int]:
-    """The job numbers a task's name lists: `synthetic-linear-ce/0-3,8` -> {0, 1, 2, 3, 8}."""
-    numbers = set()
-    for part in name.rpartition("/")[2].split(","):
-        first, _, last = part.partition("-")
-        numbers |= set(range(int(first), int(last or first) + 1))
-    return numbers
-
-
-def task_of(sweep_name: str, job: int) -> str:
-    """The task id of the Slurm task that trains job `job`'s stack, by the name the task gives itself."""
-    def holding() -> list[str]:
-        return [task for name, task in task_names(sweep_name).items() if job in numbers_of(name)]
-
-    wait_until(lambda: len(holding()) == 1, timeout=60)
-    return holding()[0]
 
 
 def task_logs(sweep_dir: Path) -> dict[str, str]:
@@ -83,9 +68,9 @@ def interrupt_two_stacks(args: list[str], cwd: Path, cancel: tuple[int, int], pr
     wait_until(lambda: rows(the_sweep_dir(cwd), cancel[0]) >= cancel[1] // eval_every, proc=proc)
     sweep_dir = the_sweep_dir(cwd)
     name = sweep_dir.parent.parent.name
-    subprocess.run(["scancel", task_of(name, cancel[0])], check=True)
+    subprocess.run(["scancel", task_of(name, cancel[0], timeout=60)], check=True)
     wait_until(lambda: rows(sweep_dir, preempt[0]) >= preempt[1] // eval_every, proc=proc)
-    subprocess.run(["scancel", "--signal=USR2", task_of(name, preempt[0])], check=True, timeout=60)
+    subprocess.run(["scancel", "--signal=USR2", task_of(name, preempt[0], timeout=60)], check=True, timeout=60)
     finish(proc, timeout=900)
     return proc, sweep_dir
 
