@@ -35,9 +35,9 @@ import json, statistics, sys, time
 from pathlib import Path
 import torch
 from omegaconf import OmegaConf
-from losslab.figures import read_rows, write_figures
-from losslab.log import import_tensorboard
-from losslab.train import build, pick_device
+from losslab.reporting.run_figures import read_rows, write_figures
+from losslab.training.run_logger import import_tensorboard
+from losslab.training.loop import build, pick_device
 run_dir, out, repeat = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
 data, loss_fn, model, _, _ = build(cfg, pick_device("cpu"))
@@ -68,8 +68,8 @@ def write_predictions(run_dir: Path) -> None:
     import torch
     from omegaconf import OmegaConf
 
-    from losslab.rundir import final_checkpoint
-    from losslab.train import build, pick_device
+    from losslab.records.run_dir import final_checkpoint
+    from losslab.training.loop import build, pick_device
 
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     data, loss_fn, model, _, _ = build(cfg, pick_device("cpu"))
@@ -85,7 +85,7 @@ def write_predictions(run_dir: Path) -> None:
 
 
 def new_times(run_dir: Path, repeat: int) -> list[float]:
-    from losslab.figures import draw_run_figures
+    from losslab.reporting.run_figures import draw_run_figures
 
     times = []
     for _ in range(repeat + 1):  # the first call imports matplotlib and TensorBoard
@@ -115,8 +115,8 @@ def sweep_times(run_dir: Path, size: int, repeat: int, scratch: Path) -> tuple[l
     """Wall times of drawing `size` copies of the run's figures without and with worker processes."""
     import shutil
 
-    from losslab.figures import runs_figures_drawn
-    from losslab.runtime import usable_cores
+    from losslab.reporting.run_figures import runs_figures_drawn
+    from losslab.training.runtime import usable_cores
 
     times = {1: [], usable_cores(): []}
     for i in range(repeat):

@@ -26,11 +26,11 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from losslab.cli import compose
+from losslab.commands.cli import compose
 from losslab.config import data_root
-from losslab.runs import build
-from losslab.runtime import use_float32_math
-from losslab.train import fit
+from losslab.training.loop import fit
+from losslab.training.runs import build
+from losslab.training.runtime import use_float32_math
 
 BATCH = 64
 

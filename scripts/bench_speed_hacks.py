@@ -32,7 +32,7 @@ from pathlib import Path
 DEBUG = ["trainer=debug", "trainer.progress=log", "trainer.device=cpu"]
 GRID = ["-m", "hydra/launcher=stacked", "model=linear", "trainer.epochs=1", "optimizer.lr=0.3,0.1,0.03,0.01",
         "trainer.l2=0,0.001,0.01,0.1", "trainer.progress=log", "trainer.device=cpu"]
-TRAIN = "from losslab.cli import train\nsys.argv = ['losslab-train', *{argv!r}]\ntrain()\n"
+TRAIN = "from losslab.commands.cli import train\nsys.argv = ['losslab-train', *{argv!r}]\ntrain()\n"
 LAUNCHER = "hydra_plugins.losslab_launcher.stacked_launcher.StackedLauncher"
 HIDE = "sys.modules.update(dict.fromkeys(['boto3', 'fsspec']))\n"
 WITH = {"tensorboard": HIDE + "import torch.utils.tensorboard\ndel sys.modules['boto3'], sys.modules['fsspec']\n",

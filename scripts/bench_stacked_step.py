@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from losslab.cli import compose
-from losslab.runs import Job, build_run
-from losslab.steppers import SingleStepper, StackedStepper
+from losslab.commands.cli import compose
+from losslab.stacking.steppers import SingleStepper, StackedStepper
+from losslab.training.runs import Job, build_run
 
 LRS, L2S = (0.3, 0.1, 0.03, 0.01), (0.0, 0.001, 0.01, 0.1)
 

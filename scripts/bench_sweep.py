@@ -32,7 +32,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from losslab.job_dirs import job_dir, job_dirs, job_number
+from losslab.records.job_dirs import job_dir, job_dirs, job_number
 
 GRIDS = {  # name: (title, the grid's overrides, the stacked launcher's options)
     "softmax": ("softmax regression, 4 lr x 4 l2, 3 epochs",

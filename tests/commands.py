@@ -11,7 +11,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from losslab.job_dirs import job_dirs, job_number
+from losslab.records.job_dirs import job_dirs, job_number
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 600  # s per command
@@ -20,7 +20,7 @@ TIMEOUT = 600  # s per command
 def user_env(stop_at: str | None = None) -> dict[str, str]:
     """This process's environment as a user's shell has it: without HYDRA_FULL_ERROR (errors read as the one
     sentence a user gets), $LOSSLAB_DATA_DIR (data comes from dataset.root or the repo's data/) and the test-only
-    LOSSLAB_TEST_STOP_AT, which `stop_at` sets (the trigger in losslab.train.stop_point)."""
+    LOSSLAB_TEST_STOP_AT, which `stop_at` sets (the trigger in losslab.training.loop.stop_point)."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("HYDRA_FULL_ERROR", "LOSSLAB_DATA_DIR", "LOSSLAB_TEST_STOP_AT")}
     if stop_at:

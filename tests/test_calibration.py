@@ -1,4 +1,5 @@
-"""Temperature scaling (losslab.calibration): the fit recovers a known temperature, leaves every prediction as it
+"""Temperature scaling (losslab.evaluation.calibration): the fit recovers a known temperature, leaves every prediction
+as it
 was, and `losslab-eval <run dir> --calibrate` writes eval/calibration.json, which losslab-report reads."""
 
 import json
@@ -10,10 +11,10 @@ import torch
 from commands import run, summary
 from omegaconf import OmegaConf
 
-from losslab.calibration import T_MAX, T_MIN, calibrate, fit_temperature, metrics_of
+from losslab.evaluation.calibration import T_MAX, T_MIN, calibrate, fit_temperature, metrics_of
 from losslab.losses import BinaryCrossEntropy, CrossEntropy, MinEntropy, MultiBinaryCrossEntropy
-from losslab.report import write_report
-from losslab.rundir import CALIBRATION
+from losslab.records.run_dir import CALIBRATION
+from losslab.reporting.report import write_report
 
 N, K = 20_000, 10  # the fitted T is within 1 % of the true one at this size (its spread shrinks as 1/√N)
 

@@ -19,7 +19,7 @@ def test_a_debug_run_imports_only_what_it_uses(tmp_path):
     plugins."""
     probe = (
         "import sys\n"
-        "from losslab.cli import train\n"
+        "from losslab.commands.cli import train\n"
         "sys.argv = ['losslab-train', 'trainer=debug', 'trainer.progress=log']\n"
         "try:\n    train()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
         "print(' '.join(sorted({name.split('.')[0] for name, module in sys.modules.items() if module is not None})))\n"
@@ -60,7 +60,7 @@ def test_main_job_writes_a_complete_run(tmp_path):
     ({"monitor": {"metric": "val/acc", "mode": "max"}, "final": {}}, math.inf),  # failed before a final value
 ])
 def test_a_job_returns_its_monitored_metric_for_sweepers_to_minimise(summary, expected):
-    from losslab.cli import objective
+    from losslab.records.summary import objective
 
     assert objective(summary) == expected
 
@@ -117,7 +117,7 @@ def test_the_command_ends_with_mains_status_after_flushing_logs_and_exit_handler
     probe = (
         "import atexit, logging, sys\n"
         "from pathlib import Path\n"
-        "from losslab.cli import end_process\n"
+        "from losslab.commands.cli import end_process\n"
         "logging.basicConfig(filename='run.log', level=logging.INFO)\n"
         "atexit.register(lambda: Path('atexit.txt').write_text('ran'))\n"
         "def main():\n    logging.info('logged before the end')\n    print('printed', end='')\n"

@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from losslab.cli import compose
-from losslab.train import fit
+from losslab.commands.cli import compose
+from losslab.training.loop import fit
 
 DATASETS = {"mnist": 10, "mnist_even_odd": 2, "mnist_2v3": 2, "cifar10": 10, "emnist_letters": 26, "synthetic": 4}
 COMBINATIONS = [

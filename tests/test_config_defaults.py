@@ -3,7 +3,8 @@ schema, and the models' and losses' constructor defaults agree with their schema
 
 tests/data/composed_configs.json holds, for the defaults alone and for every option of every group
 (conf/<group>/*.yaml, each chosen alone on top of the defaults, experiment presets included), the config
-`losslab.cli.compose` returns, resolved. It changes only on purpose, when a default users get is meant to change:
+`losslab.commands.cli.compose` returns, resolved. It changes only on purpose, when a default users get is meant to
+change:
 regenerate it with `python tests/test_config_defaults.py` (PYTHONPATH=src) and review its diff.
 """
 
@@ -20,12 +21,12 @@ from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
-from losslab.cli import compose
+from losslab.commands.cli import compose
 from losslab.config import CONF_DIR, register
 
 SNAPSHOT = Path(__file__).parent / "data" / "composed_configs.json"
-ABOUT = ("The config losslab.cli.compose returns (resolved) for the defaults and for each option of each group alone. "
-         "It changes only on purpose: regenerate with `python tests/test_config_defaults.py` and review the diff.")
+ABOUT = ("The config losslab.commands.cli.compose returns (resolved) for the defaults and for each option of each "
+         "group alone. It changes only on purpose: regenerate with `python tests/test_config_defaults.py` and review the diff.")
 SCHEMA_GROUPS = ("dataset", "model", "loss", "optimizer", "scheduler", "trainer")  # each file starts from a schema
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from losslab.cli import compose
-from losslab.train import fit
+from losslab.commands.cli import compose
+from losslab.training.loop import fit
 
 
 # softmax: the course's ~92 % within 1 point (the agreement rule of docs/results); seeds and devices (the data

@@ -20,7 +20,7 @@ from fixtures import (
     write_mnist,
 )
 
-from losslab.cli import compose
+from losslab.commands.cli import compose
 from losslab.config import REPO_ROOT, check
 from losslab.data import augment, load_splits
 from losslab.errors import ConfigError, DataError

@@ -6,9 +6,9 @@ import torch
 from commands import metrics_rows
 from tb_events import read_events
 
-from losslab.cli import compose
-from losslab.runs import build
-from losslab.train import fit
+from losslab.commands.cli import compose
+from losslab.training.loop import fit
+from losslab.training.runs import build
 
 SYNTH = ["dataset=synthetic", "trainer.progress=log", "trainer.device=cpu"]
 

@@ -7,11 +7,11 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from losslab.cli import compose
-from losslab.cli import evaluate as eval_cli
+from losslab.commands.cli import compose
+from losslab.commands.cli import evaluate as eval_cli
+from losslab.commands.evaluate import main
 from losslab.errors import UserError
-from losslab.eval_command import main
-from losslab.train import fit
+from losslab.training.loop import fit
 
 METRICS = ("loss", "acc", "nll", "brier", "ece", "entropy")
 

@@ -14,10 +14,12 @@ from commands import losslab_train, sweep
 from omegaconf import OmegaConf
 from tb_events import read_events
 
-from losslab import drawing
-from losslab.cli import compose
-from losslab.drawing import confidence_figure, curves_figure, reliability_figure, templates_figure
-from losslab.figures import (
+from losslab.commands.cli import compose
+from losslab.evaluation.metrics import ECE_BINS, SplitMetrics
+from losslab.models import DualLinear, Linear
+from losslab.reporting import drawing
+from losslab.reporting.drawing import confidence_figure, curves_figure, reliability_figure, templates_figure
+from losslab.reporting.run_figures import (
     MIN_RUNS_FOR_POOL,
     draw_run_figures,
     image_shape,
@@ -25,10 +27,8 @@ from losslab.figures import (
     run_templates,
     runs_figures_drawn,
 )
-from losslab.log import COLUMNS
-from losslab.metrics import ECE_BINS, SplitMetrics
-from losslab.models import DualLinear, Linear
-from losslab.sweep import missing_figures_drawn
+from losslab.sweeps.sweep import missing_figures_drawn
+from losslab.training.run_logger import COLUMNS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 KINDS = ("weight_templates", "confidence_histogram_test", "reliability_test", "curves")

@@ -4,11 +4,11 @@ loop that never waits on the host between evaluations."""
 import pytest
 import torch
 
-from losslab import train
-from losslab.cli import compose
-from losslab.runs import build
-from losslab.runtime import memory_format, use_float32_math
-from losslab.train import Job, fit, fit_group
+from losslab.commands.cli import compose
+from losslab.training import loop as train
+from losslab.training.loop import Job, fit, fit_group
+from losslab.training.runs import build
+from losslab.training.runtime import memory_format, use_float32_math
 
 SYNTH = ["dataset=synthetic", "trainer.progress=log", "trainer.device=cpu", "trainer.figures=false"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from losslab import gradcheck
+from losslab.commands import gradcheck
 
 LOSS_NAMES = ("ce", "bce", "mbce", "min_ent", "mix_ent")
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from commands import metrics_rows
 
-from losslab.cli import compose
+from losslab.commands.cli import compose
 from losslab.errors import ConfigError
-from losslab.runs import build
-from losslab.runtime import seed_everything
-from losslab.train import distinct_batches, fit
+from losslab.training.loop import distinct_batches, fit
+from losslab.training.runs import build
+from losslab.training.runtime import seed_everything
 
 SYNTH = ["dataset=synthetic", "trainer.progress=log", "trainer.device=cpu"]
 

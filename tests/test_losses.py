@@ -8,13 +8,13 @@ import pytest
 import torch
 from hydra.utils import get_class
 
-from losslab.cli import compose
+from losslab.commands.cli import compose
 from losslab.config import CONF_DIR
 from losslab.errors import ConfigError
 from losslab.losses import BinaryCrossEntropy, CrossEntropy, EntropyGradient, Loss, MultiBinaryCrossEntropy, scale_step
 from losslab.losses.base import log_softmax, mean_cross_entropy, mean_nll
 from losslab.models import DualLinear
-from losslab.steppers import stacked_loss
+from losslab.stacking.steppers import stacked_loss
 
 rng = np.random.default_rng(0)
 

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from losslab.metrics import SplitMetrics
+from losslab.evaluation.metrics import SplitMetrics
 
 BINS = 15
 
 
 def numpy_metrics(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """The definitions in losslab.metrics, written out in numpy; ECE bins are the intervals (b/15, (b+1)/15]."""
+    """The definitions in losslab.evaluation.metrics, written out in numpy; ECE bins are the intervals (b/15,
+    (b+1)/15]."""
     n, k = probs.shape
     confidence, prediction = probs.max(1), probs.argmax(1)
     correct = prediction == y

@@ -21,7 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from losslab.cli import compose
+from losslab.commands.cli import compose
 from losslab.config import CONF_DIR
 from losslab.data import TASKS
 from losslab.data.sources import read_source

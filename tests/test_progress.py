@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from commands import losslab_train, start, user_env
 
-from losslab.job_dirs import job_dirs, job_number
+from losslab.records.job_dirs import job_dirs, job_number
 
 SHORT = ["dataset.train_size=2000", "trainer.epochs=2", "trainer.figures=false"]  # 16 steps of 128 per epoch
 

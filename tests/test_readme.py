@@ -37,7 +37,7 @@ RUN_LENGTH = {"trainer.max_steps": 5, "trainer.limit_eval_batches": 1}  # append
 TRIALS = 2  # hydra.sweeper.n_trials, appended where a command asks for more
 SMOKE = ["trainer.max_steps=5", "seed=0"]  # README: "e.g. `trainer.max_steps=5 seed=0` for a smoke run"
 OFFLINE = "http://127.0.0.1:9"  # a proxy nobody listens on: every download fails at once
-HAS_RESULT = {"completed", "early_stopped", "diverged"}  # losslab.rundir.HAS_RESULT
+HAS_RESULT = {"completed", "early_stopped", "diverged"}  # losslab.records.summary.HAS_RESULT
 CLUSTER_WORDS = ("srun", "slurm cluster")  # the README's sentence on the slurm launcher without a cluster
 
 
@@ -248,7 +248,7 @@ def composed(overrides: list[str]):
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from losslab.cli import compose
+    from losslab.commands.cli import compose
 
     try:
         return compose(overrides)

@@ -14,13 +14,13 @@ import torch
 from commands import start, summary
 from tb_events import read_events
 
-from losslab.checkpoint import save_checkpoint
-from losslab.cli import compose
+from losslab.commands.cli import compose
 from losslab.errors import UserError
 from losslab.fileio import write_json
-from losslab.job_dirs import job_dir
-from losslab.log import append_csv_row
-from losslab.train import fit
+from losslab.records.job_dirs import job_dir
+from losslab.training.checkpoint import save_checkpoint
+from losslab.training.loop import fit
+from losslab.training.run_logger import append_csv_row
 
 
 def test_divergence_is_a_result_and_the_sweep_goes_on(tmp_path):

@@ -12,8 +12,10 @@ import pytest
 from commands import losslab_train
 
 from losslab.errors import UserError
-from losslab.job_dirs import job_dir, job_dirs
-from losslab.report import Config, Report, Run, main, parameter_figure, read_curves, write_report
+from losslab.records.job_dirs import job_dir, job_dirs
+from losslab.reporting.plots import parameter_figure
+from losslab.reporting.report import main, write_report
+from losslab.reporting.sweep_data import Config, Report, Run, read_curves
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HEADER = ["step", "epoch", "lr", "weights/sq_norm", "train/loss", "val/loss", "val/acc", "test/loss", "test/nll",
@@ -299,7 +301,7 @@ def test_real_sweep(tmp_path, capsys):
 
 
 def test_the_report_gives_the_command_that_continues_the_jobs_left(tmp_path):
-    from losslab.report import write_report
+    from losslab.reporting.report import write_report
 
     sweep = tmp_path / "outputs" / "mnist-linear-ce" / "multirun" / "t"
     done = {"status": "completed", "final": {"val/acc": 0.9, "test/acc": 0.9, "test/nll": 0.3}}

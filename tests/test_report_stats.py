@@ -12,15 +12,9 @@ from scipy import stats
 from test_report import PNG_SIGNATURE, write_job
 
 from losslab.errors import UserError
-from losslab.report import (
-    Paired,
-    learned_curves,
-    main,
-    mean_trajectory,
-    p_text,
-    verdict,
-    write_report,
-)
+from losslab.reporting.plots import learned_curves, mean_trajectory
+from losslab.reporting.report import main, write_report
+from losslab.reporting.statistics import Paired, p_text, verdict
 
 SEEDS = (0, 1, 2, 3, 4)
 CE_ACC = (0.900, 0.910, 0.905, 0.895, 0.902)
@@ -297,7 +291,7 @@ def test_learned_values_get_a_table_and_a_trajectory_figure_with_the_mean_over_s
 
 
 def report_configs(sweep):
-    from losslab.report import group_by_config, read_runs, varying_keys
+    from losslab.reporting.sweep_data import group_by_config, read_runs, varying_keys
 
     runs = read_runs(sweep)
     return group_by_config(runs, varying_keys(runs))

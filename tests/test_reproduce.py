@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 from fixtures import patch_cifar10_md5, write_cifar10, write_emnist_letters
+from study_pages.reproduce import main, portable, write_page
+from study_pages.studies import STUDIES
 
 from losslab.config import REPO_ROOT
-from losslab.job_dirs import job_dir, job_dirs
-from losslab.report import p_text
-from losslab.reproduce import main, portable, write_page
-from losslab.studies import STUDIES
+from losslab.records.job_dirs import job_dir, job_dirs
+from losslab.reporting.statistics import p_text
 
 TINY = ["trainer.max_steps=2", "trainer.progress=log", "trainer.checkpoints=false", "seed=0"]
 

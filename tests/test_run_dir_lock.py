@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from losslab.errors import RunDirBusy, UserError
-from losslab.rundir import (
+from losslab.records.lock import (
     LOCK,
     LockHolder,
     _claim,
@@ -22,10 +22,10 @@ from losslab.rundir import (
     _remove_stale,
     exclusive,
     locked_by,
-    run_state,
     stale_after_s,
     wait_for_lock,
 )
+from losslab.records.run_dir import run_state
 
 CTX = multiprocessing.get_context("fork")
 HOST = socket.gethostname()

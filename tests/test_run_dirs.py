@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from commands import REPO, losslab_train
 
-from losslab.job_dirs import job_dirs
-from losslab.rundir import exclusive
+from losslab.records.job_dirs import job_dirs
+from losslab.records.lock import exclusive
 
 pytestmark = pytest.mark.slow
 

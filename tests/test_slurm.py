@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from tb_events import read_events
 
-from losslab.job_dirs import job_dirs, job_number
+from losslab.records.job_dirs import job_dirs, job_number
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -4,8 +4,10 @@ task; a cancelled task and a preempted one end, after the launcher's call (and, 
 the sweep prints), as the uninterrupted separate runs of every member.
 
 The commands are the ones a user types, from a fresh dir without hydra.sweep.dir; LOSSLAB_TEST_STOP_AT's `job=<n>`
-stops the stack that holds job n (losslab.runtime.stop_point). The separate reference runs train in this process
-(losslab.train.fit), each from the config its member's overrides compose. `submitit_local` runs the tasks on this
+stops the stack that holds job n (losslab.training.runtime.stop_point). The separate reference runs train in this
+process
+(losslab.training.loop.fit), each from the config its member's overrides compose. `submitit_local` runs the tasks on
+this
 machine.
 """
 
@@ -34,9 +36,9 @@ from test_slurm import (
 )
 
 from hydra_plugins.losslab_launcher.stacked_launcher import numbers_text
-from losslab.cli import compose
-from losslab.job_dirs import job_dir, job_dirs
-from losslab.train import fit
+from losslab.commands.cli import compose
+from losslab.records.job_dirs import job_dir, job_dirs
+from losslab.training.loop import fit
 
 STACKED = ["hydra/launcher=stacked", "hydra.launcher.executor=submitit_slurm", "hydra.launcher.cpus_per_task=1",
            "hydra.launcher.mem_gb=1"]

@@ -13,14 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from losslab.models import FNN, LeNet, Linear
-from losslab.stacked import (
+from losslab.stacking.stacked import (
     StackedAdam,
     StackedSGD,
     member_state,
     stack_models,
     stacked_forward,
 )
-from losslab.steppers import FlatLayout, l2_rates
+from losslab.stacking.steppers import FlatLayout, l2_rates
 
 M, IN_SHAPE, CLASSES, BATCH, STEPS = 3, (1, 16, 16), 4, 8, 5
 BUILDERS = {
@@ -70,7 +70,7 @@ def torch_backward(model, x, y) -> None:
 
 
 def torch_step(model, optimizer, l2=0.0) -> None:
-    """L2 and optimizer step of the plain loop of losslab.train on one member (after torch_backward)."""
+    """L2 and optimizer step of the plain loop of losslab.training.loop on one member (after torch_backward)."""
     for w in model.parameters():
         if w.ndim >= 2:
             w.grad.add_(w, alpha=2 * l2)
@@ -103,7 +103,7 @@ def stacked_adam(params, decoupled, lr, beta1, beta2, eps, weight_decay):
 
 
 def with_l2(grads: dict, params: dict, l2) -> dict:
-    """The gradients with trainer.l2's 2λ·w added, as losslab.steppers.StackedStepper adds it."""
+    """The gradients with trainer.l2's 2λ·w added, as losslab.stacking.steppers.StackedStepper adds it."""
     layout = FlatLayout(params)
     flat = layout.flatten(params).detach()
     return layout.views(layout.add_l2(layout.flatten(grads).detach(), flat, l2_rates(l2, flat)))

@@ -11,9 +11,9 @@ import torch
 from commands import metrics_rows, summaries, sweep
 from tb_events import read_events
 
-from losslab.cli import compose
-from losslab.job_dirs import job_dir
-from losslab.steppers import group_key
+from losslab.commands.cli import compose
+from losslab.records.job_dirs import job_dir
+from losslab.stacking.steppers import group_key
 
 TINY = ["dataset=synthetic", "trainer.progress=log", "trainer.figures=false"]
 
@@ -203,7 +203,7 @@ def test_relaunching_a_finished_stacked_sweep_skips_every_job(tmp_path):
 
 
 def test_per_member_clipping_is_clip_grad_norm_of_each_member():
-    from losslab.steppers import FlatLayout, clip_per_member
+    from losslab.stacking.steppers import FlatLayout, clip_per_member
 
     torch.manual_seed(0)
     grads = {"w": torch.randn(3, 4, 5), "b": torch.randn(3, 4)}

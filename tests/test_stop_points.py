@@ -1,5 +1,6 @@
 """A run stopped at any step resumes to the same metrics.csv, byte for byte: SIGTERM and SIGKILL sent at chosen
-points (the test-only LOSSLAB_TEST_STOP_AT trigger in losslab.train.stop_point), then the user's relaunch command.
+points (the test-only LOSSLAB_TEST_STOP_AT trigger in losslab.training.loop.stop_point), then the user's relaunch
+command.
 
 The run: 1,792 synthetic training images in batches of 128, 14 steps an epoch, 3 epochs (42 steps), an
 evaluation every 7 steps. Points: the first step, a mid-epoch step, an evaluation step (a signal during the step,
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 from commands import losslab_train
 
-from losslab.job_dirs import job_dirs
+from losslab.records.job_dirs import job_dirs
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ import pytest
 from commands import losslab_train, report_rows, summaries, sweep
 from tb_events import hparams
 
-from losslab.cli import objective
-from losslab.job_dirs import MAX_NAME, job_dir, job_dir_name, job_dirs, job_number
+from losslab.records.job_dirs import MAX_NAME, job_dir, job_dir_name, job_dirs, job_number
+from losslab.records.summary import objective
 
 GRID = ["dataset=synthetic", "trainer.epochs=1", "trainer.progress=log", "optimizer.lr=0.5,0.05", "trainer.l2=0,0.1"]
 
@@ -150,7 +150,7 @@ def test_parallel_jobs_share_the_cores_this_process_may_use_not_the_machines(mon
     import torch
     from omegaconf import OmegaConf
 
-    from losslab.sweep import share_resources
+    from losslab.sweeps.sweep import share_resources
 
     threads = []
     monkeypatch.setattr(torch, "set_num_threads", threads.append)

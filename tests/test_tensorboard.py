@@ -94,7 +94,7 @@ def test_event_records_carry_tensorboards_own_checksums(tmp_path):
     from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
     from tensorboard.summary.writer import record_writer
 
-    from losslab.log import import_tensorboard, masked_crc32c
+    from losslab.training.run_logger import import_tensorboard, masked_crc32c
 
     SummaryWriter, _, Summary = import_tensorboard()
     assert record_writer.masked_crc32c is masked_crc32c
@@ -134,7 +134,7 @@ def test_a_run_logger_holds_its_event_file_open_and_every_event_reads_back_in_or
     from omegaconf import OmegaConf
     from tb_events import read_events
 
-    from losslab.log import RunLogger
+    from losslab.training.run_logger import RunLogger
 
     cfg = OmegaConf.create({"seed": 0})
     first = RunLogger(tmp_path, cfg, {"seed": 0})

@@ -1,3 +1,3 @@
-from losslab.cli import train_command
+from losslab.commands.cli import train_command
 
 train_command()

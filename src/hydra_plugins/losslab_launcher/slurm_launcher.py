@@ -1,6 +1,6 @@
 """`hydra/launcher=slurm`: Hydra's `submitit_slurm` with losslab's launcher and defaults, under which every job ends
 as a recorded result: a timed-out or preempted task writes last.pt, is requeued and resumes; a cancelled or killed
-one is recorded and the sweep ends with its tally and report. What it does with Slurm: losslab.slurm."""
+one is recorded and the sweep ends with its tally and report. What it does with Slurm: losslab.sweeps.slurm."""
 
 # no `from __future__ import annotations`: Hydra's plugin scan runs this module outside sys.modules, where
 # dataclasses cannot resolve string annotations
@@ -50,8 +50,8 @@ class SlurmLauncher(HydraSlurmLauncher or object):
                  singleton_state: dict) -> JobReturn:
         """One job, in its Slurm task."""
         from losslab.errors import Interrupted
-        from losslab.rundir import run_state
-        from losslab.slurm import JobFailed, ignore_preemption, rename_task, requeue_on_preemption
+        from losslab.records.run_dir import run_state
+        from losslab.sweeps.slurm import JobFailed, ignore_preemption, rename_task, requeue_on_preemption
 
         rename_task(f"{self.params['name']}/{job_num}")
         try:
@@ -66,8 +66,8 @@ class SlurmLauncher(HydraSlurmLauncher or object):
         return result
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from losslab.slurm import submit, wait_for_tasks
-        from losslab.sweep import sweep_name
+        from losslab.sweeps.slurm import submit, wait_for_tasks
+        from losslab.sweeps.sweep import sweep_name
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -83,16 +83,16 @@ class SlurmLauncher(HydraSlurmLauncher or object):
         return [self.outcome(job, number, list(overrides)) for job, (overrides, _, number, *_) in zip(jobs, arguments)]
 
     def executor(self, name: str):
-        """submitit's AutoExecutor for Slurm with this launcher's keys (losslab.slurm.build_executor)."""
-        from losslab.slurm import build_executor
+        """submitit's AutoExecutor for Slurm with this launcher's keys (losslab.sweeps.slurm.build_executor)."""
+        from losslab.sweeps.slurm import build_executor
 
         self.params["name"] = name
         return build_executor(self.params, name)
 
     def outcome(self, job, number: int, overrides: list[str]) -> JobReturn:
         """The task's JobReturn; a task that ended without a result is recorded in its run dir and returns inf."""
-        from losslab.slurm import final_state, read_result
-        from losslab.sweep import record_slurm_end
+        from losslab.records.summary import record_slurm_end
+        from losslab.sweeps.slurm import final_state, read_result
 
         result = read_result(job)
         if isinstance(result, JobReturn):

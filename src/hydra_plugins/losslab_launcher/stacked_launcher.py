@@ -3,15 +3,18 @@
     losslab-train -m hydra/launcher=stacked optimizer.lr=0.1,0.03,0.01,0.003 trainer.l2=0,0.001,0.01,0.1
 
 Every job is set up as Hydra's basic launcher sets it up (its run dir, .hydra/, the same job numbers), then
-the jobs are grouped by their config without `losslab.steppers.STACKABLE_KEYS`, and each group is cut into chunks
-of at most `max_members`; a chunk of two or more trains with `losslab.train.fit_group`. Relaunching a sweep, a job
+the jobs are grouped by their config without `losslab.stacking.steppers.STACKABLE_KEYS`, and each group is cut into
+chunks
+of at most `max_members`; a chunk of two or more trains with `losslab.training.loop.fit_group`. Relaunching a sweep, a
+job
 with a finished result is skipped and the jobs that resume from their last.pt are grouped the same way, so an
 interrupted stack resumes as a stack. A job runs on its own, like the basic launcher runs it, when it is alone in
 its group or when its group cannot be stacked (the log says why).
 
 `executor` says where the chunks train: `in_process` (the default) one after the other in this process;
 `submitit_local` or `submitit_slurm` each chunk as one task of one submitit array, with the keys of
-hydra/launcher=slurm (losslab.slurm). A task renames itself `<sweep name>/<its job numbers>` (`synthetic-linear-ce/
+hydra/launcher=slurm (losslab.sweeps.slurm). A task renames itself `<sweep name>/<its job numbers>`
+(`synthetic-linear-ce/
 0-15`), sets its members up again and trains them with the very code of the in-process path (`StackedLauncher.
 train`), so a requeued task (time limit, preemption) resumes its stack from the members' last.pt. A task ends
 FAILED when one of its members failed; one that ends without a result (cancelled, killed) has each unfinished member
@@ -97,8 +100,8 @@ ConfigStore.instance().store(group="hydra/launcher", name="stacked", node=Stacke
 
 def describe_job(cfg: DictConfig):
     """The task function of the set-up pass: resolve the job's config while its HydraConfig is current."""
-    from losslab.log import hparams_of
-    from losslab.train import Job
+    from losslab.training.loop import Job
+    from losslab.training.run_logger import hparams_of
 
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
@@ -174,7 +177,8 @@ def numbers_text(numbers: list[int]) -> str:
 
 @dataclass
 class Member:
-    """A job of the sweep, set up: its number, overrides, composed config, run dir, its losslab.train.Job, and its
+    """A job of the sweep, set up: its number, overrides, composed config, run dir, its losslab.training.loop.Job, and
+    its
     JobReturn (the set-up pass's until it has trained)."""
 
     number: int
@@ -200,7 +204,7 @@ class StackedLauncher(Launcher):
         self.hydra_context: HydraContext | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        from losslab.slurm import require_submitit
+        from losslab.sweeps.slurm import require_submitit
 
         if self.executor != "in_process":
             require_submitit(self.executor)
@@ -257,7 +261,7 @@ class StackedLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from losslab.errors import Interrupted
-        from losslab.sweep import print_stopped
+        from losslab.records.sweep_state import print_stopped
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -287,11 +291,12 @@ class StackedLauncher(Launcher):
         return Member(number, overrides, sweep_config, self.prepare(sweep_config))
 
     def chunks(self, members: list[Member]) -> list[list[Member]]:
-        """The stacks to train: members grouped by losslab.steppers.group_key and whether they resume, in chunks of
+        """The stacks to train: members grouped by losslab.stacking.steppers.group_key and whether they resume, in
+        chunks of
         at most `max_members` by job number, each ordered by seed (members of one seed draw one data order, so
         consecutive ones share their batches); a member with a finished result alone (its own run skips it)."""
-        from losslab.steppers import group_key
-        from losslab.sweep import can_resume, previous_result
+        from losslab.records.summary import can_resume, previous_result
+        from losslab.stacking.steppers import group_key
 
         groups: dict[Any, list[Member]] = {}
         for member in members:
@@ -309,7 +314,7 @@ class StackedLauncher(Launcher):
         executor, one chunk in submitit's task `task_id`, which first waits for any process that still trains in a
         member's run dir (an earlier launch's task, when the sweep is relaunched while it runs). Every member holds
         its JobReturn."""
-        from losslab.rundir import wait_for_lock
+        from losslab.records.lock import wait_for_lock
 
         members = [self.set_up(number, overrides, task_id) for number, overrides in jobs]
         for member in members if task_id else []:
@@ -321,10 +326,10 @@ class StackedLauncher(Launcher):
     def run_chunk(self, chunk: list[Member]) -> None:
         """Train a chunk as one stack (each member's JobReturn then holds its objective); one by one, as the basic
         launcher runs them, when it is a single job or cannot be stacked."""
-        from losslab.cli import objective
-        from losslab.runtime import training_stack
-        from losslab.steppers import NotStackable
-        from losslab.train import fit_group
+        from losslab.records.summary import objective
+        from losslab.stacking.steppers import NotStackable
+        from losslab.training.loop import fit_group
+        from losslab.training.runtime import training_stack
 
         numbers = [member.number for member in chunk]
         if len(chunk) > 1:
@@ -346,8 +351,8 @@ class StackedLauncher(Launcher):
     def submit(self, jobs: list[tuple[int, list[str]]]) -> list[JobReturn]:
         """Every chunk of the sweep as one task of one submitit array; a job with a finished result is skipped here.
         Returns when every task has ended."""
-        from losslab.slurm import build_executor, submit, wait_for_tasks
-        from losslab.sweep import sweep_name
+        from losslab.sweeps.slurm import build_executor, submit, wait_for_tasks
+        from losslab.sweeps.sweep import sweep_name
 
         members, chunks = [self.set_up(number, overrides) for number, overrides in jobs], []
         for chunk in self.chunks(members):
@@ -373,8 +378,8 @@ class StackedLauncher(Launcher):
 
     @staticmethod
     def finished(chunk: list[Member]) -> bool:
-        """Whether the chunk is one job with a finished result (losslab.sweep.previous_result)."""
-        from losslab.sweep import previous_result
+        """Whether the chunk is one job with a finished result (losslab.records.summary.previous_result)."""
+        from losslab.records.summary import previous_result
 
         return len(chunk) == 1 and previous_result(chunk[0].run_dir, chunk[0].overrides) is not None
 
@@ -383,8 +388,8 @@ class StackedLauncher(Launcher):
         import submitit
 
         from losslab.errors import Interrupted
-        from losslab.rundir import run_state
-        from losslab.slurm import JobFailed, ignore_preemption, rename_task, requeue_on_preemption
+        from losslab.records.run_dir import run_state
+        from losslab.sweeps.slurm import JobFailed, ignore_preemption, rename_task, requeue_on_preemption
 
         numbers = numbers_text([number for number, _ in jobs])
         rename_task(f"{self.params['name']}/{numbers}")
@@ -409,10 +414,9 @@ class StackedLauncher(Launcher):
 
     def outcome(self, task, chunk: list[Member]) -> list[JobReturn]:
         """The task's JobReturns; when it ended without them, each member's finished result from its run dir, and
-        each unfinished member recorded there (losslab.sweep.record_slurm_end) with inf."""
-        from losslab.cli import objective
-        from losslab.slurm import final_state, read_result
-        from losslab.sweep import previous_result, record_slurm_end
+        each unfinished member recorded there (losslab.records.summary.record_slurm_end) with inf."""
+        from losslab.records.summary import objective, previous_result, record_slurm_end
+        from losslab.sweeps.slurm import final_state, read_result
 
         result = read_result(task)
         if isinstance(result, list):

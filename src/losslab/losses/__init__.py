@@ -1,15 +1,10 @@
 """Losses: each implements `Loss` (losslab.losses.base): its head size (`head_size(K)`), its value, its
-prediction rule (`probs`, argmax), and what the training loop asks of it."""
+prediction rule (`probs`, argmax), and what the training loop asks of it. Each loss module holds its config schema
+(`@schema("loss", <option>)`) beside its class; `losslab.losses.<Class>` finds the class in whichever module holds
+it."""
 
-from losslab.losses.base import Loss, scale_step
-from losslab.losses.bce import BinaryCrossEntropy
-from losslab.losses.ce import CrossEntropy
-from losslab.losses.entropy_gradient import EntropyGradient
-from losslab.losses.mbce import MultiBinaryCrossEntropy
-from losslab.losses.min_ent import MinEntropy
-from losslab.losses.mix_ent import MixEntropy
+from losslab.config.registry import find_component
 
-__all__ = [
-    "BinaryCrossEntropy", "CrossEntropy", "EntropyGradient", "Loss", "MinEntropy", "MixEntropy",
-    "MultiBinaryCrossEntropy", "scale_step",
-]
+
+def __getattr__(name: str):
+    return find_component(__name__, name)

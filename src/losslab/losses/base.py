@@ -21,12 +21,12 @@ class Loss(nn.Module, metaclass=abc.ABCMeta):
     - ``forward(logits, y)``: the batch-mean loss, a 0-dim tensor for (N, K) logits and (N,) labels. Every
       loss also computes over leading member dims: (M, N, K) logits and (M, N) labels give the (M,) members'
       losses, each with its own hyperparameter buffers stacked to (M, ...) (a stack's loss,
-      losslab.steppers.stacked_loss), so every ``forward`` reduces over dims counted from the end.
+      losslab.stacking.steppers.stacked_loss), so every ``forward`` reduces over dims counted from the end.
     - ``probs(logits)``: the (N, K) class probabilities; the prediction is their argmax.
     - ``predict(logits)``: that argmax, the (N,) predicted classes; a loss whose probabilities increase with
       each logit (softmax, σ) may return the logits' argmax instead, which skips computing them.
     - ``scaled_probs(logits, temperature)``: the probabilities of the logits divided by one temperature T > 0,
-      ``probs(logits / T)`` (post-hoc temperature scaling, ``losslab.calibration``). Every loss here predicts
+      ``probs(logits / T)`` (post-hoc temperature scaling, ``losslab.evaluation.calibration``). Every loss here predicts
       argmax_k z_k (one logit: its sign), which dividing by T keeps: T moves only the confidences.
     - ``scaled_probs_formula`` (class attribute, no default): that function written out, e.g. ``softmax(z/T)``;
       calibration reports it.

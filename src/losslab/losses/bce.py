@@ -5,10 +5,19 @@
 Head: 1 output. Prediction: class 1 iff σ(s) > 0.5; confidences: (1 - σ(s), σ(s)).
 """
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
+from losslab.config.registry import schema
 from losslab.losses.base import Loss
+
+
+@schema("loss", "bce")
+@dataclass
+class BCEConf:
+    _target_: str = "losslab.losses.BinaryCrossEntropy"
 
 
 def binary_cross_entropy(logit: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

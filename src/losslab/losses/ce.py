@@ -8,10 +8,20 @@ Head: K outputs. Prediction: argmax_k p̂_k; confidences: p̂ (smoothing changes
 val/nll stays -ln p̂_y and differs from val/loss when ε > 0).
 """
 
+from dataclasses import dataclass
+
 import torch
 
+from losslab.config.registry import schema
 from losslab.errors import require
 from losslab.losses.base import Loss, log_softmax, mean_cross_entropy, mean_nll, softmax, top_class
+
+
+@schema("loss", "ce")
+@dataclass
+class CEConf:
+    _target_: str = "losslab.losses.CrossEntropy"
+    label_smoothing: float = 0.0  # ε in [0, 1): cross-entropy against the target (1 - ε)·e_y + ε/K
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor, label_smoothing: torch.Tensor | float = 0.0) -> torch.Tensor:

@@ -15,13 +15,32 @@ Head: K outputs. Prediction: argmax_k p̂_k; confidences: p̂.
 
 import abc
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from omegaconf import MISSING
 from torch import nn
 
 from losslab.errors import require
 from losslab.losses.base import Loss, log_softmax, nll, softmax, top_class
+
+
+@dataclass
+class EntropyLossConf:
+    """min_ent: beta1*CE_b1 + beta2*H_b2(p);  mix_ent: beta1*CE_b1 + beta2*RCE_b2 (SPEC section 4)."""
+
+    _target_: str = MISSING
+    beta1: float = 1.0
+    beta2: float = 0.1
+    base1: float = 2.718281828459045
+    base2: float = 2.718281828459045
+    coeffs: str = "fixed"  # fixed | learnable: beta = (beta1 + beta2) * softmax(theta)
+    bases: str = "fixed"  # fixed | learnable: b = clamp(1 + softplus(phi), base_min, base_max)
+    base_min: float = 1.01
+    base_max: float = 100.0
+    eps: float = 1e-6
+    param_lr: float = 0.01  # the loss parameters' own optimizer param group
 
 # Past this, torch's softplus returns its input; at 40 that is exact to float64 precision (the default, 20,
 # is exact only to float32's), and exp(40) still fits in float32.

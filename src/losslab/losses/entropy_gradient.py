@@ -12,12 +12,25 @@ the step (`losslab.losses.base.scale_step`). The rule uses no label, so chance a
 """
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from losslab.config.registry import schema
 from losslab.errors import ConfigError
 from losslab.losses.base import Loss
+
+
+@schema("loss", "entropy_gradient")
+@dataclass
+class EntropyGradientConf:
+    """Label-free entropy-gradient rule; step scaled so max|Δz| <= max(delta_min, delta0 * gamma^epoch)."""
+
+    _target_: str = "losslab.losses.entropy_gradient.EntropyGradient"
+    delta0: float = 0.1
+    gamma: float = 0.9
+    delta_min: float = 0.01
 
 
 def entropy_bits(z: torch.Tensor) -> torch.Tensor:

@@ -6,10 +6,19 @@ Head: K outputs. Prediction: argmax_k σ(z_k) (= argmax_k z_k); confidences: σ(
 per-class sigmoids normalised to sum to one.
 """
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
+from losslab.config.registry import schema
 from losslab.losses.base import Loss, top_class
+
+
+@schema("loss", "mbce")
+@dataclass
+class MBCEConf:
+    _target_: str = "losslab.losses.MultiBinaryCrossEntropy"
 
 
 def multi_binary_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

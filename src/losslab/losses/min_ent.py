@@ -7,9 +7,18 @@ Coefficients and bases are fixed or learnable (see `losslab.losses.entropy`).
 Head: K outputs. Prediction: argmax_k p̂_k; confidences: p̂.
 """
 
+from dataclasses import dataclass
+
 import torch
 
-from losslab.losses.entropy import EntropyLoss
+from losslab.config.registry import schema
+from losslab.losses.entropy import EntropyLoss, EntropyLossConf
+
+
+@schema("loss", "min_ent")
+@dataclass
+class MinEntConf(EntropyLossConf):
+    _target_: str = "losslab.losses.MinEntropy"
 
 
 def entropy(probs: torch.Tensor, eps: float) -> torch.Tensor:

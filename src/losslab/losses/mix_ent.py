@@ -8,10 +8,19 @@ Coefficients and bases are fixed or learnable (see `losslab.losses.entropy`).
 Head: K outputs. Prediction: argmax_k p̂_k; confidences: p̂.
 """
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from losslab.losses.entropy import EntropyLoss
+from losslab.config.registry import schema
+from losslab.losses.entropy import EntropyLoss, EntropyLossConf
+
+
+@schema("loss", "mix_ent")
+@dataclass
+class MixEntConf(EntropyLossConf):
+    _target_: str = "losslab.losses.MixEntropy"
 
 
 def reverse_cross_entropy(probs: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:

@@ -1,9 +1,9 @@
-"""Models take `in_shape` (C, H, W) and `num_outputs` from the dataset and the loss, never from the user."""
+"""Models take `in_shape` (C, H, W) and `num_outputs` from the dataset and the loss, never from the user. Each model
+module holds its config schema (`@schema("model", <option>)`) beside its class; `losslab.models.<Class>` finds the
+class in whichever module holds it."""
 
-from losslab.models.dual_linear import DualLinear
-from losslab.models.fnn import FNN
-from losslab.models.lenet import LeNet
-from losslab.models.linear import Linear
-from losslab.models.vgg5 import VGG5
+from losslab.config.registry import find_component
 
-__all__ = ["DualLinear", "FNN", "LeNet", "Linear", "VGG5"]
+
+def __getattr__(name: str):
+    return find_component(__name__, name)

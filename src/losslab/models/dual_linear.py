@@ -6,12 +6,22 @@ w1 and G1 enter only through their sum, so any gradient step gives both the same
 weight matrices (like nn.Linear(D, 1).weight), so trainer.l2 and ‖w‖² treat them as weights and b1 as a bias.
 """
 
+from dataclasses import dataclass
 from math import prod
 
 import torch
 from torch import nn
 
+from losslab.config.registry import schema
 from losslab.errors import ConfigError
+
+
+@schema("model", "dual_linear")
+@dataclass
+class DualLinearConf:
+    _target_: str = "losslab.models.DualLinear"
+    init: str = "normal"  # zeros would never move: ∂H/∂z = 0 at z = 0
+    init_std: float = 0.01
 
 
 class DualLinear(nn.Module):

@@ -1,11 +1,24 @@
 """Fully connected network: hidden layers of `hidden` sizes, each Linear -> activation -> dropout."""
 
+from dataclasses import dataclass, field
 from math import prod
 
 import torch
 from torch import nn
 
+from losslab.config.registry import schema
 from losslab.models.init import init_weights, make_activation
+
+
+@schema("model", "fnn")
+@dataclass
+class FNNConf:
+    _target_: str = "losslab.models.FNN"
+    hidden: list[int] = field(default_factory=lambda: [256, 128])
+    activation: str = "relu"  # relu | tanh | sigmoid | gelu
+    dropout: float = 0.0
+    init: str = "default"
+    init_std: float = 0.01
 
 
 class FNN(nn.Module):

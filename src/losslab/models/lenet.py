@@ -1,10 +1,22 @@
 """LeNet-5: conv 6@5x5 (padding 2) -> pool -> conv 16@5x5 -> pool -> FC 120 -> FC 84 -> FC K."""
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from losslab.config.registry import schema
 from losslab.models.init import init_weights, make_activation
 from losslab.models.shapes import flat_features
+
+
+@schema("model", "lenet")
+@dataclass
+class LeNetConf:
+    _target_: str = "losslab.models.LeNet"
+    activation: str = "relu"
+    init: str = "default"
+    init_std: float = 0.01
 
 
 class LeNet(nn.Module):

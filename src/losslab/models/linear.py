@@ -1,11 +1,21 @@
 """Logistic / softmax regression: one affine map of the flattened image."""
 
+from dataclasses import dataclass
 from math import prod
 
 import torch
 from torch import nn
 
+from losslab.config.registry import schema
 from losslab.models.init import init_weights
+
+
+@schema("model", "linear")
+@dataclass
+class LinearConf:
+    _target_: str = "losslab.models.Linear"
+    init: str = "default"  # default | zeros | normal
+    init_std: float = 0.01
 
 
 class Linear(nn.Module):

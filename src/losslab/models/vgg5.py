@@ -1,11 +1,23 @@
 """VGG-5: 3x3 conv + BatchNorm + ReLU in blocks 64-64 | 128-128 | 256-256-256 | 256-256-256, each block
 ending in a 2x2 max-pool, then Dropout -> Linear(., 512) -> BatchNorm -> ReLU -> Dropout -> Linear(512, K)."""
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from losslab.config.registry import schema
 from losslab.models.init import init_weights
 from losslab.models.shapes import flat_features
+
+
+@schema("model", "vgg5")
+@dataclass
+class VGG5Conf:
+    _target_: str = "losslab.models.VGG5"
+    dropout: float = 0.5
+    init: str = "default"
+    init_std: float = 0.01
 
 BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (256, 256, 256))
 

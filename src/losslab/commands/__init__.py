@@ -1,0 +1,1 @@
+"""The console entry points: losslab-train, losslab-eval, losslab-report, losslab-gradcheck."""

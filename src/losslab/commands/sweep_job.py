@@ -1,0 +1,47 @@
+"""One job of a multirun run by Hydra's launchers (basic, joblib, submitit, Slurm): reuse a finished result, resume a
+stopped one, and never stop the sweep."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from losslab.errors import Interrupted, RunDirBusy
+
+log = logging.getLogger("losslab")
+
+
+def run_sweep_job(cfg: DictConfig, hc, run_dir: Path, overrides: list[str]) -> float | None:
+    """One job of a multirun: reuse a finished result, resume a stopped one, and never stop the sweep."""
+    from losslab.records.lock import wait_for_lock
+    from losslab.records.provenance import provenance
+    from losslab.records.summary import can_resume, objective, previous_result, record_failure
+    from losslab.records.sweep_state import print_stopped
+    from losslab.sweeps.sweep import share_resources
+    from losslab.training.loop import fit
+    from losslab.training.run_logger import hparams_of
+
+    if "slurm" in str(hc.launcher.get("_target_", "")):  # a relaunch while an earlier launch's task trains here
+        wait_for_lock(run_dir)
+    done = previous_result(run_dir, overrides)
+    if done is not None:
+        log.info("job %s already %s in %s: skipped", hc.job.num, done["status"], run_dir)
+        return objective(done)
+    share_resources(cfg, hc.launcher, hc.job.num)
+    (run_dir / "error.txt").unlink(missing_ok=True)  # an earlier attempt's
+    try:
+        summary = fit(cfg, run_dir, hparams_of(cfg, dict(hc.runtime.choices), overrides),
+                      resume=can_resume(run_dir, overrides), overrides=overrides)
+    except RunDirBusy as e:  # its files belong to the process training there
+        log.error("job %s skipped: %s", hc.job.num, e)
+        return math.inf
+    except Interrupted as e:
+        print_stopped(Path(hc.sweep.dir), e.signum)
+        raise
+    except Exception as e:  # a user mistake or a bug in one job must not cost the other jobs
+        record_failure(run_dir, cfg, overrides, e, provenance())
+        return math.inf
+    return objective(summary)

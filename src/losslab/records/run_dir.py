@@ -1,0 +1,36 @@
+"""What a run dir holds and the state it is in.
+
+A run dir holds a run once Hydra has written its `.hydra/config.yaml`. Its state is the status in its
+summary.json (losslab.records.summary: completed, early_stopped, diverged, interrupted, failed), `unfinished`
+without one (killed, or a config that failed before training), or `running` while a process holds its lock
+(losslab.records.lock).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from losslab.records.lock import locked_by
+from losslab.records.summary import read_summary
+
+CALIBRATION = Path("eval", "calibration.json")  # `losslab-eval --calibrate`'s temperature and metrics, in a run dir
+
+
+def final_checkpoint(run_dir: Path, cfg) -> Path:
+    """The checkpoint of a run's final weights: best.pt when its config has early stopping on (trainer.patience)
+    and best.pt exists, else last.pt (either may be absent, with trainer.checkpoints=false)."""
+    best = run_dir / "checkpoints" / "best.pt"
+    if cfg.trainer.get("patience") is not None and best.exists():
+        return best
+    return run_dir / "checkpoints" / "last.pt"
+
+
+def holds_run(run_dir: Path) -> bool:
+    return (run_dir / ".hydra" / "config.yaml").exists() or (run_dir / "summary.json").exists()
+
+
+def run_state(run_dir: Path) -> str:
+    """`running`, the summary's status, or `unfinished`."""
+    if locked_by(run_dir) is not None:
+        return "running"
+    return (read_summary(run_dir) or {}).get("status", "unfinished")

@@ -1,0 +1,1 @@
+"""Reading finished runs and sweeps back: the sweep report, a run's figures, drawing."""

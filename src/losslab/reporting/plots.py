@@ -1,0 +1,203 @@
+"""A sweep report's figures: validation curves, learned loss values, and each metric against each swept number."""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from pathlib import Path
+
+from losslab.fileio import atomic_write
+from losslab.reporting.statistics import mean_std
+from losslab.reporting.sweep_data import LEARNED, WEIGHT_NORM, Config, Run, finite, read_curves, to_float
+
+CURVE_METRICS = ("val/loss", "val/acc")
+
+
+LOG_SCALE_KEYS = ("lr", "weight_decay", "l2", "eps")
+
+
+LEARNED_FIGURE = "learned_values.png"
+
+
+def new_figure(n_axes: int, columns: int = 3):
+    """An Agg figure with `n_axes` axes, at most `columns` to a row, each 4.5 x 3.5 inches with its margins fixed
+    (no layout engine: measuring every tick label to place the axes costs as much as drawing them)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n_rows, n_cols = math.ceil(n_axes / columns), min(n_axes, columns)
+    width, height = 4.5 * n_cols, 3.5 * n_rows + 0.4
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
+    fig.subplots_adjust(left=0.9 / width, right=1 - 0.2 / width, bottom=0.6 / height, top=1 - 0.8 / height,
+                        wspace=0.35, hspace=0.9 / 3.5)
+    for ax in axes[n_axes:]:
+        ax.set_axis_off()
+    return fig, axes[:n_axes]
+
+
+def legend_outside(fig, handles: list, labels: list[str]) -> None:
+    """The legend right of the axes: the figure widens by the legend's width, estimated from its longest label
+    at the small font size."""
+    if not labels:
+        return
+    width, height = fig.get_size_inches()
+    extra = 0.4 + 0.065 * max(map(len, labels))
+    fig.set_size_inches(width + extra, height)
+    params = fig.subplotpars
+    fig.subplots_adjust(left=params.left * width / (width + extra), right=params.right * width / (width + extra))
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(width / (width + extra), 1 - 0.8 / height),
+               fontsize="small", frameon=False)
+
+
+def figure_legend_entries(fig) -> tuple[list, list[str]]:
+    """Every labelled artist of the figure's axes, each label once."""
+    entries = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    return list(entries.values()), list(entries)
+
+
+def save(fig, path: Path) -> Path:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+    return path
+
+
+def plot_curves(sweep_dir: Path, configs: list[Config], runs: list[Run]) -> list[Path]:
+    """val/loss and val/acc against step, one line per run coloured by config; dashed: not aggregated."""
+    index_of = {tuple(config.values.items()): i for i, config in enumerate(configs)}
+    keys = list(configs[0].values) if configs else []
+    curves = [(run, read_curves(sweep_dir / run.job)) for run in runs if run.overrides is not None]
+    curves = [(run, rows) for run, rows in curves if rows]
+    if not curves:
+        return []
+    colors = config_colors(len(configs))
+    fig, axes = new_figure(len(CURVE_METRICS))
+    labelled = set()
+    for run, rows in curves:
+        index = index_of[tuple((key, run.overrides.get(key)) for key in keys)]
+        for ax, metric in zip(axes, CURVE_METRICS):
+            points = [(row["step"], row[metric]) for row in rows if finite(row.get("step")) and finite(row.get(metric))]
+            if not points:
+                continue
+            label = None if index in labelled else configs[index].label()
+            labelled.add(index)
+            ax.plot(*zip(*points), color=colors(index % colors.N), label=label,
+                    linestyle="-" if run.aggregated else "--", marker="." if len(points) < 20 else None)
+    dashed = " (dashed: not aggregated)" if any(not run.aggregated for run, _ in curves) else ""
+    for ax, metric in zip(axes, CURVE_METRICS):
+        ax.set(xlabel="step", ylabel=metric)
+        ax.set_title(metric + dashed, y=1.0)  # y given: no search for room above the ticks
+        ax.grid(alpha=0.3)
+    legend_outside(fig, *figure_legend_entries(fig))
+    return [save(fig, sweep_dir / "val_curves.png")]
+
+
+def config_colors(n_configs: int):
+    """A colormap of at least `n_configs` colours where it can (tab20 past ten configs; beyond 20 they repeat)."""
+    from matplotlib import colormaps
+
+    return colormaps["tab10" if n_configs <= 10 else "tab20"]
+
+
+def learned_curves(sweep_dir: Path, config: Config) -> list[dict[str, list[tuple[float, float]]]]:
+    """Per aggregated run of `config`: each loss/* value's (step, value) at the evaluations of its metrics.csv."""
+    curves = []
+    for run in config.runs:
+        rows = read_curves(sweep_dir / run.job)
+        keys = dict.fromkeys(key for row in rows for key in row if key.startswith(LEARNED))
+        points = {key: [(row["step"], row[key]) for row in rows if finite(row.get("step")) and finite(row.get(key))]
+                  for key in keys}
+        curves.append({key: line for key, line in points.items() if line})
+    return curves
+
+
+def mean_trajectory(lines: list[list[tuple[float, float]]]) -> list[tuple[float, float]]:
+    """(step, mean of the runs' values at that step) for every step any run has, in order. A config's runs
+    evaluate at the same steps; past the end of a run that stopped early, the mean is the other runs'."""
+    at: dict[float, list[float]] = {}
+    for line in lines:
+        for step, value in line:
+            at.setdefault(step, []).append(value)
+    return [(step, statistics.fmean(values)) for step, values in sorted(at.items())]
+
+
+def plot_learned(sweep_dir: Path, configs: list[Config]) -> list[Path]:
+    """learned_values.png: one panel per loss/* value against step, a thin line per aggregated run and a thick one
+    for the config's mean over seeds (`mean_trajectory`), coloured by config; none when no run logged one."""
+    curves = [learned_curves(sweep_dir, config) for config in configs]
+    keys = list(dict.fromkeys(key for runs in curves for run in runs for key in run))
+    if not keys:
+        return []
+    colors = config_colors(len(configs))
+    fig, axes = new_figure(len(keys), columns=2)
+    for index, (config, runs) in enumerate(zip(configs, curves)):
+        color, label = colors(index % colors.N), config.label()
+        for ax, key in zip(axes, keys):
+            lines = [run[key] for run in runs if key in run]
+            for line in lines:
+                ax.plot(*zip(*line), color=color, linewidth=0.8, alpha=0.4)
+            if lines:
+                ax.plot(*zip(*mean_trajectory(lines)), color=color, linewidth=2.5, label=label)
+                label = None  # one legend entry per config
+    for ax, key in zip(axes, keys):
+        ax.set(xlabel="step", ylabel=key)
+        ax.set_title(key, y=1.0)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Learned loss values at each evaluation (thin: one run; thick: mean over seeds)")
+    legend_outside(fig, *figure_legend_entries(fig))
+    return [save(fig, sweep_dir / LEARNED_FIGURE)]
+
+
+def plot_against_parameters(sweep_dir: Path, configs: list[Config], keys: list[str], metrics: list[str]) -> list[Path]:
+    """Per numeric swept parameter: each metric (and weights/sq_norm) against it, mean ± std over seeds, one line
+    per combination of the other swept values."""
+    aggregated = [config for config in configs if config.runs]
+    plotted = list(metrics)
+    if WEIGHT_NORM not in plotted and any(run.value(WEIGHT_NORM) is not None for c in aggregated for run in c.runs):
+        plotted.append(WEIGHT_NORM)
+    numeric = [key for key in keys if all(to_float(config.values[key]) is not None for config in configs)]
+    return [save(parameter_figure(configs, key, plotted), sweep_dir / ("vs_" + re.sub(r"[^\w.=-]", "_", key) + ".png"))
+            for key in (numeric if aggregated else [])]
+
+
+def parameter_figure(configs: list[Config], key: str, plotted: list[str]):
+    """The figure of `plotted` metrics against `key` (a log x axis where `log_axis` says so)."""
+    lines: dict[str, list[Config]] = {}
+    for config in configs:
+        if config.runs:
+            others = " ".join(f"{k}={v}" for k, v in config.values.items() if k != key)
+            lines.setdefault(others, []).append(config)
+    xs = [float(config.values[key]) for config in configs]
+    fig, axes = new_figure(len(plotted))
+    for ax, metric in zip(axes, plotted):
+        for others, line in lines.items():
+            points = sorted(point for config in line if (point := mean_point(config, key, metric)))
+            if points:
+                ax.errorbar(*zip(*points), marker="o", capsize=3, label=others or None)
+        if log_axis(key, xs):
+            ax.set_xscale("log")
+            ax.minorticks_off()  # the swept values are the points; unlabelled minor ticks only cost drawing time
+        ax.set(xlabel=key, ylabel=metric)
+        ax.set_title(f"{metric} vs {key}", y=1.0)
+        ax.grid(alpha=0.3)
+    if len(lines) > 1:
+        legend_outside(fig, *axes[0].get_legend_handles_labels())
+    return fig
+
+
+def mean_point(config: Config, key: str, metric: str) -> tuple[float, float, float] | None:
+    """(value of `key`, mean, std or 0) of `metric` over the config's runs; None when no run has the metric."""
+    mean, std = mean_std([v for run in config.runs if (v := run.value(metric)) is not None])
+    return None if mean is None else (float(config.values[key]), mean, std or 0.0)
+
+
+def log_axis(key: str, xs: list[float]) -> bool:
+    """Whether `key`'s values `xs` go on a log axis: all positive, and either a scale parameter (a learning rate,
+    weight decay, L2 coefficient or epsilon, swept by factors however few) or spanning at least two decades."""
+    if min(xs) <= 0:
+        return False
+    return key.rsplit(".", 1)[-1] in LOG_SCALE_KEYS or max(xs) >= 100 * min(xs)

@@ -1,0 +1,118 @@
+"""`losslab-report <sweep dir>`: one row per config of a sweep, mean ± std over seeds, best row marked,
+runs that did not finish listed, and comparison plots; written as report.csv, report.md and PNGs in the sweep dir.
+
+It reads only the job dirs (`.hydra/overrides.yaml`, `summary.json`, `metrics.csv`), so it works on a sweep that
+is still running. A config is the set of overrides that vary across the sweep's jobs, seed excluded. A config's
+completed and early_stopped runs are aggregated; diverged, failed, interrupted and unfinished runs (no summary.json
+yet) are listed, never averaged in.
+
+Spread is the sample standard deviation (ddof=1) over seeds, empty (– in report.md) when n = 1. Beside it, the 95 %
+confidence interval of the mean: mean ± t(0.975, n − 1)·s/√n (Student t, from scipy), none when n = 1 and wide at
+n = 2 (t(0.975, 1) = 12.7). The best row has the best mean of the metric the runs monitored (summary.json's
+`monitor`, from trainer.monitor and trainer.monitor_mode), shown first; with `--metrics`, or for runs that record no
+monitor, the highest mean of the first metric, or the lowest when that metric is lower-is-better: a name ending in
+loss, nll, ece or brier. Of equal rows, the first in job order.
+
+Each config is compared with a reference config over matched seeds (see `paired_comparison`): the reference values
+(`--reference loss=ce`; by default loss=ce when the sweep varies the loss and ce is one of its values, else no
+comparison) pick the reference configs, and a config is compared with the one that shares most of its other swept
+values. The same seed gives the same initialisation and data order in every config, so runs pair by seed; a config
+lacking a seed the reference has is compared over the seeds both have, and the number of pairs is shown.
+
+The losses with learnable coefficients and log bases (min_ent, mix_ent) log them as loss/* columns of metrics.csv:
+their final values get a table (mean ± std over seeds) and their trajectories a figure, learned_values.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from losslab.errors import UserError
+from losslab.fileio import atomic_write
+from losslab.reporting.plots import plot_against_parameters, plot_curves, plot_learned
+from losslab.reporting.statistics import add_comparisons, choose_reference, config_row, mark_best, run_row
+from losslab.reporting.sweep_data import (
+    DEFAULT_IF_PRESENT,
+    DEFAULT_METRICS,
+    Report,
+    choose_metrics,
+    group_by_config,
+    learned_keys,
+    lower_is_better,
+    monitor_of,
+    read_runs,
+    varying_keys,
+)
+from losslab.reporting.tables import csv_text, markdown
+
+PROG = "losslab-report"
+
+
+def write_report(sweep_dir: Path, metrics: list[str] | None = None,
+                 reference: dict[str, str | None] | None = None) -> Report:
+    """Write report.csv, report.md and the plots into `sweep_dir` and return what they hold. `reference`: the
+    values that pick the reference configs (see `choose_reference`; None: the default)."""
+    sweep_dir = Path(sweep_dir)
+    runs = read_runs(sweep_dir)
+    keys = varying_keys(runs)
+    configs = group_by_config(runs, keys)
+    monitor = None if metrics else monitor_of(runs)
+    metrics = choose_metrics(runs, metrics, monitor)
+    best_by = monitor or (metrics[0], "min" if lower_is_better(metrics[0]) else "max")
+    rows = [config_row(config, metrics) for config in configs]
+    mark_best(rows, *best_by)
+    reference = choose_reference(configs, keys, reference)
+    add_comparisons(rows, configs, metrics, reference)
+    not_aggregated = [run_row(run) for run in runs if not run.aggregated]
+    learned = learned_keys(runs)
+    learned_rows = [config_row(config, learned) for config in configs
+                    if any(run.value(key) is not None for run in config.runs for key in learned)]
+    report = Report(sweep_dir, keys, metrics, best_by, monitor is not None, rows, not_aggregated, files=[],
+                    reference=reference, learned=learned, learned_rows=learned_rows)
+
+    report.files += plot_curves(sweep_dir, configs, runs)
+    report.files += plot_against_parameters(sweep_dir, configs, keys, metrics)
+    report.files += plot_learned(sweep_dir, configs)
+    atomic_write(sweep_dir / "report.csv", lambda tmp: tmp.write_text(csv_text(report)))
+    atomic_write(sweep_dir / "report.md", lambda tmp: tmp.write_text(markdown(report)))
+    report.files += [sweep_dir / "report.csv", sweep_dir / "report.md"]
+    return report
+
+
+def reference_values(text: str) -> dict[str, str | None]:
+    """`KEY=VALUE[,KEY=VALUE]` as a dict; an empty VALUE (`KEY=`) is None: a config that does not set KEY."""
+    pairs = [item.split("=", 1) for item in text.split(",")]
+    if not all(len(pair) == 2 and pair[0] for pair in pairs):
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE[,KEY=VALUE], e.g. loss=ce")
+    return {key: value or None for key, value in pairs}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", type=Path, help="the sweep dir of a `losslab-train -m` run")
+    parser.add_argument("--metrics", nargs="+", metavar="TAG",
+                        help="keys of summary.json's final, e.g. val/acc test/acc, or after `losslab-eval "
+                             "--calibrate` calibrated/test/nll calibrated/test/ece calibrated/test/brier "
+                             "calibration/temperature (default: the metric the runs "
+                             f"monitored, then {' '.join(DEFAULT_METRICS)}, and {' '.join(DEFAULT_IF_PRESENT)} when "
+                             "logged). The best row is the best mean of the runs' trainer.monitor (min or max, as "
+                             "trainer.monitor_mode says); with --metrics, or for runs that record no monitor, of the "
+                             "first metric: the lowest for a name ending in loss, nll, ece or brier, else the highest")
+    parser.add_argument("--reference", type=reference_values, metavar="KEY=VALUE[,KEY=VALUE]",
+                        help="the values of the config to compare every config with, over matched seeds (e.g. "
+                             "loss=ce; KEY= for a key the reference does not set); each config is compared with the "
+                             "one having these values that shares most of its other values (default: loss=ce when "
+                             "the sweep varies the loss and ce is one of its values, else no comparison)")
+    args = parser.parse_args(argv)
+    try:
+        report = write_report(args.sweep_dir, args.metrics, args.reference)
+    except UserError as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        # as cli._fail; importing losslab.commands.cli would import torch (seconds) just to print one line
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print((report.sweep_dir / "report.md").read_text(), end="")
