@@ -11,7 +11,7 @@ import pytest
 from commands import REPO, losslab_train, run
 from tb_events import hparams, read_events
 
-from losslab.data.sources import MNIST_FILES
+from losslab.data.mnist import MNIST_FILES
 
 
 def test_a_debug_run_imports_only_what_it_uses(tmp_path):

@@ -193,7 +193,7 @@ def batch_at(group: Group, start: int, batch_size: int, batches: int, augmenting
             x = augment(x, dataset.hflip, dataset.crop_padding, runs[0].order_gen)
         return x, y if len(runs) == 1 else y.expand(len(runs), -1)
     index = group.orders[::len(runs) // batches, start:start + batch_size]
-    # index_select gathers whole images at about 5x the speed of indexing with a 2-d index
+    # index_select gathers whole images, several times faster than indexing with a 2-d index
     x = data.train_x.index_select(0, index.flatten()).unflatten(0, index.shape)
     y = data.train_y[index]
     if augmenting:
