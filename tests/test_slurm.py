@@ -3,9 +3,10 @@ and relaunched jobs all end as results equal to an uninterrupted sweep's.
 
 The commands are the ones a user types: `losslab-train -m hydra/launcher=slurm ...` with the resources the README
 asks for, from a fresh dir, no hydra.sweep.dir; a relaunch is the command the sweep printed. Where a job must be
-caught mid-training, LOSSLAB_TEST_STOP_AT (which sbatch passes on to the tasks) stops it at a chosen evaluation
-(SIGSTOP: the process waits there until Slurm's cancel or signal arrives) or kills it there (SIGKILL), and
-`sleep=<s> step any` makes every step take that long, so a run outlasts a one-minute time limit on any machine.
+caught mid-training, LOSSLAB_TEST_STOP_AT (commands.stop_env: the test's hook, which sbatch's environment passes on
+to the tasks) stops it at a chosen evaluation (SIGSTOP: the process waits there until Slurm's cancel or signal
+arrives) or kills it there (SIGKILL), and `sleep=<s> step any` makes every step take that long, so a run outlasts
+a one-minute time limit on any machine.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from commands import stop_env
 from tb_events import read_events
 
 from losslab.records.job_dirs import job_dirs, job_number
@@ -34,9 +36,7 @@ CONTINUE = re.compile(r"; continue the \d+ left with: (.+)$", re.M)
 
 
 def launch(args: list[str], cwd: Path, stop_at: str = "") -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "LOSSLAB_TEST_STOP_AT")}
-    if stop_at:
-        env["LOSSLAB_TEST_STOP_AT"] = stop_at
+    env = stop_env({k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, stop_at)
     command = args if args[0] == "losslab-train" else ["losslab-train", "-m", *args]
     return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
