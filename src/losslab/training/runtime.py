@@ -64,10 +64,14 @@ def memory_format(model: torch.nn.Module, device: torch.device) -> torch.memory_
 
 
 def stop_signals() -> tuple[int, ...]:
-    """Ctrl-C, SIGTERM (kill, scancel, a time limit) and submitit's preemption signal (USR2 unless
-    SUBMITIT_PREEMPT_SIGNAL names another), sent before a Slurm time limit or on preemption."""
-    preempt = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG"))
-    return signal.SIGINT, signal.SIGTERM, preempt
+    """Ctrl-C, SIGTERM (kill, scancel, a time limit) and submitit's preemption signal."""
+    return signal.SIGINT, signal.SIGTERM, preemption_signal()
+
+
+def preemption_signal() -> int:
+    """submitit's preemption signal, sent before a Slurm time limit or on preemption: USR2 unless the documented
+    SUBMITIT_PREEMPT_SIGNAL names another."""
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG"))
 
 
 RECEIVED: list[int] = []  # the stop signals caught while catch_stop_signals holds
