@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -50,8 +51,13 @@ def _train(cfg: DictConfig) -> float | None:
 
 def train_command() -> None:
     """The `losslab-train` command: `train`, then the process exits as usual (`sys.exit`): with `train`'s status
-    when it raises SystemExit, else 0."""
-    train()
+    when it raises SystemExit, else 0. Everything a run writes is closed by then, so the objects alive are frozen
+    (`gc.freeze`) and the garbage collector's passes at the interpreter's exit skip torch's many objects; exit
+    handlers and log flushes run as usual."""
+    try:
+        train()
+    finally:
+        gc.freeze()
     sys.exit(0)
 
 
