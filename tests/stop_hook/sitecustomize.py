@@ -51,7 +51,7 @@ def stop_at_hook(specs: list[tuple[str, str, str, int | None]]):
             if action.startswith("sleep="):
                 time.sleep(float(action.removeprefix("sleep=")))
             elif action == "wait":
-                from losslab.runtime import stop_requested
+                from losslab.training.runtime import stop_requested
 
                 while not stop_requested():  # the main thread runs the handler between naps, whichever thread took it
                     time.sleep(0.01)
