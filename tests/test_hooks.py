@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import signal
+import threading
 
 import pytest
 from commands import STOP_HOOK
@@ -83,3 +84,29 @@ def test_the_stop_hook_reads_its_specs_and_refuses_a_wrong_one():
                   "wait eval eight"):
         with pytest.raises(ValueError, match="is not '<action> <point> <step|any> \\[job=<n>\\]'"):
             hook.parse(wrong)
+
+
+def test_the_stop_hooks_wait_holds_the_run_at_its_point_until_a_stop_signal_arrives(tmp_path):
+    """`wait step 2`: the run naps after step 2 until a SIGTERM, sent 0.3 s after step 2 from another thread, is
+    caught; then it stops there."""
+    hook = the_stop_hook()
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+
+    def start_the_timer(point, at, jobs):  # called before the wait: the run catches stop signals by then
+        if (point, at) == ("step", 2):
+            timer.start()
+
+    waiting = hook.stop_at_hook(hook.parse("wait step 2"))
+    subscribe(start_the_timer)
+    subscribe(waiting)
+    outside = signal.signal(signal.SIGTERM, lambda *_: None)  # a SIGTERM that comes after the run ends harms nothing
+    try:
+        with pytest.raises(Interrupted):
+            fit(compose(SMALL), tmp_path)
+    finally:
+        timer.cancel()
+        unsubscribe(start_the_timer)
+        unsubscribe(waiting)
+        signal.signal(signal.SIGTERM, outside)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["steps"] == 2
