@@ -3,8 +3,8 @@ MNIST, and the EMNIST VGG-5 presets."""
 
 import pytest
 import torch
-from commands import metrics_rows
-from tb_events import read_events
+from helpers.commands import metrics_rows
+from helpers.tb_events import read_events
 
 from losslab.commands.cli import compose
 from losslab.training.loop import fit

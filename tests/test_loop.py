@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from commands import metrics_rows
+from helpers.commands import metrics_rows
 
 from losslab.commands.cli import compose
 from losslab.errors import ConfigError

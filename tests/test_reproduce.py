@@ -5,13 +5,12 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from fixtures import patch_cifar10_md5, write_cifar10, write_emnist_letters
+from helpers.fixtures import patch_cifar10_md5, write_cifar10, write_emnist_letters
 from study_pages.reproduce import main, portable, write_page
 from study_pages.studies import STUDIES
 
@@ -159,11 +158,11 @@ def test_emnist_entropy_losses_end_to_end_on_fixture_data(data, tmp_path, monkey
     assert images == {"emnist_ce": 420, "cifar10_ce": 400}
 
 
-def test_missing_data_is_one_sentence_and_a_non_zero_exit(tmp_path):
+def test_missing_data_is_one_sentence_and_a_non_zero_exit(tmp_path, losslab):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "reproduce.py"), "emnist_entropy_losses",
-                           "--data-root", str(tmp_path / "empty"), "--no-download", "--out", str(tmp_path / "out"),
-                           "--docs", str(tmp_path / "docs")], capture_output=True, text=True, env=env, timeout=300)
+    proc = losslab.run(sys.executable, str(REPO_ROOT / "scripts" / "reproduce.py"), "emnist_entropy_losses",
+                       "--data-root", str(tmp_path / "empty"), "--no-download", "--out", str(tmp_path / "out"),
+                       "--docs", str(tmp_path / "docs"), cwd=REPO_ROOT, env=env, timeout=300)
     assert proc.returncode == 2
     error = proc.stderr.strip()
     assert "\n" not in error and error.startswith("reproduce.py: error: emnist_entropy_losses needs files")
@@ -189,13 +188,13 @@ def committed_docs() -> dict[Path, bytes]:
     return {path: path.read_bytes() for path in sorted((REPO_ROOT / "docs").rglob("*")) if path.is_file()}
 
 
-def test_a_smoke_run_writes_its_page_beside_its_sweep_dirs_and_leaves_the_committed_pages_alone(tmp_path):
+def test_a_smoke_run_writes_its_page_beside_its_sweep_dirs_and_leaves_the_committed_pages_alone(tmp_path, losslab):
     """The README's smoke run, as a user runs it (the real script, whose figure workers import it again)."""
     before = committed_docs()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "reproduce.py"), "course_mnist",
-                           "trainer.max_steps=5", "seed=0", "--only", "logistic", "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = losslab.run(sys.executable, str(REPO_ROOT / "scripts" / "reproduce.py"), "course_mnist",
+                       "trainer.max_steps=5", "seed=0", "--only", "logistic", "--out", str(tmp_path / "out"),
+                       cwd=REPO_ROOT, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert committed_docs() == before
     assert "usage:" not in proc.stdout + proc.stderr  # the drawing workers did not run the script's main
