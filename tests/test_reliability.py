@@ -86,14 +86,14 @@ def test_eight_runs_started_at_once_get_eight_run_dirs(tmp_path, losslab):
     assert all(summary(d)["status"] == "completed" for d in run_dirs)
 
 
-def test_same_seed_deterministic_runs_write_identical_metrics(tmp_path):
+def test_same_seed_deterministic_runs_write_identical_metrics(tmp_path, trains):
     overrides = ["dataset=synthetic", "model=fnn", "model.dropout=0.3", "dataset.hflip=true", "dataset.crop_padding=2",
                  "trainer.epochs=3", "trainer.eval_every=0.5", "trainer.deterministic=true", "trainer.progress=log"]
     for name in ("a", "b"):
-        fit(compose(overrides), tmp_path / name)
+        trains(compose(overrides), tmp_path / name)
     assert (tmp_path / "a" / "metrics.csv").read_bytes() == (tmp_path / "b" / "metrics.csv").read_bytes()
     other = compose([*overrides, "seed=1"])
-    fit(other, tmp_path / "c")
+    trains(other, tmp_path / "c")
     assert (tmp_path / "c" / "metrics.csv").read_bytes() != (tmp_path / "a" / "metrics.csv").read_bytes()
 
 
