@@ -2,8 +2,9 @@
 
 A test that starts a process or trains is marked `slow`, here, from what it uses (`pytest -m "not slow"` runs the
 rest, the fast tier): a fixture of SLOW_FIXTURES (`losslab` starts losslab's commands, `forks` runs code in a child
-process, `trains` trains in this process, `slurm_cluster` runs jobs on a cluster), or, in its own code or the test
-code it calls, subprocess, multiprocessing or pty. Tests marked `slurm` are slow too.
+process, `workers` lets losslab start worker processes, `trains` trains in this process, `slurm_cluster` runs jobs on
+a cluster), or, in its own code or the test code it calls, subprocess, multiprocessing or pty. Tests marked `slurm`
+are slow too.
 
 Tests marked `slurm` run jobs on a Slurm cluster (scripts/slurm/start-test-cluster.sh starts one on this machine):
 they are skipped where none answers, and fail instead with LOSSLAB_CI=1 (CI, where the cluster is mandatory). They
@@ -26,7 +27,7 @@ from helpers.commands import REPO, Commands
 from helpers.fixtures import Written, patch_cifar10_md5, write_cifar10, write_emnist_letters
 
 TESTS = Path(__file__).resolve().parent
-SLOW_FIXTURES = {"losslab", "forks", "trains", "slurm_cluster"}
+SLOW_FIXTURES = {"losslab", "forks", "workers", "trains", "slurm_cluster"}
 PROCESS_MODULES = {"subprocess", "multiprocessing", "pty"}
 
 SLURMDBD = REPO / "scripts" / "slurm" / "slurmdbd.sh"
@@ -100,6 +101,12 @@ def losslab() -> Commands:
 def forks() -> multiprocessing.context.BaseContext:
     """multiprocessing's fork context: code run in a child process (one to kill, or one that holds a lock)."""
     return multiprocessing.get_context("fork")
+
+
+@pytest.fixture(scope="session")
+def workers() -> int:
+    """How many worker processes the code under test may start (a sweep's figure pool)."""
+    return 2
 
 
 @pytest.fixture(scope="session")

@@ -180,12 +180,12 @@ def test_the_sweep_end_draws_the_jobs_without_figures(tmp_path):
     assert not (tmp_path / "2_seed=2" / "figures").exists()
 
 
-def test_a_sweeps_figures_drawn_by_worker_processes_equal_those_drawn_here(tmp_path):
+def test_a_sweeps_figures_drawn_by_worker_processes_equal_those_drawn_here(tmp_path, workers):
     jobs = [tmp_path / "pool" / f"{i}_seed={i}" for i in range(MIN_RUNS_FOR_POOL + 1)]
     for i, job in enumerate(jobs):
         make_run(job, status="diverged" if i == 2 else "completed", seed=i)
         shutil.copytree(job, tmp_path / "here" / job.name)
-    with runs_figures_drawn(jobs, workers=2):
+    with runs_figures_drawn(jobs, workers=workers):
         assert not any((job / "figures").exists() for job in jobs)  # drawn meanwhile, written at the end
     for job in jobs:
         here = tmp_path / "here" / job.name
