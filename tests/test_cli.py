@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import runpy
 import sys
 from pathlib import Path
 
@@ -99,6 +100,15 @@ def test_user_mistakes_get_one_sentence_and_nonzero_exit(case, tmp_path, losslab
     assert expected in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert len(result.stderr.strip().splitlines()) <= 6, result.stderr
+
+
+def test_python_m_losslab_runs_the_train_command(monkeypatch):
+    """`python -m losslab` is `losslab-train`: its __main__ calls the console script's function (which the test below
+    runs as a process)."""
+    called = []
+    monkeypatch.setattr("losslab.commands.cli.train_command", lambda: called.append("train_command"))
+    runpy.run_module("losslab", run_name="__main__")
+    assert called == ["train_command"]
 
 
 def test_full_error_shows_the_traceback(tmp_path, losslab):
