@@ -3,8 +3,8 @@
 A test that starts a process or trains is marked `slow`, here, from what it uses (`pytest -m "not slow"` runs the
 rest, the fast tier): a fixture of SLOW_FIXTURES (`losslab` starts losslab's commands, `forks` runs code in a child
 process, `workers` lets losslab start worker processes, `trains` trains in this process, `slurm_cluster` runs jobs on
-a cluster), or, in its own code or the test code it calls, subprocess, multiprocessing or pty. Tests marked `slurm`
-are slow too.
+a cluster), or, in its own code or the test code it calls, subprocess, multiprocessing, pty or submitit. Tests marked
+`slurm` are slow too.
 
 Tests marked `slurm` run jobs on a Slurm cluster (scripts/slurm/start-test-cluster.sh starts one on this machine):
 they are skipped where none answers, and fail instead with LOSSLAB_CI=1 (CI, where the cluster is mandatory). They
@@ -28,7 +28,7 @@ from helpers.fixtures import Written, patch_cifar10_md5, write_cifar10, write_em
 
 TESTS = Path(__file__).resolve().parent
 SLOW_FIXTURES = {"losslab", "forks", "workers", "trains", "slurm_cluster"}
-PROCESS_MODULES = {"subprocess", "multiprocessing", "pty"}
+PROCESS_MODULES = {"subprocess", "multiprocessing", "pty", "submitit"}  # submitit: its executors start them
 
 SLURMDBD = REPO / "scripts" / "slurm" / "slurmdbd.sh"
 NO_CLUSTER = ("no Slurm cluster answers `sinfo`; start one with scripts/slurm/start-test-cluster.sh "
@@ -55,7 +55,7 @@ def slurm_cluster_problem() -> str | None:
 
 def starts_processes(function, seen: set) -> bool:
     """Whether `function`, a function of these tests, or the tests' own functions, classes and fixtures it names
-    (followed to the end), names something of subprocess, multiprocessing or pty."""
+    (followed to the end), names something of PROCESS_MODULES."""
     function = inspect.unwrap(function)  # a fixture's or a context manager's own function
     if (not isinstance(function, types.FunctionType) or function in seen
             or not Path(function.__code__.co_filename).resolve().is_relative_to(TESTS)):

@@ -11,7 +11,7 @@ import pytest
 from helpers.commands import REPO
 from helpers.tb_events import hparams, read_events
 
-from losslab.data.sources import MNIST_FILES
+from losslab.data.mnist import MNIST_FILES
 
 
 def test_a_debug_run_imports_only_what_it_uses(tmp_path, losslab):
@@ -121,17 +121,18 @@ def test_full_error_shows_the_traceback(tmp_path, losslab):
                          [("None", 0, ""), ("3", 3, ""), ("'a sentence'", 1, "a sentence")])
 def test_the_command_ends_with_mains_status_after_flushing_logs_and_exit_handlers(ending, status, stderr, tmp_path,
                                                                                   losslab):
-    """losslab-train's process ends without the interpreter's teardown (cli.end_process): the exit status is
-    sys.exit's, and log handlers and atexit handlers have run, so nothing written is lost."""
+    """losslab-train's process (cli.train_command) ends with the exit status of its main, and log handlers and
+    atexit handlers have run, so nothing written is lost."""
     probe = (
         "import atexit, logging, sys\n"
         "from pathlib import Path\n"
-        "from losslab.commands.cli import end_process\n"
+        "import losslab.commands.cli\n"
         "logging.basicConfig(filename='run.log', level=logging.INFO)\n"
         "atexit.register(lambda: Path('atexit.txt').write_text('ran'))\n"
         "def main():\n    logging.info('logged before the end')\n    print('printed', end='')\n"
         f"    sys.exit({ending})\n"
-        "end_process(main)\n"
+        "losslab.commands.cli.train = main\n"
+        "losslab.commands.cli.train_command()\n"
         "print('not reached')\n"
     )
     result = losslab.run(sys.executable, "-c", probe, cwd=tmp_path)

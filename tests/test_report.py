@@ -15,7 +15,7 @@ from losslab.errors import UserError
 from losslab.records.job_dirs import job_dir, job_dirs
 from losslab.reporting.plots import parameter_figure
 from losslab.reporting.report import main, write_report
-from losslab.reporting.sweep_data import Config, Report, Run, read_curves
+from losslab.reporting.sweep_data import Config, Report, RunResult, read_curves
 
 HEADER = ["step", "epoch", "lr", "weights/sq_norm", "train/loss", "val/loss", "val/acc", "test/loss", "test/nll",
           "test/acc"]
@@ -176,7 +176,7 @@ def test_plots_are_pngs_with_one_figure_per_numeric_parameter(reported):
     ("trainer.batch_size", ("8", "1024"), "log"),  # any parameter spanning two decades
 ])
 def test_learning_rates_and_parameters_spanning_decades_are_plotted_on_a_log_axis(key, values, scale):
-    run = Run("0", {key: values[0]}, "completed", {"final": {"val/acc": 0.5}}, "")
+    run = RunResult("0", {key: values[0]}, "completed", {"final": {"val/acc": 0.5}}, "")
     configs = [Config({key: value}, [run]) for value in values]
     fig = parameter_figure(configs, key, ["val/acc"])
     assert fig.axes[0].get_xscale() == scale

@@ -3,9 +3,10 @@ and relaunched jobs all end as results equal to an uninterrupted sweep's.
 
 The commands are the ones a user types: `losslab-train -m hydra/launcher=slurm ...` with the resources the README
 asks for, from a fresh dir, no hydra.sweep.dir; a relaunch is the command the sweep printed. Where a job must be
-caught mid-training, LOSSLAB_TEST_STOP_AT (which sbatch passes on to the tasks) stops it at a chosen evaluation
-(SIGSTOP: the process waits there until Slurm's cancel or signal arrives) or kills it there (SIGKILL), and
-`sleep=<s> step any` makes every step take that long, so a run outlasts a one-minute time limit on any machine.
+caught mid-training, LOSSLAB_TEST_STOP_AT (commands.stop_env: the test's hook, which sbatch's environment passes on
+to the tasks) stops it at a chosen evaluation (SIGSTOP: the process waits there until Slurm's cancel or signal
+arrives) or kills it there (SIGKILL), and `sleep=<s> step any` makes every step take that long, so a run outlasts
+a one-minute time limit on any machine.
 """
 
 from __future__ import annotations

@@ -4,11 +4,9 @@ task; a cancelled task and a preempted one end, after the launcher's call (and, 
 the sweep prints), as the uninterrupted separate runs of every member.
 
 The commands are the ones a user types, from a fresh dir without hydra.sweep.dir; LOSSLAB_TEST_STOP_AT's `job=<n>`
-stops the stack that holds job n (losslab.training.runtime.stop_point). The separate reference runs train in this
-process
-(losslab.training.loop.fit), each from the config its member's overrides compose. `submitit_local` runs the tasks on
-this
-machine.
+stops the stack that holds job n (the tests' hook, stop_hook/sitecustomize.py). The separate reference runs train
+in this process (losslab.training.loop.fit), each from the config its member's overrides compose. `submitit_local` runs
+the tasks on this machine.
 """
 
 from __future__ import annotations

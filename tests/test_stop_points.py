@@ -1,6 +1,6 @@
 """A run stopped at any step resumes to the same metrics.csv, byte for byte: SIGTERM and SIGKILL sent at chosen
-points (the test-only LOSSLAB_TEST_STOP_AT trigger in losslab.training.loop.stop_point), then the user's relaunch
-command.
+points of the loop (LOSSLAB_TEST_STOP_AT: the tests' hook on losslab.training.hooks, stop_hook/sitecustomize.py),
+then the user's relaunch command.
 
 The run: 1,792 synthetic training images in batches of 128, 14 steps an epoch, 3 epochs (42 steps), an
 evaluation every 7 steps. Points: the first step, a mid-epoch step, an evaluation step (a signal during the step,

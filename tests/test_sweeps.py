@@ -21,8 +21,11 @@ GRID = ["dataset=synthetic", "trainer.epochs=1", "trainer.progress=log", "optimi
 def test_two_by_two_grid_with_two_seeds(launcher, tmp_path, losslab):
     extra = [] if launcher == "basic" else ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
     proc = losslab.sweep(*GRID, "seed=0,1", *extra, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    returned = time.time()
     assert proc.returncode == 0, proc.output
     runs = summaries(tmp_path / "s")
+    last_summary = max((job / "summary.json").stat().st_mtime for job in job_dirs(tmp_path / "s"))
+    assert returned - last_summary < 60, "the command stayed alive after its jobs were done (idle workers)"
     assert len(runs) == 8 and all(r["status"] == "completed" for r in runs.values())
     assert f"losslab sweep {tmp_path / 's'}: 8 completed; report: " in proc.output
     # each job dir says what its job varies (joblib's workers name them in their own processes)

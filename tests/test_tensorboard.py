@@ -93,7 +93,8 @@ def test_event_records_carry_tensorboards_own_checksums(tmp_path):
     from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
     from tensorboard.summary.writer import record_writer
 
-    from losslab.training.run_logger import import_tensorboard, masked_crc32c
+    from losslab.training.run_logger import import_tensorboard
+    from losslab.training.tensorboard_adapter import masked_crc32c
 
     SummaryWriter, _, Summary = import_tensorboard()
     assert record_writer.masked_crc32c is masked_crc32c
@@ -152,3 +153,94 @@ def test_a_run_logger_holds_its_event_file_open_and_every_event_reads_back_in_or
     expected = [(step, 1 / step) for step in range(1, 21)] + [(step, 2 / step) for step in range(21, 41)]
     assert [step for step, _ in loss] == [step for step, _ in expected]
     assert [value for _, value in loss] == pytest.approx([value for _, value in expected], rel=1e-6)
+
+
+def test_the_installed_tensorboard_has_what_the_adapter_reaches_into(tmp_path):
+    """tensorboard_adapter's shortcuts find, in the installed TensorBoard, the record writer, the GFile it writes
+    through, the event file's name and the checksum function the record writer calls by its module's name; a
+    release that renames or replaces any of them fails here (runs then take the public path)."""
+    import google_crc32c
+    from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
+    from tensorboard.compat.tensorflow_stub.io.gfile import GFile
+    from tensorboard.summary.writer import record_writer
+    from torch.utils.tensorboard import SummaryWriter
+
+    from losslab.training import tensorboard_adapter as adapter
+
+    module, name = adapter.CHECKSUM
+    assert module == record_writer.__name__ and name in record_writer.RecordWriter.write.__code__.co_names
+    assert getattr(record_writer, name) in (pywrap_tensorflow.masked_crc32c, adapter.masked_crc32c)
+    assert google_crc32c.implementation == "c", "google-crc32c is installed without its C extension"
+    writer = SummaryWriter(log_dir=str(tmp_path))
+    event_writer = adapter._walk(writer, adapter.EVENT_WRITER)
+    records = adapter._walk(event_writer, adapter.RECORD_WRITER)
+    assert isinstance(records, record_writer.RecordWriter)
+    assert isinstance(getattr(records, adapter.RECORD_FILE), GFile)
+    assert Path(getattr(event_writer, adapter.FILE_NAME)).parent == tmp_path
+    assert adapter.hold_event_file_open(writer) and adapter.checksum_in_c()
+    assert getattr(record_writer, name) is adapter.masked_crc32c
+    writer.close()
+
+
+def records_with_valid_checksums(events: Path) -> int:
+    """The records of an event file, each read by TensorBoard's record reader, which recomputes both checksums
+    with its own CRC-32C and raises DataLossError where one differs."""
+    from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
+
+    reader, records = pywrap_tensorflow.PyRecordReader_New(str(events)), 0
+    with pytest.raises(errors.OutOfRangeError):  # the end of the file
+        while True:
+            reader.GetNext()
+            records += 1
+    return records
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="lists open files from /proc (Linux)")
+@pytest.mark.parametrize("path", ["adapter", "attributes renamed", "adapter off"])
+def test_a_run_and_its_resume_read_back_with_valid_checksums_with_the_adapter_and_without(tmp_path, monkeypatch,
+                                                                                           path):
+    """With the adapter's shortcuts, and with TensorBoard's public path where the attributes they use are missing
+    (as if a release renamed them) or they are turned off, a run and its resume (which purges the steps after its
+    checkpoint) read back whole and in order through EventAccumulator, and every record's checksums are valid."""
+    from omegaconf import OmegaConf
+    from tb_events import read_events
+    from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
+    from tensorboard.summary.writer import record_writer
+
+    from losslab.training import tensorboard_adapter as adapter
+    from losslab.training.run_logger import RunLogger
+
+    monkeypatch.setattr(record_writer, "masked_crc32c", pywrap_tensorflow.masked_crc32c)  # TensorBoard's own
+    monkeypatch.setattr(adapter, "_replaced", {})  # and the adapter's record of it, both restored after the test
+    if path == "attributes renamed":
+        monkeypatch.setattr(adapter, "RECORD_WRITER", ("_async_writer", "_renamed_writer"))
+        monkeypatch.setattr(adapter, "CHECKSUM", (adapter.CHECKSUM[0], "renamed_masked_crc32c"))
+    adapter.use(path != "adapter off")
+    cfg = OmegaConf.create({"seed": 0})
+    try:
+        first = RunLogger(tmp_path, cfg, {"seed": 0})
+        for step in range(1, 31):
+            first.scalars({"train/loss": 1 / step, "train/acc": step / 30}, step)
+        first.flush()
+        [events] = tmp_path.glob("events.out.tfevents.*")
+        assert (str(events.resolve()) in open_paths()) == (path == "adapter")
+        assert (record_writer.masked_crc32c is adapter.masked_crc32c) == (path == "adapter")
+        first.close()
+        resumed = RunLogger(tmp_path, cfg, {"seed": 0}, resume_rows=0, resume_step=20)  # drops steps 21 to 30
+        for step in range(21, 41):
+            resumed.scalars({"train/loss": 2 / step, "train/acc": step / 40}, step)
+        resumed.close()
+    finally:
+        adapter.use(True)
+    first_file, resumed_file = sorted(tmp_path.glob("events.out.tfevents.*"),  # by the writer's number
+                                     key=lambda f: int(f.name.rsplit(".", 1)[1]))
+    # the file version, the config text, the hparams' session start and end, and 30 steps; then the file
+    # version, the purge (file version and session start at step 21) and 20 steps
+    assert (records_with_valid_checksums(first_file), records_with_valid_checksums(resumed_file)) == (34, 23)
+    events = read_events(tmp_path)
+    for tag, first_values, resumed_values in (("train/loss", lambda s: 1 / s, lambda s: 2 / s),
+                                              ("train/acc", lambda s: s / 30, lambda s: s / 40)):
+        read = [(event.step, event.value) for event in events.Scalars(tag)]
+        expected = [(s, first_values(s)) for s in range(1, 21)] + [(s, resumed_values(s)) for s in range(21, 41)]
+        assert [step for step, _ in read] == [step for step, _ in expected]
+        assert [value for _, value in read] == pytest.approx([value for _, value in expected], rel=1e-6)

@@ -250,7 +250,7 @@ class Row:
     overrides: dict[str, str | None]  # the label and every override of its runs (matched against originals)
     n: int
     stats: dict[str, tuple[float | None, float | None, int]]  # metric -> (mean, std, runs that have it)
-    runs: list = field(default_factory=list)  # its aggregated losslab.reporting.report Runs
+    runs: list = field(default_factory=list)  # its aggregated losslab.reporting.sweep_data.RunResults
 
 
 @dataclass
@@ -262,7 +262,7 @@ class Result:
     keys: list[str]
     not_run: list[str]  # multiruns without a sweep dir (or without jobs)
     not_aggregated: list[str]  # one line per job not aggregated (diverged, failed, interrupted, unfinished)
-    runs: dict[str, list]  # multirun -> its losslab.reporting.report Runs
+    runs: dict[str, list]  # multirun -> its losslab.reporting.sweep_data.RunResults
     records: dict[str, dict]  # multirun -> its reproduce.json
 
 

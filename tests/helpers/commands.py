@@ -19,19 +19,28 @@ from pathlib import Path
 
 from losslab.records.job_dirs import job_dirs, job_number
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 600  # s per command
+STOP_HOOK = Path(__file__).resolve().parents[1] / "stop_hook"  # its sitecustomize.py: LOSSLAB_TEST_STOP_AT's hook
+
+
+def stop_env(env: dict[str, str], stop_at: str | None) -> dict[str, str]:
+    """`env` for a process stopped where `stop_at` says (the syntax is in stop_hook/sitecustomize.py): STOP_HOOK
+    first on its PYTHONPATH (the rest kept after it), and LOSSLAB_TEST_STOP_AT; without `stop_at`, `env` without
+    LOSSLAB_TEST_STOP_AT."""
+    env = {k: v for k, v in env.items() if k != "LOSSLAB_TEST_STOP_AT"}
+    if stop_at:
+        env["LOSSLAB_TEST_STOP_AT"] = stop_at
+        env["PYTHONPATH"] = os.pathsep.join([str(STOP_HOOK), *filter(None, [env.get("PYTHONPATH")])])
+    return env
 
 
 def user_env(stop_at: str | None = None) -> dict[str, str]:
     """This process's environment as a user's shell has it: without HYDRA_FULL_ERROR (errors read as the one
-    sentence a user gets), $LOSSLAB_DATA_DIR (data comes from dataset.root or the repo's data/) and the test-only
-    LOSSLAB_TEST_STOP_AT, which `stop_at` sets (the trigger in losslab.training.loop.stop_point)."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HYDRA_FULL_ERROR", "LOSSLAB_DATA_DIR", "LOSSLAB_TEST_STOP_AT")}
-    if stop_at:
-        env["LOSSLAB_TEST_STOP_AT"] = stop_at
-    return env
+    sentence a user gets) and $LOSSLAB_DATA_DIR (data comes from dataset.root or the repo's data/); a run stopped
+    where `stop_at` says (stop_env)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "LOSSLAB_DATA_DIR")}
+    return stop_env(env, stop_at)
 
 
 def run(*command: str, cwd: Path, env: dict[str, str] | None = None,

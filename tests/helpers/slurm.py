@@ -10,17 +10,15 @@ import subprocess
 import time
 from pathlib import Path
 
+from helpers.commands import stop_env
 from helpers.tb_events import read_events
-
 from losslab.records.job_dirs import job_dirs, job_number
 
 CONTINUE = re.compile(r"; continue the \d+ left with: (.+)$", re.M)
 
 
 def launch(args: list[str], cwd: Path, stop_at: str = "") -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "LOSSLAB_TEST_STOP_AT")}
-    if stop_at:
-        env["LOSSLAB_TEST_STOP_AT"] = stop_at
+    env = stop_env({k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, stop_at)
     command = args if args[0] == "losslab-train" else ["losslab-train", "-m", *args]
     return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
 from omegaconf import open_dict
 
 try:
@@ -40,30 +40,45 @@ if SlurmQueueConf is not None:
 
 class SlurmLauncher(HydraSlurmLauncher or object):
     """Hydra's SlurmLauncher with the additions of the module docstring. Its extra key: `poll_s`, how often the
-    launcher asks Slurm about its tasks."""
+    launcher asks Slurm about its tasks. It submits and waits for its tasks itself (`launch`, Hydra's Launcher
+    interface) and each task runs its job with Hydra's public `run_job`, as the plugin's tasks do; it relies on
+    nothing of the plugin but its config, `setup` and `checkpoint`."""
 
     def __init__(self, poll_s: float = 5.0, **params) -> None:
         super().__init__(**params)
         self.poll_s = float(poll_s)
 
-    def __call__(self, sweep_overrides: list[str], job_dir_key: str, job_num: int, job_id: str,
-                 singleton_state: dict) -> JobReturn:
+    def __call__(self, overrides: list[str], number: int, singleton_state: dict) -> JobReturn:
         """One job, in its Slurm task."""
         from losslab.errors import Interrupted
         from losslab.records.run_dir import run_state
         from losslab.sweeps.slurm import JobFailed, ignore_preemption, rename_task, requeue_on_preemption
 
-        rename_task(f"{self.params['name']}/{job_num}")
+        rename_task(f"{self.params['name']}/{number}")
         try:
-            result = super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
+            result = self.run(overrides, number, singleton_state)
         except Interrupted as stop:
             requeue_on_preemption(stop.signum)
             raise
         run_dir = Path(result.hydra_cfg.hydra.runtime.output_dir)
         if result.status == JobStatus.FAILED or run_state(run_dir) == "failed":
-            raise JobFailed(f"job {job_num} failed; its error is in {run_dir / 'error.txt'}")
+            raise JobFailed(f"job {number} failed; its error is in {run_dir / 'error.txt'}")
         ignore_preemption()  # the job is done: a time limit's signal now has nothing to save or requeue
         return result
+
+    def run(self, overrides: list[str], number: int, singleton_state: dict) -> JobReturn:
+        """The job as Hydra's submitit launcher runs it in its task, through Hydra's public API: its sweep config
+        (hydra.job.id is the Slurm task's, hydra.job.num its number) given to Hydra's `run_job`."""
+        import submitit
+
+        Singleton.set_state(singleton_state)
+        setup_globals()
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(config.hydra.job):
+            config.hydra.job.id = submitit.JobEnvironment().job_id
+            config.hydra.job.num = number
+        return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config,
+                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from losslab.sweeps.slurm import submit, wait_for_tasks
@@ -73,14 +88,13 @@ class SlurmLauncher(HydraSlurmLauncher or object):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         executor = self.executor(name=sweep_name(self.config))
         log.info("Slurm sweep of %d jobs into %s", len(job_overrides), sweep_dir)
-        arguments = []
+        arguments = []  # what each task's __call__ is given
         for number, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
-            arguments.append((list(overrides), "hydra.sweep.dir", number, f"job_id_for_{number}",
-                              Singleton.get_state()))
+            arguments.append((list(overrides), number, Singleton.get_state()))
         jobs = submit(executor, self, arguments)
         wait_for_tasks(jobs, self.poll_s)
-        return [self.outcome(job, number, list(overrides)) for job, (overrides, _, number, *_) in zip(jobs, arguments)]
+        return [self.outcome(job, number, overrides) for job, (overrides, number, _) in zip(jobs, arguments)]
 
     def executor(self, name: str):
         """submitit's AutoExecutor for Slurm with this launcher's keys (losslab.sweeps.slurm.build_executor)."""

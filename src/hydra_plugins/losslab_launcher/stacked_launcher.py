@@ -106,7 +106,8 @@ def describe_job(cfg: DictConfig):
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
     OmegaConf.resolve(cfg)
-    return Job(cfg, Path(hc.runtime.output_dir), hparams_of(cfg, dict(hc.runtime.choices), overrides), overrides)
+    return Job(cfg, Path(hc.runtime.output_dir), hparams_of(cfg, dict(hc.runtime.choices), overrides), overrides,
+               number=hc.job.num)
 
 
 def remember_compositions(config_loader) -> dict:
@@ -329,13 +330,11 @@ class StackedLauncher(Launcher):
         from losslab.records.summary import objective
         from losslab.stacking.steppers import NotStackable
         from losslab.training.loop import fit_group
-        from losslab.training.runtime import training_stack
 
         numbers = [member.number for member in chunk]
         if len(chunk) > 1:
             try:
-                with training_stack(numbers):
-                    summaries = fit_group([member.job for member in chunk], self.conv_on_cpu)
+                summaries = fit_group([member.job for member in chunk], self.conv_on_cpu)
             except NotStackable as e:
                 log.info("jobs %s run one by one: %s", numbers, e)
             except Exception as e:  # a job's own run then records what is wrong (failed summary, error.txt)

@@ -34,7 +34,7 @@ def run_sweep_job(cfg: DictConfig, hc, run_dir: Path, overrides: list[str]) -> f
     (run_dir / "error.txt").unlink(missing_ok=True)  # an earlier attempt's
     try:
         summary = fit(cfg, run_dir, hparams_of(cfg, dict(hc.runtime.choices), overrides),
-                      resume=can_resume(run_dir, overrides), overrides=overrides)
+                      resume=can_resume(run_dir, overrides), overrides=overrides, number=hc.job.num)
     except RunDirBusy as e:  # its files belong to the process training there
         log.error("job %s skipped: %s", hc.job.num, e)
         return math.inf

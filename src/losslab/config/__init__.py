@@ -1,10 +1,9 @@
-"""Config schemas (registered in Hydra's ConfigStore) and the value checks types cannot express.
+"""Config schemas and value checks: the registry that components register their schemas in, the schemas of the
+optimizer, scheduler and trainer groups, and the range checks. Every YAML file under ``conf/<group>/`` starts from a
+schema (``defaults: [<option>_schema]``), so an unknown key or a wrong type fails at compose time with Hydra's own
+message naming the key.
 
-Every YAML file under ``conf/<group>/`` starts from a schema (``defaults: [<option>_schema]``), so an unknown key or a
-wrong type fails at compose time with Hydra's own message naming the key. A component's schema sits beside its
-class (losslab.config.registry); the other groups' in losslab.config.schemas. Ranges are checked by
-:func:`losslab.config.checks.check`.
-"""
+May import: losslab.records, losslab.errors, losslab.fileio."""
 
 from __future__ import annotations
 

@@ -9,10 +9,13 @@ course protocols specify: "the first 20,000 training images, filtered to 2s and 
 3. `train_size`: the first or a seeded random subset of what is left of train;
 4. the task filters and relabels each split (even/odd, 2 vs 3, letters 1..26 -> 0..25);
 5. normalisation with statistics of the train split, then float32 on the device.
+
+May import: losslab.config, losslab.records and the bottom layer; not another component package.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 import torch
@@ -20,18 +23,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from losslab.config import data_root
-from losslab.data.sources import Source, read_source
+from losslab.data.sources import read_source
+from losslab.data.synthetic import synthetic_source
+from losslab.data.tasks import TASKS
 from losslab.errors import ConfigError
-
-# task -> (source, number of classes)
-TASKS: dict[str, tuple[str, int]] = {
-    "mnist": ("mnist", 10),
-    "mnist_even_odd": ("mnist", 2),
-    "mnist_2v3": ("mnist", 2),
-    "cifar10": ("cifar10", 10),
-    "emnist_letters": ("emnist_letters", 26),
-    "synthetic": ("synthetic", 0),  # class count from the config
-}
 
 
 @dataclass
@@ -50,31 +45,6 @@ class Splits:
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         return getattr(self, f"{name}_x"), getattr(self, f"{name}_y")
-
-
-def derive(task: str, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Filter and relabel one split of a source for `task`."""
-    if task == "mnist_even_odd":
-        return x, (y % 2 == 0).long()
-    if task == "mnist_2v3":
-        keep = (y == 2) | (y == 3)
-        return x[keep], (y[keep] == 2).long()
-    if task == "emnist_letters":
-        return x, y - 1
-    return x, y
-
-
-def synthetic_source(cfg: DictConfig) -> Source:
-    """Gaussian clusters around random class prototypes, quantised to uint8 images of `cfg.shape`."""
-    g = torch.Generator().manual_seed(cfg.split_seed)
-    prototypes = torch.rand(cfg.num_classes, *cfg.shape, generator=g) * 255
-
-    def sample(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        y = torch.randint(cfg.num_classes, (n,), generator=g)
-        x = prototypes[y] + cfg.noise * torch.randn(n, *cfg.shape, generator=g)
-        return x.round().clamp(0, 255).to(torch.uint8), y
-
-    return Source(*sample(cfg.train_n), *sample(cfg.test_n))
 
 
 def _pick(n: int, k: int, how: str, g: torch.Generator) -> torch.Tensor:
@@ -120,7 +90,7 @@ def load_splits(cfg: DictConfig, device: torch.device) -> Splits:
     """Build train/val/test tensors on `device` for the dataset config `cfg`."""
     if cfg.name not in TASKS:
         raise ConfigError(f"dataset.name={cfg.name!r} is unknown; use one of {', '.join(TASKS)}.")
-    source_name, num_classes = TASKS[cfg.name]
+    source_name, num_classes, derive = TASKS[cfg.name]
     if source_name == "synthetic":
         if cfg.num_classes < 2:
             raise ConfigError(f"dataset.num_classes must be >= 2, got {cfg.num_classes}.")
@@ -149,9 +119,9 @@ def load_splits(cfg: DictConfig, device: torch.device) -> Splits:
         train_idx = train_idx[_pick(len(train_idx), cfg.train_size, cfg.train_pick, g)]
 
     splits = [
-        derive(cfg.name, src.train_x[train_idx], src.train_y[train_idx]),
-        derive(cfg.name, val_x, val_y),
-        derive(cfg.name, src.test_x, src.test_y),
+        derive(src.train_x[train_idx], src.train_y[train_idx]),
+        derive(val_x, val_y),
+        derive(src.test_x, src.test_y),
     ]
     for (x, _), split in zip(splits, ("train", "validation", "test")):
         if len(x) == 0:
@@ -180,3 +150,15 @@ def augment(x: torch.Tensor, hflip: bool, crop_padding: int, g: torch.Generator)
         channel = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
         x = padded[batch, channel, rows, cols]
     return x
+
+
+def _register_datasets() -> None:
+    """Import every dataset module of this package, each registering its tasks and readers: a new dataset is its
+    module, its YAML under conf/dataset/ and its test."""
+    from losslab.config.registry import component_modules
+
+    for module in component_modules(__name__):
+        importlib.import_module(module)
+
+
+_register_datasets()

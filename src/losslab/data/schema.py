@@ -1,8 +1,9 @@
-"""The dataset group's schemas: every option of conf/dataset/ starts from `dataset_schema` (or `synthetic_schema`)."""
+"""The dataset group's schema: every option of conf/dataset/ starts from `dataset_schema` (synthetic data from
+`synthetic_schema`, losslab.data.synthetic)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from omegaconf import MISSING
 
@@ -29,15 +30,3 @@ class DatasetConf:
     std: list[float] | None = None
     hflip: bool = False  # device-side augmentation of training batches
     crop_padding: int = 0
-
-
-@schema("dataset", "synthetic")
-@dataclass
-class SyntheticConf(DatasetConf):
-    name: str = "synthetic"
-    shape: list[int] = field(default_factory=lambda: [1, 16, 16])
-    num_classes: int = 4
-    train_n: int = 2048
-    test_n: int = 512
-    noise: float = 40.0  # pixel std around each class prototype (0..255 scale)
-    val_size: int = 256

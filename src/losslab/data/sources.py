@@ -12,15 +12,14 @@ import gzip
 import hashlib
 import json
 import logging
-import pickle
 import shutil
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
+from typing import NamedTuple
 
-import numpy as np
 import torch
 
 from losslab.errors import DataError
@@ -38,7 +37,6 @@ class Source:
     test_y: torch.Tensor
 
 
-# ---------------------------------------------------------------- IDX (MNIST, EMNIST)
 def check_idx(path: Path, ndim: int) -> None:
     """Check an IDX file of uint8 data: magic number, number of dimensions, and size against its header."""
     header_len = 4 + 4 * ndim
@@ -78,7 +76,7 @@ def _unpack_gz(raw: Path, names: list[str]) -> None:
             raise DataError(f"{packed} is not a readable gzip file ({e}); replace it with the original.") from e
 
 
-def _check_labels(y: torch.Tensor, lo: int, hi: int, path: Path) -> None:
+def check_labels(y: torch.Tensor, lo: int, hi: int, path: Path) -> None:
     bad = y[(y < lo) | (y > hi)]
     if bad.numel():
         raise DataError(
@@ -92,14 +90,14 @@ def _check_pair(x: torch.Tensor, y: torch.Tensor, images: Path, labels: Path) ->
         raise DataError(f"{images} has {len(x)} images but {labels} has {len(y)} labels; replace both files.")
 
 
-def _missing(name: str, folder: Path, files: list[str], how: str) -> DataError:
+def missing_files(name: str, folder: Path, files: list[str], how: str) -> DataError:
     return DataError(
         f"{name} is missing {', '.join(files)} in {folder}; {how}, or point dataset.root "
         f"(or $LOSSLAB_DATA_DIR) at a folder that has them."
     )
 
 
-def _download(name: str, folder: Path, make: Callable[[], object], how: str) -> None:
+def download_files(name: str, folder: Path, make: Callable[[], object], how: str) -> None:
     try:
         make()
     except Exception as e:  # torchvision raises URLError, RuntimeError, OSError ... when offline
@@ -107,98 +105,45 @@ def _download(name: str, folder: Path, make: Callable[[], object], how: str) -> 
         raise DataError(f"could not download {name} into {folder} ({reason}); {how}.") from e
 
 
-def _read_idx_dataset(name: str, raw: Path, files: list[str], make: Callable, how: str, download: bool,
+def read_idx_dataset(name: str, raw: Path, files: list[str], make: Callable, how: str, download: bool,
                       labels: tuple[int, int]) -> tuple:
     """MNIST-style data: unpack .gz files, check the four IDX files (train images, train labels, test images,
     test labels), then read them with the torchvision class `make(train, download)`."""
     _unpack_gz(raw, files)
     missing = [f for f in files if not (raw / f).exists()]
     if missing and not download:
-        raise _missing(name, raw, missing, how + " or set dataset.download=true")
+        raise missing_files(name, raw, missing, how + " or set dataset.download=true")
     if missing:
-        _download(name, raw, lambda: make(True, True), how)
+        download_files(name, raw, lambda: make(True, True), how)
     for f in files:
         check_idx(raw / f, 3 if "images" in f else 1)
     datasets = []
     for train, (images, label_file) in ((True, files[:2]), (False, files[2:])):
         ds = make(train, False)
         _check_pair(ds.data, ds.targets, raw / images, raw / label_file)
-        _check_labels(ds.targets, *labels, raw / label_file)
+        check_labels(ds.targets, *labels, raw / label_file)
         datasets.append(ds)
     return tuple(datasets)
 
 
-MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+class Reader(NamedTuple):
+    """How a source is read: `read(root, download)`, and the files (relative to the data root) it reads."""
+
+    read: Callable[[Path, bool], Source]
+    files: list[str]
 
 
-def read_mnist(root: Path, download: bool) -> Source:
-    from torchvision.datasets import MNIST
-
-    train, test = _read_idx_dataset(
-        "MNIST", root / "MNIST" / "raw", MNIST_FILES,
-        lambda train, download: MNIST(root, train=train, download=download),
-        "the repo ships them gzipped under data/MNIST/raw/ (restore them with git checkout)", download, (0, 9),
-    )
-    return Source(train.data[:, None], train.targets, test.data[:, None], test.targets)
+READERS: dict[str, Reader] = {}  # source name -> its reader; each dataset module registers its own
 
 
-EMNIST_LETTERS_FILES = [
-    f"emnist-letters-{split}-{kind}-ubyte"
-    for split in ("train", "test") for kind in ("images-idx3", "labels-idx1")
-]
+def reader(name: str, files: list[str]):
+    """Function decorator: `read(root, download) -> Source` is the reader of source `name`, from `files`."""
 
+    def add(read: Callable[[Path, bool], Source]) -> Callable[[Path, bool], Source]:
+        READERS[name] = Reader(read, files)
+        return read
 
-def read_emnist_letters(root: Path, download: bool) -> Source:
-    """EMNIST letters; labels 1..26 are kept here (the task maps them to 0..25), images are transposed upright."""
-    from torchvision.datasets import EMNIST
-
-    train, test = _read_idx_dataset(
-        "EMNIST letters", root / "EMNIST" / "raw", EMNIST_LETTERS_FILES,
-        lambda train, download: EMNIST(root, split="letters", train=train, download=download),
-        "download the EMNIST 'gzip.zip' from NIST and unpack the emnist-letters-* files there", download, (1, 26),
-    )
-    return Source(
-        train.data.transpose(1, 2)[:, None].contiguous(), train.targets,
-        test.data.transpose(1, 2)[:, None].contiguous(), test.targets,
-    )
-
-
-CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
-
-
-def read_cifar10(root: Path, download: bool) -> Source:
-    from torchvision.datasets import CIFAR10
-
-    folder = root / "cifar-10-batches-py"
-    missing = [f for f in CIFAR10_FILES if not (folder / f).exists()]
-    how = "download cifar-10-python.tar.gz from the CIFAR-10 page and unpack it in " + str(root)
-    if missing and not download:
-        raise _missing("CIFAR-10", folder, missing, how + " or set dataset.download=true")
-    if missing:
-        _download("CIFAR-10", folder, lambda: CIFAR10(root, train=True, download=True), how)
-    splits = []
-    for train in (True, False):
-        try:
-            ds = CIFAR10(root, train=train)
-        except RuntimeError as e:
-            raise DataError(
-                f"CIFAR-10 files in {folder} failed torchvision's checksum check ({e}); "
-                f"delete the folder and download it again."
-            ) from e
-        except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as e:
-            raise DataError(f"a CIFAR-10 batch in {folder} cannot be unpickled ({e}); download it again.") from e
-        x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
-        y = torch.tensor(ds.targets, dtype=torch.int64)
-        _check_labels(y, 0, 9, folder / ("data_batch_*" if train else "test_batch"))
-        splits += [x, y]
-    return Source(*splits)
-
-
-READERS: dict[str, tuple[Callable[[Path, bool], Source], list[str]]] = {
-    "mnist": (read_mnist, [f"MNIST/raw/{f}" for f in MNIST_FILES]),
-    "emnist_letters": (read_emnist_letters, [f"EMNIST/raw/{f}" for f in EMNIST_LETTERS_FILES]),
-    "cifar10": (read_cifar10, [f"cifar-10-batches-py/{f}" for f in CIFAR10_FILES]),
-}
+    return add
 
 
 def _fingerprint(root: Path, name: str, files: list[str]) -> str | None:

@@ -1,1 +1,4 @@
-"""Evaluating a model: metrics of a split, a pass over a split, temperature scaling."""
+"""Evaluating a model: the metrics of a split, one pass over a split (logits, predictions), float precision,
+and post-hoc temperature scaling.
+
+May import: data, losses, models, config, records, and the bottom layer."""

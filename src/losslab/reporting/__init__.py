@@ -1,1 +1,4 @@
-"""Reading finished runs and sweeps back: the sweep report, a run's figures, drawing."""
+"""Reading finished runs and sweeps back: the sweep report (reading, statistics, tables, plots) and a run's
+figures.
+
+May import: training and everything below."""

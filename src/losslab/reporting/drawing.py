@@ -5,8 +5,7 @@ an Agg canvas and encodes it as PNG once. matplotlib is imported inside the func
 module stays fast.
 
 The drawing is kept cheap, since a sweep draws four figures for every job: fixed axes positions (no layout
-engine), few ticks, one artist per histogram, and a small resolution. A run's four figures take about a
-fifth of a second of CPU time (scripts/bench_figures.py).
+engine), few ticks, one artist per histogram, and a small resolution (scripts/bench_figures.py times them).
 """
 
 from __future__ import annotations

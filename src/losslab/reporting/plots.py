@@ -9,7 +9,7 @@ from pathlib import Path
 
 from losslab.fileio import atomic_write
 from losslab.reporting.statistics import mean_std
-from losslab.reporting.sweep_data import LEARNED, WEIGHT_NORM, Config, Run, finite, read_curves, to_float
+from losslab.reporting.sweep_data import LEARNED, WEIGHT_NORM, Config, RunResult, finite, read_curves, to_float
 
 CURVE_METRICS = ("val/loss", "val/acc")
 
@@ -66,7 +66,7 @@ def save(fig, path: Path) -> Path:
     return path
 
 
-def plot_curves(sweep_dir: Path, configs: list[Config], runs: list[Run]) -> list[Path]:
+def plot_curves(sweep_dir: Path, configs: list[Config], runs: list[RunResult]) -> list[Path]:
     """val/loss and val/acc against step, one line per run coloured by config; dashed: not aggregated."""
     index_of = {tuple(config.values.items()): i for i, config in enumerate(configs)}
     keys = list(configs[0].values) if configs else []

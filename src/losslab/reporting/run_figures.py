@@ -43,7 +43,7 @@ DRAWN_FOR = ("completed", "early_stopped")  # a diverged run's weights and predi
 PREDICTIONS = "predictions_test.npz"
 
 
-MIN_RUNS_FOR_POOL = 8  # the workers pay from about 8 runs: 4 runs 0.71x, 16 runs 1.46x (scripts/bench_figures.py)
+MIN_RUNS_FOR_POOL = 8  # from about this many runs the workers' start-up pays (scripts/bench_figures.py measures it)
 
 
 @dataclass
@@ -150,8 +150,8 @@ def write_figures(drawn: dict, out_dir: Path, tensorboard_dir: Path | None = Non
 
 def config_drawn(run_dir: Path) -> DictConfig | None:
     """The run's config when it has trainer.figures on; None when off, or unreadable (with a log line).
-    trainer.figures is read from the plain YAML first: OmegaConf's load of a whole config took 6 ms a run, which
-    a sweep without figures paid for nothing."""
+    trainer.figures is read from the plain YAML first, so a sweep without figures skips OmegaConf's load of every
+    run's whole config."""
     path = run_dir / ".hydra" / "config.yaml"
     try:
         text = path.read_text()

@@ -8,7 +8,7 @@ import statistics
 from dataclasses import dataclass
 
 from losslab.errors import UserError
-from losslab.reporting.sweep_data import Config, Run, lower_is_better, to_float
+from losslab.reporting.sweep_data import Config, RunResult, lower_is_better, to_float
 
 CONFIDENCE = 0.95  # of the intervals: the mean's, and the mean paired difference's
 
@@ -58,7 +58,7 @@ def mean_interval(values: list[float]) -> tuple[float | None, float | None]:
 
 def t_interval(mean: float, std: float, n: int) -> tuple[float, float]:
     """mean ± t(0.975, n − 1)·std/√n, the Student t quantile from scipy.special (scipy.stats gives the same
-    numbers but takes ~0.9 s to import, a sweep report's largest cost)."""
+    numbers, but its import is most of a small report's cost)."""
     from scipy.special import stdtrit
 
     half = float(stdtrit(n - 1, 0.5 + CONFIDENCE / 2)) * std / math.sqrt(n)
@@ -208,7 +208,7 @@ def add_comparisons(rows: list[dict], configs: list[Config], metrics: list[str],
                 row.update({f"{metric} {column}": value for column, value in zip(COMPARED, values)})
 
 
-def run_row(run: Run) -> dict:
+def run_row(run: RunResult) -> dict:
     overrides = " ".join(f"{k}={v}" for k, v in (run.overrides or {}).items())
     return {"job": run.job, "status": run.status, "overrides": overrides, "note": run.note,
             "values": run.overrides or {}, "seed": run.seed}

@@ -41,7 +41,7 @@ LEARNED = "loss/"  # the prefix of a loss's learned values in metrics.csv and su
 
 
 @dataclass
-class Run:
+class RunResult:
     """One job dir of the sweep, as far as it got."""
 
     job: str
@@ -73,7 +73,7 @@ class Config:
     """The values of the varying overrides (None where a job does not set one) and the runs aggregated."""
 
     values: dict[str, str | None]
-    runs: list[Run] = field(default_factory=list)
+    runs: list[RunResult] = field(default_factory=list)
 
     def label(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self.values.items()) or "all jobs"
@@ -105,7 +105,7 @@ class Report:
         return next((row for row in self.rows if row["best"]), None)
 
 
-def read_runs(sweep_dir: Path) -> list[Run]:
+def read_runs(sweep_dir: Path) -> list[RunResult]:
     if not sweep_dir.exists():
         raise UserError(f"{sweep_dir} does not exist; pass the sweep dir of a `losslab-train -m` run.")
     if not sweep_dir.is_dir():
@@ -118,13 +118,13 @@ def read_runs(sweep_dir: Path) -> list[Run]:
     return [read_run(job) for job in jobs]
 
 
-def read_run(job_dir: Path) -> Run:
+def read_run(job_dir: Path) -> RunResult:
     overrides = read_overrides(job_dir / ".hydra" / "overrides.yaml")
     status, summary, note = status_of(job_dir / "summary.json")
     add_calibration(summary, job_dir / CALIBRATION)
     if overrides is None:
         note = "; ".join(filter(None, ["no readable .hydra/overrides.yaml", note]))
-    return Run(job_dir.name, overrides, status, summary, note)
+    return RunResult(job_dir.name, overrides, status, summary, note)
 
 
 def read_overrides(path: Path) -> dict[str, str] | None:
@@ -187,14 +187,14 @@ def to_float(text: str | None) -> float | None:
         return None
 
 
-def varying_keys(runs: list[Run]) -> list[str]:
+def varying_keys(runs: list[RunResult]) -> list[str]:
     """Override keys whose value differs between jobs (or that some jobs lack), seed excluded, in command-line order."""
     known = [run.overrides for run in runs if run.overrides is not None]
     keys = dict.fromkeys(key for overrides in known for key in overrides)
     return [key for key in keys if key != "seed" and len({overrides.get(key) for overrides in known}) > 1]
 
 
-def group_by_config(runs: list[Run], keys: list[str]) -> list[Config]:
+def group_by_config(runs: list[RunResult], keys: list[str]) -> list[Config]:
     """Configs in job order; a config with no run trained to its end is kept, with no runs aggregated."""
     configs: dict[tuple, Config] = {}
     for run in runs:
@@ -207,7 +207,7 @@ def group_by_config(runs: list[Run], keys: list[str]) -> list[Config]:
     return list(configs.values())
 
 
-def monitor_of(runs: list[Run]) -> tuple[str, str] | None:
+def monitor_of(runs: list[RunResult]) -> tuple[str, str] | None:
     """(metric, "min" or "max") of summary.json's `monitor`, which every run of a sweep shares; None when the
     aggregated runs record none (runs from before trainer.monitor)."""
     for run in runs:
@@ -217,7 +217,7 @@ def monitor_of(runs: list[Run]) -> tuple[str, str] | None:
     return None
 
 
-def choose_metrics(runs: list[Run], metrics: list[str] | None, monitor: tuple[str, str] | None) -> list[str]:
+def choose_metrics(runs: list[RunResult], metrics: list[str] | None, monitor: tuple[str, str] | None) -> list[str]:
     """`metrics` as given, else the monitored metric and the defaults."""
     available = {key for run in runs if run.aggregated for key in (run.summary.get("final") or {})}
     if not metrics:
@@ -235,7 +235,7 @@ def lower_is_better(metric: str) -> bool:
     return metric.endswith(LOWER_IS_BETTER)
 
 
-def learned_keys(runs: list[Run]) -> list[str]:
+def learned_keys(runs: list[RunResult]) -> list[str]:
     """The loss/* values in the aggregated runs' summary.json `final`, in the order logged."""
     finals = [run.summary.get("final") or {} for run in runs if run.aggregated]
     return list(dict.fromkeys(key for final in finals for key in final if key.startswith(LEARNED)))

@@ -75,7 +75,8 @@ class SingleStepper:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.l2:  # d/dw of l2 * sum(w^2)
-            torch._foreach_add_([w.grad for w in self.weights], self.weights, alpha=2 * self.l2)
+            for w in self.weights:
+                w.grad.add_(w.detach(), alpha=2 * self.l2)
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip, foreach=True)
         if self.loss_fn.scales_steps:
@@ -264,19 +265,22 @@ def check_stackable(first, device: torch.device, conv_on_cpu: bool = False) -> N
         raise NotStackable("optimizer.maximize and optimizer.amsgrad have no stacked version")
 
 
+@torch.no_grad()
 def share_storage(runs, params: dict, buffers: dict) -> None:
-    """Point every member's parameters and buffers at its slice of the stack (views: no copies to keep in sync)."""
+    """Point every member's parameters and buffers at its slice of the stack (views: no copies to keep in sync).
+    Each parameter stays the same object (its torch optimizer and checkpoints hold it) and is set to the view."""
     for k, run in enumerate(runs):
         for name, q in run.model.named_parameters():
-            q.data = params[name].data[k]
+            q.set_(params[name][k])
         for name, _ in run.model.named_buffers():
             put_buffer(run.model, name, buffers[name][k])
 
 
 def put_buffer(module: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
-    """Make `tensor` the buffer `name` (dotted, as named_buffers names it) of `module`."""
+    """Make `tensor` the buffer `name` (dotted, as named_buffers names it) of `module`; assigning a registered
+    buffer's name replaces it and keeps whether it is saved in the state dict."""
     owner, _, leaf = name.rpartition(".")
-    module.get_submodule(owner)._buffers[leaf] = tensor
+    setattr(module.get_submodule(owner), leaf, tensor)
 
 
 def stacked_optimizer(runs, params: dict) -> StackedOptimizer:

@@ -100,9 +100,9 @@ def requeue_on_preemption(signum: int) -> None:
     """After a stop by submitit's preemption signal has written last.pt: let submitit's handler (restored when
     training ended) checkpoint this job and requeue it; it exits the process, or raises when it does not requeue
     (timed out more than `max_num_timeout` times)."""
-    from submitit.core.job_environment import JobEnvironment
+    from losslab.training.runtime import preemption_signal  # imports torch, which the launcher's process does without
 
-    if signum != JobEnvironment._usr_sig():
+    if signum != preemption_signal():
         return
     handler = signal.getsignal(signum)
     if callable(handler):
@@ -110,9 +110,9 @@ def requeue_on_preemption(signum: int) -> None:
 
 
 def ignore_preemption() -> None:
-    from submitit.core.job_environment import JobEnvironment
+    from losslab.training.runtime import preemption_signal
 
-    signal.signal(JobEnvironment._usr_sig(), signal.SIG_IGN)
+    signal.signal(preemption_signal(), signal.SIG_IGN)
 
 
 def wait_for_tasks(jobs: list, poll_s: float) -> None:
@@ -147,19 +147,29 @@ def active_tasks(array_ids: list[str]) -> set[str] | None:
 
 
 def read_result(job) -> JobReturn | list[JobReturn] | str | None:
-    """What the task returned (a JobReturn, or a list of them for a stack); the error text when it raised; None
-    when it wrote nothing (killed, cancelled)."""
-    from submitit.core.utils import pickle_load
+    """What the task returned (a JobReturn, or a list of them for a stack); the last line of its error when it
+    raised; None when it wrote nothing (killed, cancelled). Asks the result file before `job.result()`, whose wait
+    would ask accounting about a task that wrote none."""
+    from submitit.core.utils import FailedJobError
 
     deadline = time.monotonic() + 15  # a shared filesystem may show the file late
     while not job.paths.result_pickle.exists() and time.monotonic() < deadline:
         time.sleep(1)
     if not job.paths.result_pickle.exists():
         return None
-    outcome, value = pickle_load(job.paths.result_pickle)
-    if outcome == "success":
-        return value
-    return str(value).strip().splitlines()[-1] if value else "error"
+    try:
+        return job.result()
+    except FailedJobError as e:
+        return error_line(str(e))
+
+
+def error_line(message: str) -> str:
+    """The last line of the task's traceback in submitit's FailedJobError message (the trace between two lines of
+    dashes), else the message's first line."""
+    lines = [line.strip() for line in message.strip().splitlines()]
+    rules = [i for i, line in enumerate(lines) if line and set(line) == {"-"}]
+    trace = lines[rules[0] + 1:rules[1]] if len(rules) >= 2 else []
+    return next((line for line in reversed(trace) if line), lines[0] if lines else "error")
 
 
 def final_state(task: str) -> str:

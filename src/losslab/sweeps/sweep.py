@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,7 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from losslab.reporting.report import write_report
 
+        release_idle_workers()
         sweep_dir = Path(config.hydra.sweep.dir)
         if str(config.hydra.sweep.dir) in ANNOUNCERS:
             ANNOUNCERS.pop(str(config.hydra.sweep.dir)).stop()
@@ -144,6 +146,15 @@ class SweepCallback(Callback):
               + (f"; continue the {left} left with: {continue_command(sweep_dir)}" if left else ""), flush=True)
         if left:
             raise SystemExit(1)
+
+
+def release_idle_workers() -> None:
+    """joblib's worker processes (hydra/launcher=joblib) wait 300 s for more work after the sweep, holding the
+    command's output open and its process alive: the sweep's jobs are done, so they are shut down now."""
+    if "joblib" in sys.modules:
+        from joblib.externals.loky import get_reusable_executor
+
+        get_reusable_executor().shutdown(wait=True)
 
 
 def missing_figures_drawn(sweep_dir: Path):

@@ -10,9 +10,9 @@ from losslab.evaluation.evaluate import save_predictions
 from losslab.records.provenance import provenance, versions
 from losslab.records.summary import write_summary
 from losslab.training.checkpoint import rng_states, save_checkpoint, snapshot
+from losslab.training.hooks import emit
 from losslab.training.progress import rounded
 from losslab.training.runs import Group, Run
-from losslab.training.runtime import stop_point
 
 log = logging.getLogger("losslab")
 SPLITS = ("train", "val", "test")
@@ -76,7 +76,7 @@ def final_evaluation(group: Group, k: int, status: str, diverged_at: int | None,
     run.logger.scalars({k: v for k, v in final.items() if k.startswith("test/")
                         or (k.startswith("train/") and k not in ("train/loss", "train/acc"))}, group.position.step)
     run.logger.row(final)
-    stop_point("finish", group.position.step)
+    emit("finish", group.position.step, group.numbers)
     return final
 
 

@@ -35,19 +35,21 @@ from losslab.training.finish import (
     record_interruption,
     save_last,
 )
+from losslab.training.hooks import emit
 from losslab.training.progress import ProgressLines, log_evaluation, progress_bar
 from losslab.training.run_logger import RunLogger
 from losslab.training.runs import Group, Job, Progress, Run, build_run, loss_limit, step_counts
-from losslab.training.runtime import catch_stop_signals, pick_device, stop_point, use_float32_math
+from losslab.training.runtime import catch_stop_signals, pick_device, use_float32_math
 
 log = logging.getLogger("losslab")
 DIVERGENCE_CHECK_EVERY = 50  # steps between reads of the divergence flags (besides every evaluation)
 
 
 def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: bool = False,
-        overrides: list[str] | None = None) -> dict:
-    """Train, validate and test one config in `run_dir`; returns its summary (see fit_group)."""
-    return fit_group([Job(cfg, run_dir, hparams or {}, overrides, resume)])[0]
+        overrides: list[str] | None = None, number: int | None = None) -> dict:
+    """Train, validate and test one config in `run_dir` (job `number` of a sweep); returns its summary (see
+    fit_group)."""
+    return fit_group([Job(cfg, run_dir, hparams or {}, overrides, resume, number)])[0]
 
 
 def fit_group(jobs: list[Job], conv_on_cpu: bool = False) -> list[dict]:
@@ -83,7 +85,7 @@ def train_group(jobs: list[Job], received: list[int], conv_on_cpu: bool) -> list
     blown_up = torch.zeros(len(group.runs), dtype=torch.bool, device=group.device)  # a loss not finite or too big
     bar = progress_bar(settings.progress, total_steps, position.step)
     lines = ProgressLines(bar, steps_per_epoch, eval_interval, total_steps, position.step)
-    group.train_started, first_step = time.perf_counter(), position.step
+    group.train_started, first_step, numbers = time.perf_counter(), position.step, group.numbers
     while position.step < total_steps and group.running:
         if group.orders is None:
             group.orders = torch.stack([torch.randperm(n_train, device=group.device, generator=run.order_gen)
@@ -96,7 +98,7 @@ def train_group(jobs: list[Job], received: list[int], conv_on_cpu: bool) -> list
                 raise Interrupted(received[0])
             x, y = batch_at(group, start, batch_size, batches, augmenting)
             values = group.stepper.step(x, y, batches == 1, position.epoch)  # (M, 2 + L)
-            stop_point("step", position.step + 1)
+            emit("step", position.step + 1, numbers)
             position.pending.append(values)
             position.pending_sizes.append(y.shape[-1])
             blown_up |= ~(values[:, 0].abs() <= loss_limits)  # NaN compares false
@@ -112,7 +114,7 @@ def train_group(jobs: list[Job], received: list[int], conv_on_cpu: bool) -> list
             finish_diverged(group, blown_up.tolist())  # a host sync, at most every DIVERGENCE_CHECK_EVERY steps
             if evaluating and group.running:
                 evaluate_running(group)
-                stop_point("eval", position.step)
+                emit("eval", position.step, numbers)
                 if bar is not None and len(group.runs) > 1:
                     bar.set_postfix({"running": len(group.running)})
             if last_of_run or not group.running:
@@ -193,7 +195,7 @@ def batch_at(group: Group, start: int, batch_size: int, batches: int, augmenting
             x = augment(x, dataset.hflip, dataset.crop_padding, runs[0].order_gen)
         return x, y if len(runs) == 1 else y.expand(len(runs), -1)
     index = group.orders[::len(runs) // batches, start:start + batch_size]
-    # index_select gathers whole images at about 5x the speed of indexing with a 2-d index
+    # index_select gathers whole images, several times faster than indexing with a 2-d index
     x = data.train_x.index_select(0, index.flatten()).unflatten(0, index.shape)
     y = data.train_y[index]
     if augmenting:
@@ -278,7 +280,7 @@ def end_epoch(group: Group) -> None:
     for k in group.running:
         end_epoch_of(group.runs[k], position)
     position.epoch, position.batch, group.orders = position.epoch + 1, 0, None
-    stop_point("epoch", position.epoch)
+    emit("epoch", position.epoch, group.numbers)
     for k in group.running:
         save_last(group, k)
     group.stepper.sync_lrs()

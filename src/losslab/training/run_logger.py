@@ -14,10 +14,10 @@ import io
 from pathlib import Path
 from typing import Any
 
-import google_crc32c
 from omegaconf import DictConfig, OmegaConf
 
 from losslab.fileio import atomic_write
+from losslab.training import tensorboard_adapter
 
 SPLITS = ("train", "val", "test")
 METRICS = ("loss", "acc", "nll", "brier", "ece", "entropy")
@@ -52,15 +52,15 @@ class RunLogger:
         self.csv_path = run_dir / "metrics.csv"
         self.columns = [*COLUMNS, *loss_columns]
         if resume_rows is not None:
-            self.writer = hold_event_file_open(SummaryWriter(log_dir=str(run_dir), max_queue=1000,
-                                                             purge_step=resume_step + 1))
+            self.writer = SummaryWriter(log_dir=str(run_dir), max_queue=1000, purge_step=resume_step + 1)
+            tensorboard_adapter.hold_event_file_open(self.writer)
             self._truncate_csv(resume_rows)
             self.rows = resume_rows
             return
         # a fresh start over an attempt that left no checkpoint: TensorBoard drops that attempt's events
         earlier = any(run_dir.glob("events.out.tfevents.*"))
-        self.writer = hold_event_file_open(SummaryWriter(log_dir=str(run_dir), max_queue=1000,
-                                                         purge_step=0 if earlier else None))
+        self.writer = SummaryWriter(log_dir=str(run_dir), max_queue=1000, purge_step=0 if earlier else None)
+        tensorboard_adapter.hold_event_file_open(self.writer)
         self.writer.add_text("config", "```yaml\n" + OmegaConf.to_yaml(cfg, resolve=True) + "```", 0)
         _, session_start, session_end = hparams_summary(hparams, {})
         for summary in (session_start, session_end):
@@ -75,17 +75,16 @@ class RunLogger:
         write_csv(self.csv_path, [self.columns, *kept])
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        """All `values` at `step` as one event (a sweep logs train/loss and train/acc of every job every step:
-        one event per value costs twice as much)."""
+        """All `values` at `step` as one event (a sweep logs train/loss and train/acc of every job every step,
+        and each event is a record to checksum and write: scripts/bench_events.py compares one event per value)."""
         Summary = self.Summary
         summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()])
         self.writer.file_writer.add_summary(summary, step)
 
     def flush(self) -> None:
         """Wait until the events handed over so far are written. TensorBoard's writer writes in a thread per
-        run that opens the event file for every event; several such threads at work at once take turns on the
-        GIL at every open, which made a 16-run burst of events 2.3x slower than the runs written one at a time
-        (and slowed the training loop beside them), so a group flushes each run's burst before the next's."""
+        run; several such threads at work at once take turns on the GIL, which slows a burst of events from many
+        runs (and the training loop beside them), so a group flushes each run's burst before the next's."""
         self.writer.flush()
 
     def row(self, values: dict[str, float]) -> None:
@@ -101,44 +100,13 @@ class RunLogger:
 
 def import_tensorboard():
     """torch's SummaryWriter, its hparams summary and TensorBoard's Summary proto; TensorBoard's record writer
-    checksums with C code (checksum_in_c)."""
+    checksums with C code where the installed TensorBoard allows (tensorboard_adapter.checksum_in_c)."""
     from tensorboard.compat.proto.summary_pb2 import Summary
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
 
-    checksum_in_c()
+    tensorboard_adapter.checksum_in_c()
     return SummaryWriter, hparams, Summary
-
-
-def checksum_in_c() -> None:
-    """Give TensorBoard's record writer google-crc32c's C CRC-32C. Without TensorFlow, TensorBoard computes every
-    event record's two checksums in pure Python, a third of what writing an event costs (50 -> 35 µs an event; a
-    64-job stack writes 83,000). The checksums are the same; TensorBoard's reader verifies them with its own."""
-    from tensorboard.summary.writer import record_writer
-
-    if google_crc32c.implementation == "c":  # its pure-Python fallback would be no faster
-        record_writer.masked_crc32c = masked_crc32c
-
-
-def hold_event_file_open(writer):
-    """`writer` (a SummaryWriter) with its event file held open. Without TensorFlow, TensorBoard writes through its
-    stand-in for tf.io.gfile, whose GFile opens the file again for every record it appends: 27 µs an event here,
-    13 with the file held open (a 64-job stack writes 83,000). The file is opened once, to append, unbuffered, so
-    each record is still one write() as before; TensorBoard's thread, queue and record format are unchanged."""
-    from tensorboard.compat.tensorflow_stub.io.gfile import GFile
-
-    event_writer = writer.file_writer.event_writer
-    record_writer = event_writer._async_writer._writer
-    if isinstance(record_writer._writer, GFile) and "://" not in event_writer._file_name:  # a local file
-        event_writer.flush()  # what was queued goes through the GFile first: its first write created the file
-        record_writer._writer = open(event_writer._file_name, "ab", buffering=0)
-    return writer
-
-
-def masked_crc32c(data: bytes) -> int:
-    """A TFRecord's masked CRC-32C: the CRC-32C rotated right by 15 bits, plus 0xa282ead8, mod 2³²."""
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def append_csv_row(path: Path, values: list) -> None:

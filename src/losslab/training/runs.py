@@ -23,14 +23,15 @@ from losslab.training.runtime import memory_format, seed_everything
 
 @dataclass
 class Job:
-    """One config to train: its resolved config, run dir, HParams, command-line overrides, and whether it
-    continues from the run dir's checkpoints/last.pt."""
+    """One config to train: its resolved config, run dir, HParams, command-line overrides, whether it
+    continues from the run dir's checkpoints/last.pt, and its job number in a sweep (None outside one)."""
 
     cfg: DictConfig
     run_dir: Path
     hparams: dict = field(default_factory=dict)
     overrides: list[str] | None = None
     resume: bool = False
+    number: int | None = None
 
 
 
@@ -85,6 +86,11 @@ class Group:
     orders: torch.Tensor | None = None  # (M, n_train): each run's data order this epoch
     train_started: float = field(default_factory=time.perf_counter)
     samples_at_start: int = 0
+
+    @property
+    def numbers(self) -> tuple[int | None, ...]:
+        """The job numbers of its runs, as losslab.training.hooks passes them on."""
+        return tuple(run.job.number for run in self.runs)
 
 
 def build_run(job: Job, device: torch.device, data=None) -> tuple[Run, object]:

@@ -1,5 +1,5 @@
 """What a run sets up before it trains: the device, the cores, seeds, float precision, and the signals that
-stop it between two steps (with the stop points the tests use to stop it at a chosen place)."""
+stop it between two steps."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import logging
 import os
 import random
 import signal
-import time
 
 import numpy as np
 import torch
@@ -65,10 +64,14 @@ def memory_format(model: torch.nn.Module, device: torch.device) -> torch.memory_
 
 
 def stop_signals() -> tuple[int, ...]:
-    """Ctrl-C, SIGTERM (kill, scancel, a time limit) and submitit's preemption signal (USR2 unless
-    SUBMITIT_PREEMPT_SIGNAL names another), sent before a Slurm time limit or on preemption."""
-    preempt = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG"))
-    return signal.SIGINT, signal.SIGTERM, preempt
+    """Ctrl-C, SIGTERM (kill, scancel, a time limit) and submitit's preemption signal."""
+    return signal.SIGINT, signal.SIGTERM, preemption_signal()
+
+
+def preemption_signal() -> int:
+    """submitit's preemption signal, sent before a Slurm time limit or on preemption: USR2 unless the documented
+    SUBMITIT_PREEMPT_SIGNAL names another."""
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG"))
 
 
 RECEIVED: list[int] = []  # the stop signals caught while catch_stop_signals holds
@@ -91,47 +94,6 @@ def catch_stop_signals():
             signal.signal(signum, handler)
 
 
-# tests only: "<action> <point> <step|any> [job=<n>]", several separated by `;`
-STOP_AT = [spec.split() for spec in os.environ.get("LOSSLAB_TEST_STOP_AT", "").split(";") if spec.strip()]
-STACK: list[int] = []  # the job numbers of the stack this process trains (hydra/launcher=stacked), else empty
-
-
-def stop_point(point: str, step: int) -> None:
-    """Where the tests stop a run at a chosen place: `LOSSLAB_TEST_STOP_AT="SIGKILL eval 8"` sends this process
-    SIGKILL when step 8's evaluation has been written; `sleep=0.5 step any` sleeps half a second after every step
-    (a run that takes long on any machine); `wait eval 8` naps there until a stop signal has been caught (a
-    cancel's SIGTERM, a preemption's USR2: unlike SIGSTOP then SIGCONT, whose order of handling against the other
-    signal depends on which thread takes it, the run stops at this very step); `job=1` restricts a spec to job 1
-    of a sweep, or to the stack that holds job 1 (the whole stack, and so every member, stops there). Points:
-    `step` (after the update, before any bookkeeping), `eval` (the evaluation row written), `epoch` (an epoch's
-    end, before last.pt), `finish` (the final row written, before best.pt and summary.json; any step)."""
-    for action, where, when, *job in STOP_AT:
-        if where != point or when not in (str(step), "any") or (job and job[0] not in
-                                                                  {f"job={n}" for n in these_jobs()}):
-            continue
-        if action.startswith("sleep="):
-            time.sleep(float(action.removeprefix("sleep=")))
-        elif action == "wait":
-            while not RECEIVED:  # the main thread runs the handler between naps, whichever thread took the signal
-                time.sleep(0.01)
-        else:
-            os.kill(os.getpid(), getattr(signal, action))
-
-
-def these_jobs() -> list[int | None]:
-    """The job numbers this process trains now: a stack's members, else the job of Hydra's current config."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if STACK:
-        return STACK
-    return [HydraConfig.get().job.num if HydraConfig.initialized() else None]
-
-
-@contextlib.contextmanager
-def training_stack(numbers: list[int]):
-    """While a stack of these job numbers trains (for `job=` in stop_point)."""
-    STACK[:] = numbers
-    try:
-        yield
-    finally:
-        STACK.clear()
+def stop_requested() -> bool:
+    """Whether a stop signal has been caught since catch_stop_signals began (the run stops before its next step)."""
+    return bool(RECEIVED)
