@@ -1,20 +1,34 @@
-"""Shared pytest fixtures. The real MNIST in the repo's data/ stays the default data root.
+"""Shared pytest fixtures, and the two tiers. The real MNIST in the repo's data/ stays the default data root.
+
+A test that starts a process or trains is marked `slow`, here, from what it uses (`pytest -m "not slow"` runs the
+rest, the fast tier): a fixture of SLOW_FIXTURES (`losslab` starts losslab's commands, `forks` runs code in a child
+process, `workers` lets losslab start worker processes, `trains` trains in this process, `slurm_cluster` runs jobs on
+a cluster), or, in its own code or the test code it calls, subprocess, multiprocessing, pty or submitit. Tests marked
+`slurm` are slow too.
 
 Tests marked `slurm` run jobs on a Slurm cluster (scripts/slurm/start-test-cluster.sh starts one on this machine):
-they are skipped where none answers, and fail instead with LOSSLAB_CI=1 (CI, where the cluster is mandatory).
+they are skipped where none answers, and fail instead with LOSSLAB_CI=1 (CI, where the cluster is mandatory). They
+share that one cluster, so under pytest-xdist they run one after another in one worker (`--dist loadgroup`).
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
+import multiprocessing
 import os
 import shutil
 import subprocess
+import types
 from pathlib import Path
 
 import pytest
-from commands import REPO
-from fixtures import Written, patch_cifar10_md5, write_cifar10, write_emnist_letters
+from helpers.commands import REPO, Commands
+from helpers.fixtures import Written, patch_cifar10_md5, write_cifar10, write_emnist_letters
+
+TESTS = Path(__file__).resolve().parent
+SLOW_FIXTURES = {"losslab", "forks", "workers", "trains", "slurm_cluster"}
+PROCESS_MODULES = {"subprocess", "multiprocessing", "pty", "submitit"}  # submitit: its executors start them
 
 SLURMDBD = REPO / "scripts" / "slurm" / "slurmdbd.sh"
 NO_CLUSTER = ("no Slurm cluster answers `sinfo`; start one with scripts/slurm/start-test-cluster.sh "
@@ -37,6 +51,72 @@ def slurm_cluster_problem() -> str | None:
     if not READY & set(nodes.values()):
         return f"{NO_CLUSTER} (no node takes jobs: {nodes or 'none listed'})"
     return None
+
+
+def starts_processes(function, seen: set) -> bool:
+    """Whether `function`, a function of these tests, or the tests' own functions, classes and fixtures it names
+    (followed to the end), names something of PROCESS_MODULES."""
+    function = inspect.unwrap(function)  # a fixture's or a context manager's own function
+    if (not isinstance(function, types.FunctionType) or function in seen
+            or not Path(function.__code__.co_filename).resolve().is_relative_to(TESTS)):
+        return False
+    seen.add(function)
+    codes = [function.__code__]
+    for code in codes:  # the function's own code and that of the functions and lambdas defined inside it
+        codes += [const for const in code.co_consts if isinstance(const, types.CodeType)]
+        for name in code.co_names:
+            value = function.__globals__.get(name)
+            owner = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
+            if isinstance(owner, str) and owner.partition(".")[0] in PROCESS_MODULES:
+                return True
+            named = [getattr(v, "__func__", v) for v in vars(value).values()] if isinstance(value, type) else [value]
+            if any(starts_processes(v, seen) for v in named):
+                return True
+    return False
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Marks `slow` each test that starts a process or trains (see the module's docstring); a Slurm test also joins
+    the one xdist group that runs them all in one worker."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        module = vars(item.module) if getattr(item, "module", None) else {}
+        code = [getattr(item, "function", None), *(module.get(name) for name in fixtures)]  # and its module's fixtures
+        seen: set = set()
+        if (SLOW_FIXTURES & fixtures or item.get_closest_marker("slurm")
+                or any(starts_processes(function, seen) for function in code if function is not None)):
+            item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+
+
+@pytest.fixture(scope="session")
+def losslab() -> Commands:
+    """losslab's commands in fresh processes, as a user runs them (tests/helpers/commands.py)."""
+    return Commands()
+
+
+@pytest.fixture(scope="session")
+def forks() -> multiprocessing.context.BaseContext:
+    """multiprocessing's fork context: code run in a child process (one to kill, or one that holds a lock)."""
+    return multiprocessing.get_context("fork")
+
+
+@pytest.fixture(scope="session")
+def workers() -> int:
+    """How many worker processes the code under test may start (a sweep's figure pool)."""
+    return 2
+
+
+@pytest.fixture(scope="session")
+def trains():
+    """losslab.training.loop.fit, for a test whose time goes to training: epochs on real data, a model trained until
+    it has learnt something, or VGG-5, whose one batch on the CPU costs as much. A few steps of a small model on
+    small data are not such training: a fast test calls `fit` itself."""
+    from losslab.training.loop import fit
+
+    return fit
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -4,7 +4,6 @@ modules, and no module over MAX_LINES lines."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,9 +13,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 MAX_LINES = 400
 
 
-def test_the_layering_contract_is_kept():
+def test_the_layering_contract_is_kept(losslab):
     lint_imports = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
-    done = subprocess.run([lint_imports, "--no-cache"], cwd=SRC.parent, capture_output=True, text=True, timeout=120)
+    done = losslab.run(lint_imports, "--no-cache", cwd=SRC.parent, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "0 broken" in done.stdout
 

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from commands import run, summary
+from helpers.commands import summary
 from omegaconf import OmegaConf
 
 from losslab.evaluation.calibration import T_MAX, T_MIN, calibrate, fit_temperature, metrics_of
@@ -95,11 +95,11 @@ def test_the_report_reads_the_calibrated_metrics(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, losslab):
     """A tiny finished run, trained as a user trains one."""
     home = tmp_path_factory.mktemp("home")
-    done = run("losslab-train", "dataset=synthetic", "dataset.noise=150", "model=linear", "trainer.epochs=1",
-               "trainer.progress=log", "trainer.figures=false", "hydra.run.dir=run", cwd=home)
+    done = losslab.run("losslab-train", "dataset=synthetic", "dataset.noise=150", "model=linear", "trainer.epochs=1",
+                       "trainer.progress=log", "trainer.figures=false", "hydra.run.dir=run", cwd=home)
     assert done.returncode == 0, done.stderr[-3000:]
     return home / "run"
 
@@ -108,9 +108,8 @@ def finite_numbers(values: dict) -> dict:
     return {key: value for key, value in values.items() if isinstance(value, float) and math.isfinite(value)}
 
 
-@pytest.mark.slow
-def test_calibrate_command_writes_the_temperature_and_the_metrics_before_and_after(trained):
-    done = run("losslab-eval", "run", "--calibrate", cwd=trained.parent)
+def test_calibrate_command_writes_the_temperature_and_the_metrics_before_and_after(trained, losslab):
+    done = losslab.run("losslab-eval", "run", "--calibrate", cwd=trained.parent)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
     result = json.loads((trained / CALIBRATION).read_text())
     numbers = [key for key in result if key not in ("calibration/probs", "checkpoint")]
@@ -124,12 +123,11 @@ def test_calibrate_command_writes_the_temperature_and_the_metrics_before_and_aft
     assert f"temperature {result['calibration/temperature']:.4g}" in done.stdout
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("spoil, says", [
     ("val_from=test", "dataset.val_from=test"),
     ("no checkpoint", "has no checkpoints/last.pt"),
 ])
-def test_calibrate_bad_input_is_one_sentence(trained, tmp_path, spoil, says):
+def test_calibrate_bad_input_is_one_sentence(trained, tmp_path, spoil, says, losslab):
     copy = shutil.copytree(trained, tmp_path / "run", ignore=shutil.ignore_patterns("eval"))
     if spoil == "val_from=test":
         cfg = OmegaConf.load(copy / ".hydra" / "config.yaml")
@@ -137,7 +135,7 @@ def test_calibrate_bad_input_is_one_sentence(trained, tmp_path, spoil, says):
         OmegaConf.save(cfg, copy / ".hydra" / "config.yaml")
     else:
         shutil.rmtree(copy / "checkpoints")
-    done = run("losslab-eval", "run", "--calibrate", cwd=tmp_path)
+    done = losslab.run("losslab-eval", "run", "--calibrate", cwd=tmp_path)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("losslab-eval: error: ") and says in lines[0], done.stderr

@@ -3,18 +3,18 @@
 import json
 import math
 import os
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
 import pytest
-from commands import REPO, losslab_train, run
-from tb_events import hparams, read_events
+from helpers.commands import REPO
+from helpers.tb_events import hparams, read_events
 
 from losslab.data.mnist import MNIST_FILES
 
 
-def test_a_debug_run_imports_only_what_it_uses(tmp_path):
+def test_a_debug_run_imports_only_what_it_uses(tmp_path, losslab):
     """trainer=debug draws no figures and reads MNIST from its cache: no matplotlib, no torchvision, no launcher
     plugins."""
     probe = (
@@ -24,17 +24,17 @@ def test_a_debug_run_imports_only_what_it_uses(tmp_path):
         "try:\n    train()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
         "print(' '.join(sorted({name.split('.')[0] for name, module in sys.modules.items() if module is not None})))\n"
     )
-    losslab_train("trainer=debug", cwd=tmp_path)  # builds the MNIST cache, as the user's first run would
-    result = run(sys.executable, "-c", probe, cwd=tmp_path)
+    losslab.train("trainer=debug", cwd=tmp_path)  # builds the MNIST cache, as the user's first run would
+    result = losslab.run(sys.executable, "-c", probe, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     imported = set(result.stdout.splitlines()[-1].split())
     assert {"torch", "hydra", "tensorboard", "losslab"} <= imported  # it did train and log
     assert not imported & {"matplotlib", "torchvision", "joblib", "submitit", "optuna"}
 
 
-def test_main_job_writes_a_complete_run(tmp_path):
+def test_main_job_writes_a_complete_run(tmp_path, losslab):
     """The README's main job: `losslab-train` with no arguments, from any directory, offline."""
-    result = losslab_train(cwd=tmp_path)
+    result = losslab.train(cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (run_dir,) = (tmp_path / "outputs").glob("*/*")
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -82,7 +82,7 @@ def write_truncated_mnist(root: Path) -> Path:
     "case",
     ["unknown key", "wrong type", "negative lr", "bce on 10 classes", "missing data file", "truncated data file"],
 )
-def test_user_mistakes_get_one_sentence_and_nonzero_exit(case, tmp_path):
+def test_user_mistakes_get_one_sentence_and_nonzero_exit(case, tmp_path, losslab):
     empty, broken = tmp_path / "empty", tmp_path / "broken"
     empty.mkdir()
     args, expected = {
@@ -95,23 +95,32 @@ def test_user_mistakes_get_one_sentence_and_nonzero_exit(case, tmp_path):
     }[case]
     if case == "truncated data file":
         expected = str(write_truncated_mnist(broken))
-    result = losslab_train(*args, "trainer=debug", cwd=tmp_path)
+    result = losslab.train(*args, "trainer=debug", cwd=tmp_path)
     assert result.returncode != 0
     assert expected in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert len(result.stderr.strip().splitlines()) <= 6, result.stderr
 
 
-def test_full_error_shows_the_traceback(tmp_path):
+def test_python_m_losslab_runs_the_train_command(monkeypatch):
+    """`python -m losslab` is `losslab-train`: its __main__ calls the console script's function (which the test below
+    runs as a process)."""
+    called = []
+    monkeypatch.setattr("losslab.commands.cli.train_command", lambda: called.append("train_command"))
+    runpy.run_module("losslab", run_name="__main__")
+    assert called == ["train_command"]
+
+
+def test_full_error_shows_the_traceback(tmp_path, losslab):
     env = dict(os.environ, HYDRA_FULL_ERROR="1")
-    result = subprocess.run([sys.executable, "-m", "losslab", "optimizer.lr=-1"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = losslab.run(sys.executable, "-m", "losslab", "optimizer.lr=-1", cwd=tmp_path, env=env, timeout=300)
     assert result.returncode != 0 and "Traceback" in result.stderr and "optimizer.lr must be > 0" in result.stderr
 
 
 @pytest.mark.parametrize(("ending", "status", "stderr"),
                          [("None", 0, ""), ("3", 3, ""), ("'a sentence'", 1, "a sentence")])
-def test_the_command_ends_with_mains_status_after_flushing_logs_and_exit_handlers(ending, status, stderr, tmp_path):
+def test_the_command_ends_with_mains_status_after_flushing_logs_and_exit_handlers(ending, status, stderr, tmp_path,
+                                                                                  losslab):
     """losslab-train's process (cli.train_command) ends with the exit status of its main, and log handlers and
     atexit handlers have run, so nothing written is lost."""
     probe = (
@@ -126,7 +135,7 @@ def test_the_command_ends_with_mains_status_after_flushing_logs_and_exit_handler
         "losslab.commands.cli.train_command()\n"
         "print('not reached')\n"
     )
-    result = run(sys.executable, "-c", probe, cwd=tmp_path)
+    result = losslab.run(sys.executable, "-c", probe, cwd=tmp_path)
     assert (result.returncode, result.stdout, result.stderr.strip()) == (status, "printed", stderr)
     assert "logged before the end" in (tmp_path / "run.log").read_text()
     assert (tmp_path / "atexit.txt").read_text() == "ran"

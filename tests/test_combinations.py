@@ -21,8 +21,7 @@ COMBINATIONS = [
 ]
 
 
-@pytest.mark.parametrize("dataset, model, loss", COMBINATIONS)
-def test_one_debug_batch(dataset, model, loss, fixture_root, tmp_path):
+def one_debug_batch(fit, dataset, model, loss, fixture_root, tmp_path):
     overrides = [f"dataset={dataset}", f"model={model}", f"loss={loss}", "trainer=debug", "trainer.progress=log",
                  "trainer.batch_size=16", "trainer.eval_batch_size=32"]
     if dataset in ("cifar10", "emnist_letters"):
@@ -31,3 +30,14 @@ def test_one_debug_batch(dataset, model, loss, fixture_root, tmp_path):
     assert summary["status"] == "completed" and summary["steps"] == 1
     assert all(math.isfinite(summary["final"][f"{s}/loss"]) for s in ("train", "val", "test"))
     assert (tmp_path / "checkpoints" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("dataset, model, loss", [c for c in COMBINATIONS if c[1] != "vgg5"])
+def test_one_debug_batch(dataset, model, loss, fixture_root, tmp_path):
+    one_debug_batch(fit, dataset, model, loss, fixture_root, tmp_path)
+
+
+@pytest.mark.parametrize("dataset, model, loss", [c for c in COMBINATIONS if c[1] == "vgg5"])
+def test_one_debug_batch_of_vgg5(dataset, model, loss, fixture_root, tmp_path, trains):
+    """VGG-5's one batch on the CPU costs what training a small model for epochs does: `trains` (the slow tier)."""
+    one_debug_batch(trains, dataset, model, loss, fixture_root, tmp_path)

@@ -3,15 +3,14 @@
 import pytest
 
 from losslab.commands.cli import compose
-from losslab.training.loop import fit
 
 
 # softmax: the course's ~92 % within 1 point (the agreement rule of docs/results); seeds and devices (the data
 # order is drawn on the device) land between 91.3 and 91.7 %
 @pytest.mark.parametrize("experiment, threshold", [("tdt4265_logistic", 0.975), ("tdt4265_softmax", 0.91)])
-def test_course_protocol_accuracy(experiment, threshold, tmp_path):
+def test_course_protocol_accuracy(experiment, threshold, tmp_path, trains):
     cfg = compose([f"experiment={experiment}", "trainer.progress=log"])
-    summary = fit(cfg, tmp_path)
+    summary = trains(cfg, tmp_path)
     assert summary["final"]["val/acc"] >= threshold
     if experiment == "tdt4265_logistic":
         assert summary["status"] == "early_stopped"  # patience 10 stops it before 50 epochs

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures import (
+from helpers.fixtures import (
     EMNIST_LETTERS_FILES,
     MNIST_FILES,
     write_cifar10,

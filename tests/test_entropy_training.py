@@ -3,8 +3,8 @@ MNIST, and the EMNIST VGG-5 presets."""
 
 import pytest
 import torch
-from commands import metrics_rows
-from tb_events import read_events
+from helpers.commands import metrics_rows
+from helpers.tb_events import read_events
 
 from losslab.commands.cli import compose
 from losslab.training.loop import fit
@@ -51,11 +51,11 @@ def test_fixed_loss_parameters_add_no_param_group():
     assert len(optimizer.param_groups) == 1 and not list(loss_fn.parameters())
 
 
-def test_even_odd_bce_baseline_and_entropy_gradient_on_real_mnist(tmp_path):
+def test_even_odd_bce_baseline_and_entropy_gradient_on_real_mnist(tmp_path, trains):
     short = ["trainer.epochs=3", "trainer.progress=log"]
-    bce = fit(compose(["experiment=even_odd_bce", *short]), tmp_path / "bce")
+    bce = trains(compose(["experiment=even_odd_bce", *short]), tmp_path / "bce")
     assert bce["final"]["test/acc"] >= 0.88
-    rule = fit(compose(["experiment=even_odd_entropy_gradient", *short]), tmp_path / "rule")
+    rule = trains(compose(["experiment=even_odd_entropy_gradient", *short]), tmp_path / "rule")
     assert rule["status"] == "completed"
     assert rule["final"]["test/acc"] < bce["final"]["test/acc"]  # label-free: expected near chance
     events = read_events(tmp_path / "rule")
@@ -68,18 +68,18 @@ def test_even_odd_bce_baseline_and_entropy_gradient_on_real_mnist(tmp_path):
 
 
 @pytest.mark.parametrize("experiment", ["emnist_vgg5_ce", "emnist_vgg5_min_ent", "emnist_vgg5_mix_ent"])
-def test_emnist_presets_train_a_debug_batch_on_fixture_files(experiment, fixture_root, tmp_path):
+def test_emnist_presets_train_a_debug_batch_on_fixture_files(experiment, fixture_root, tmp_path, trains):
     cfg = compose([f"experiment={experiment}", "trainer=debug", "trainer.progress=log", f"dataset.root={fixture_root}",
                    "dataset.download=false", "dataset.val_size=100", "trainer.batch_size=8",
                    "trainer.eval_batch_size=16"])
     assert cfg.optimizer.lr == 0.005 and cfg.model.dropout == 0.5 and list(cfg.dataset.mean) == [0.1307]
-    summary = fit(cfg, tmp_path)
+    summary = trains(cfg, tmp_path)  # VGG-5: its one batch counts as training, as in test_combinations.py
     assert summary["status"] == "completed" and summary["steps"] == 1
 
 
 @pytest.mark.parametrize("loss", ["ce", "min_ent", "mix_ent"])
-def test_vgg5_learns_synthetic_with_each_loss(loss, tmp_path):
+def test_vgg5_learns_synthetic_with_each_loss(loss, tmp_path, trains):
     cfg = compose([*SYNTH, "model=vgg5", f"loss={loss}", "optimizer=adam", "dataset.train_n=768",
                    "dataset.val_size=128", "dataset.test_n=256", "trainer.epochs=2", "trainer.batch_size=32"])
-    summary = fit(cfg, tmp_path)
+    summary = trains(cfg, tmp_path)
     assert summary["final"]["test/acc"] > 0.6  # 4 classes: chance is 0.25

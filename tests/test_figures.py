@@ -10,9 +10,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from commands import losslab_train, sweep
+from helpers.tb_events import read_events
 from omegaconf import OmegaConf
-from tb_events import read_events
 
 from losslab.commands.cli import compose
 from losslab.evaluation.metrics import ECE_BINS, SplitMetrics
@@ -181,12 +180,12 @@ def test_the_sweep_end_draws_the_jobs_without_figures(tmp_path):
     assert not (tmp_path / "2_seed=2" / "figures").exists()
 
 
-def test_a_sweeps_figures_drawn_by_worker_processes_equal_those_drawn_here(tmp_path):
+def test_a_sweeps_figures_drawn_by_worker_processes_equal_those_drawn_here(tmp_path, workers):
     jobs = [tmp_path / "pool" / f"{i}_seed={i}" for i in range(MIN_RUNS_FOR_POOL + 1)]
     for i, job in enumerate(jobs):
         make_run(job, status="diverged" if i == 2 else "completed", seed=i)
         shutil.copytree(job, tmp_path / "here" / job.name)
-    with runs_figures_drawn(jobs, workers=2):
+    with runs_figures_drawn(jobs, workers=workers):
         assert not any((job / "figures").exists() for job in jobs)  # drawn meanwhile, written at the end
     for job in jobs:
         here = tmp_path / "here" / job.name
@@ -268,12 +267,12 @@ def roughness(templates: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def mnist_runs(tmp_path_factory):
+def mnist_runs(tmp_path_factory, losslab):
     """{λ: run dir} of short linear MNIST runs for λ = 0 and 1, trained by `losslab-train`."""
     runs = {}
     for l2 in (0.0, 1.0):
         run_dir = tmp_path_factory.mktemp("runs") / f"l2_{l2}"
-        proc = losslab_train("model=linear", "trainer.epochs=1", "dataset.train_size=5000", "trainer.eval_every=0.25",
+        proc = losslab.train("model=linear", "trainer.epochs=1", "dataset.train_size=5000", "trainer.eval_every=0.25",
                              "optimizer.lr=0.1", f"trainer.l2={l2}", "trainer.progress=log", "trainer.device=cpu",
                              f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
         assert proc.returncode == 0, proc.stderr
@@ -296,9 +295,9 @@ def test_l2_makes_the_weight_templates_smoother(mnist_runs):
     assert rough[1.0] < 0.7 * rough[0.0], rough
 
 
-def test_a_multirun_draws_each_finished_jobs_figures_at_its_end(tmp_path):
-    proc = sweep("dataset=synthetic", "trainer.progress=log", "trainer.epochs=1", "optimizer.lr=0.3,0.1",
-                 f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+def test_a_multirun_draws_each_finished_jobs_figures_at_its_end(tmp_path, losslab):
+    proc = losslab.sweep("dataset=synthetic", "trainer.progress=log", "trainer.epochs=1", "optimizer.lr=0.3,0.1",
+                         f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.output
     for job in sorted((tmp_path / "sweep").glob("[0-9]*")):
         assert sorted(p.name for p in (job / "figures").iterdir()) == sorted(f"{kind}.png" for kind in KINDS)

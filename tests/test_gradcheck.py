@@ -1,7 +1,6 @@
 """losslab-gradcheck passes, fails on a wrong hand-derived gradient, and runs as a console script."""
 
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -62,11 +61,11 @@ def test_a_slightly_wrong_l2_gradient_fails(monkeypatch):
     assert failed == {(f"{name} linear + l2", "W") for name in ("ce", "bce", "mbce")}
 
 
-def test_console_script():
+def test_console_script(tmp_path, losslab):
     script = shutil.which("losslab-gradcheck") or str(Path(sys.executable).parent / "losslab-gradcheck")
     if not Path(script).exists():
         pytest.fail("losslab-gradcheck is not installed; run `pip install -e .`")
-    done = subprocess.run([script], capture_output=True, text=True, timeout=120)
+    done = losslab.run(script, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     losses = {loss.split()[0] for loss, _ in table_rows(done.stdout)}
     assert losses == set(LOSS_NAMES)

@@ -8,7 +8,7 @@ import signal
 import threading
 
 import pytest
-from commands import STOP_HOOK
+from helpers.commands import STOP_HOOK
 
 from losslab.commands.cli import compose
 from losslab.errors import Interrupted

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from commands import metrics_rows
+from helpers.commands import metrics_rows
 
 from losslab.commands.cli import compose
 from losslab.errors import ConfigError
@@ -44,7 +44,7 @@ def test_early_stopping_restores_the_best_weights(tmp_path):
     assert best_ckpt["step"] == summary["best"]["step"]
 
 
-def test_trainer_monitor_decides_which_evaluation_is_best(tmp_path):
+def test_trainer_monitor_decides_which_evaluation_is_best(tmp_path, trains):
     """Noisy synthetic data: val/acc tops out early while val/nll keeps falling, so the two criteria pick different
     evaluations; best.pt and the summary's best follow trainer.monitor (the first of equal values)."""
     common = [*SYNTH, "model=fnn", "dataset.noise=3.0", "optimizer.lr=0.5", "trainer.epochs=4",
@@ -52,7 +52,7 @@ def test_trainer_monitor_decides_which_evaluation_is_best(tmp_path):
     picked = {}
     for monitor, mode in (("val/nll", "min"), ("val/acc", "max")):
         run_dir = tmp_path / mode
-        summary = fit(compose([*common, f"trainer.monitor={monitor}", f"trainer.monitor_mode={mode}"]), run_dir)
+        summary = trains(compose([*common, f"trainer.monitor={monitor}", f"trainer.monitor_mode={mode}"]), run_dir)
         evals = metrics_rows(run_dir)[:-1]
         values = [float(r[monitor]) for r in evals]
         expected = int(evals[values.index((min if mode == "min" else max)(values))]["step"])
@@ -149,8 +149,8 @@ def test_l2_reaches_the_dual_linear_weights_but_not_its_bias(tmp_path):
         torch.testing.assert_close(trained[name], p.detach() - cfg.optimizer.lr * p.grad, rtol=1e-5, atol=1e-7)
 
 
-def test_learns_synthetic_well_above_chance(tmp_path):
-    summary = fit(compose([*SYNTH, "model=fnn", "trainer.epochs=3"]), tmp_path)
+def test_learns_synthetic_well_above_chance(tmp_path, trains):
+    summary = trains(compose([*SYNTH, "model=fnn", "trainer.epochs=3"]), tmp_path)
     assert summary["final"]["test/acc"] > 0.9  # 4 classes: chance is 0.25
 
 

@@ -15,7 +15,7 @@ import re
 import shlex
 
 import pytest
-from commands import losslab_train, summary
+from helpers.commands import summary
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
@@ -148,9 +148,8 @@ def fixture_sizes(data) -> list[str]:
     return sizes
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_an_experiment_trains_one_batch_from_a_fresh_dir(name, fixture_root, tmp_path):
+def test_an_experiment_trains_one_batch_from_a_fresh_dir(name, fixture_root, tmp_path, losslab):
     overrides = [f"experiment={name}", "trainer=debug"]
     data = compose(overrides).dataset
     source = TASKS[data.name][0]
@@ -159,7 +158,7 @@ def test_an_experiment_trains_one_batch_from_a_fresh_dir(name, fixture_root, tmp
         # is read here once, into the cache under the root (keyed by its files), which losslab-train then reads
         read_source(source, fixture_root, download=False)
         overrides += [f"dataset.root={fixture_root}", "dataset.download=false", *fixture_sizes(data)]
-    done = losslab_train(*overrides, cwd=tmp_path)
+    done = losslab.train(*overrides, cwd=tmp_path)
     assert done.returncode == 0, f"losslab-train {shlex.join(overrides)}\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
     (run_dir,) = (tmp_path / "outputs").glob("*/*")
     result = summary(run_dir)

@@ -2,48 +2,18 @@
 kept at the end; without one, lines within long epochs; a stacked sweep like single runs; all of it in cli.log."""
 
 import csv
-import fcntl
 import json
-import os
-import pty
 import re
 import shlex
 import signal
-import struct
-import termios
 import time
 from pathlib import Path
 
 import pytest
-from commands import losslab_train, start, user_env
 
 from losslab.records.job_dirs import job_dirs, job_number
 
 SHORT = ["dataset.train_size=2000", "trainer.epochs=2", "trainer.figures=false"]  # 16 steps of 128 per epoch
-
-
-def on_a_terminal(*args: str, cwd: Path) -> str:
-    """`losslab-train *args` with stdout and stderr on a 100-column pseudo-terminal; what it wrote there."""
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the terminal's size, then the real command
-        try:
-            os.chdir(cwd)
-            fcntl.ioctl(1, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-            os.execvpe("losslab-train", ["losslab-train", *args], user_env())
-        finally:
-            os._exit(127)
-    output = b""
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:  # the child closed the terminal
-            break
-        if not chunk:
-            break
-        output += chunk
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, output.decode()
-    return output.decode()
 
 
 def evaluated_steps(run_dir: Path) -> list[int]:
@@ -65,8 +35,8 @@ def evaluation_lines(text: str, job: str = "") -> list[int]:
                                              r"val/acc \S+\r?\n", text)]
 
 
-def test_on_a_terminal_each_evaluation_is_a_line_above_the_bar_and_in_cli_log(tmp_path):
-    screen = on_a_terminal(*SHORT, "trainer.eval_every=0.5", cwd=tmp_path)
+def test_on_a_terminal_each_evaluation_is_a_line_above_the_bar_and_in_cli_log(tmp_path, losslab):
+    screen = losslab.on_a_terminal(*SHORT, "trainer.eval_every=0.5", cwd=tmp_path)
     (run_dir,) = (tmp_path / "outputs").glob("*/*")
     steps = evaluated_steps(run_dir)
     assert steps == [8, 16, 24, 32]
@@ -77,8 +47,8 @@ def test_on_a_terminal_each_evaluation_is_a_line_above_the_bar_and_in_cli_log(tm
                      screen), screen[-600:]
 
 
-def test_without_a_terminal_a_line_every_tenth_of_an_epoch_between_evaluations(tmp_path):
-    result = losslab_train(*SHORT, cwd=tmp_path)
+def test_without_a_terminal_a_line_every_tenth_of_an_epoch_between_evaluations(tmp_path, losslab):
+    result = losslab.train(*SHORT, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (run_dir,) = (tmp_path / "outputs").glob("*/*")
     assert evaluation_lines(result.stdout) == evaluated_steps(run_dir) == [16, 32]
@@ -87,9 +57,9 @@ def test_without_a_terminal_a_line_every_tenth_of_an_epoch_between_evaluations(t
     assert result.stdout.count("\n") == len((run_dir / "cli.log").read_text().splitlines())
 
 
-def test_a_stacked_sweep_logs_each_jobs_evaluations_and_its_progress(tmp_path):
+def test_a_stacked_sweep_logs_each_jobs_evaluations_and_its_progress(tmp_path, losslab):
     sweep_dir = tmp_path / "s"
-    result = losslab_train("-m", "hydra/launcher=stacked", *SHORT, "seed=0,1", f"hydra.sweep.dir={sweep_dir}",
+    result = losslab.train("-m", "hydra/launcher=stacked", *SHORT, "seed=0,1", f"hydra.sweep.dir={sweep_dir}",
                            cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for job in job_dirs(sweep_dir):
@@ -104,14 +74,14 @@ def evaluated(sweep_dir: Path, num: int) -> bool:
 
 
 @pytest.mark.parametrize("launcher", ["basic", "stacked"])
-def test_ctrl_c_in_a_sweep_prints_the_tally_and_the_command_that_relaunches_it(launcher, tmp_path):
+def test_ctrl_c_in_a_sweep_prints_the_tally_and_the_command_that_relaunches_it(launcher, tmp_path, losslab):
     """Job 0 of the basic sweep finishes in 3 steps; SIGINT comes once the long job has logged an evaluation (its
     loop is running: the signal stops it at its next step)."""
     steps = "trainer.max_steps=3,100000" if launcher == "basic" else "trainer.max_steps=100000"
     args = ["-m", f"hydra/launcher={launcher}", "dataset.train_size=2000", "trainer.epochs=1000",
             "trainer.eval_every=0.5", "trainer.figures=false", steps, "seed=0,1" if launcher == "stacked" else "seed=0"]
     sweep_dir = tmp_path / "s"
-    proc = start(*args, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    proc = losslab.start(*args, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     long_job = 1 if launcher == "basic" else 0
     deadline = time.monotonic() + 300
     while not evaluated(sweep_dir, long_job):
@@ -125,9 +95,9 @@ def test_ctrl_c_in_a_sweep_prints_the_tally_and_the_command_that_relaunches_it(l
     assert f"losslab sweep {sweep_dir} stopped by signal 2: {tally}; run the rest with: {relaunch}\n" in output
 
 
-def test_a_submitit_sweep_says_where_the_jobs_output_goes_and_when_each_job_finishes(tmp_path):
+def test_a_submitit_sweep_says_where_the_jobs_output_goes_and_when_each_job_finishes(tmp_path, losslab):
     sweep_dir = tmp_path / "s"
-    result = losslab_train("-m", "hydra/launcher=submitit_local", "dataset=synthetic", "trainer.epochs=1",
+    result = losslab.train("-m", "hydra/launcher=submitit_local", "dataset=synthetic", "trainer.epochs=1",
                            "optimizer.lr=0.5,0.05", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

@@ -92,6 +92,9 @@ def readme_lines() -> list[Line]:
 
 
 LINES = readme_lines()
+# one newcomer's session runs the lines in order, and its Slurm lines share the cluster with the tests marked slurm:
+# under pytest-xdist all of them run in one worker (conftest's group of the Slurm tests)
+pytestmark = pytest.mark.xdist_group("slurm")
 
 
 # ---------------------------------------------------------------- running commands
@@ -492,7 +495,6 @@ def test_readme_shows_commands_and_every_one_has_a_rule():
     assert not uncovered, "\n".join(uncovered)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("line", LINES, ids=[f"{line.number}:{line.command}" for line in LINES])
 def test_readme_command_works_as_written(newcomer, line):
     failure = newcomer.outcome(line)

@@ -2,7 +2,6 @@
 determinism."""
 
 import json
-import multiprocessing
 import os
 import random
 import signal
@@ -11,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from commands import start, summary
-from tb_events import read_events
+from helpers.commands import summary
+from helpers.tb_events import read_events
 
 from losslab.commands.cli import compose
 from losslab.errors import UserError
@@ -23,10 +22,10 @@ from losslab.training.loop import fit
 from losslab.training.run_logger import append_csv_row
 
 
-def test_divergence_is_a_result_and_the_sweep_goes_on(tmp_path):
+def test_divergence_is_a_result_and_the_sweep_goes_on(tmp_path, losslab):
     sweep = tmp_path / "sweep"
-    proc = start("-m", "optimizer.lr=0.1,1e6,0.05", "trainer.epochs=1", "dataset.train_size=5000",
-                 "trainer.progress=log", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = losslab.start("-m", "optimizer.lr=0.1,1e6,0.05", "trainer.epochs=1", "dataset.train_size=5000",
+                         "trainer.progress=log", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     statuses = [summary(job_dir(sweep, i))["status"] for i in range(3)]
@@ -57,12 +56,11 @@ def _write_forever(folder: str, payload: torch.Tensor) -> None:
         step += 1
 
 
-def test_crash_injection_leaves_every_file_complete_or_absent(tmp_path):
+def test_crash_injection_leaves_every_file_complete_or_absent(tmp_path, forks):
     payload = torch.randn(1000, 1000)  # a 4 MB checkpoint: a kill lands inside a write most of the time
-    context = multiprocessing.get_context("fork")
     for attempt in range(25):
         folder = tmp_path / str(attempt)
-        writer = context.Process(target=_write_forever, args=(str(folder), payload))
+        writer = forks.Process(target=_write_forever, args=(str(folder), payload))
         writer.start()
         time.sleep(random.uniform(0.0, 0.4))
         os.kill(writer.pid, signal.SIGKILL)
@@ -77,8 +75,8 @@ def test_crash_injection_leaves_every_file_complete_or_absent(tmp_path):
                 assert line.endswith("\n") and len(line.split(",")) == 3
 
 
-def test_eight_runs_started_at_once_get_eight_run_dirs(tmp_path):
-    procs = [start("dataset=synthetic", "trainer=debug", "trainer.progress=log", cwd=tmp_path)
+def test_eight_runs_started_at_once_get_eight_run_dirs(tmp_path, losslab):
+    procs = [losslab.start("dataset=synthetic", "trainer=debug", "trainer.progress=log", cwd=tmp_path)
              for _ in range(8)]
     for proc in procs:
         out, _ = proc.communicate(timeout=600)
@@ -88,14 +86,14 @@ def test_eight_runs_started_at_once_get_eight_run_dirs(tmp_path):
     assert all(summary(d)["status"] == "completed" for d in run_dirs)
 
 
-def test_same_seed_deterministic_runs_write_identical_metrics(tmp_path):
+def test_same_seed_deterministic_runs_write_identical_metrics(tmp_path, trains):
     overrides = ["dataset=synthetic", "model=fnn", "model.dropout=0.3", "dataset.hflip=true", "dataset.crop_padding=2",
                  "trainer.epochs=3", "trainer.eval_every=0.5", "trainer.deterministic=true", "trainer.progress=log"]
     for name in ("a", "b"):
-        fit(compose(overrides), tmp_path / name)
+        trains(compose(overrides), tmp_path / name)
     assert (tmp_path / "a" / "metrics.csv").read_bytes() == (tmp_path / "b" / "metrics.csv").read_bytes()
     other = compose([*overrides, "seed=1"])
-    fit(other, tmp_path / "c")
+    trains(other, tmp_path / "c")
     assert (tmp_path / "c" / "metrics.csv").read_bytes() != (tmp_path / "a" / "metrics.csv").read_bytes()
 
 

@@ -9,7 +9,7 @@ import statistics
 from pathlib import Path
 
 import pytest
-from commands import losslab_train
+from helpers.report import PNG_SIGNATURE, write_job
 
 from losslab.errors import UserError
 from losslab.records.job_dirs import job_dir, job_dirs
@@ -17,23 +17,9 @@ from losslab.reporting.plots import parameter_figure
 from losslab.reporting.report import main, write_report
 from losslab.reporting.sweep_data import Config, Report, RunResult, read_curves
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HEADER = ["step", "epoch", "lr", "weights/sq_norm", "train/loss", "val/loss", "val/acc", "test/loss", "test/nll",
           "test/acc"]
 LOSSES, L2S, SEEDS = ("ce", "mbce"), ("0.001", "0.1"), (0, 1)
-
-
-def write_job(sweep: Path, job: int, overrides: list[str], summary: dict | None = None,
-              metrics_csv: str | None = None, name: str = "") -> Path:
-    """Job `job`'s dir, named `<job>_<name>` as losslab-train names it (`<job>` alone, as before names, without)."""
-    folder = sweep / (f"{job}_{name}" if name else str(job))
-    (folder / ".hydra").mkdir(parents=True)
-    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    if summary is not None:
-        (folder / "summary.json").write_text(json.dumps(summary))
-    if metrics_csv is not None:
-        (folder / "metrics.csv").write_text(metrics_csv)
-    return folder
 
 
 def metrics_csv(rng: random.Random, final: dict) -> str:
@@ -279,9 +265,9 @@ def test_bad_input_is_one_sentence(sweep, tmp_path, monkeypatch, capsys, case, e
     assert err.startswith("losslab-report: error: ") and err.count("\n") == 1 and expected in err
 
 
-def test_real_sweep(tmp_path, capsys):
+def test_real_sweep(tmp_path, capsys, losslab):
     sweep = tmp_path / "sweep"
-    done = losslab_train("-m", "dataset=synthetic", "optimizer.lr=0.1,0.01", "seed=0,1", "trainer.epochs=1",
+    done = losslab.train("-m", "dataset=synthetic", "optimizer.lr=0.1,0.01", "seed=0,1", "trainer.epochs=1",
                          "trainer.progress=log", f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr
     main([str(sweep)])

@@ -8,8 +8,8 @@ import re
 import statistics
 
 import pytest
+from helpers.report import PNG_SIGNATURE, write_job
 from scipy import stats
-from test_report import PNG_SIGNATURE, write_job
 
 from losslab.errors import UserError
 from losslab.reporting.plots import learned_curves, mean_trajectory

@@ -5,13 +5,12 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from fixtures import patch_cifar10_md5, write_cifar10, write_emnist_letters
+from helpers.fixtures import patch_cifar10_md5, write_cifar10, write_emnist_letters
 from study_pages.reproduce import main, portable, write_page
 from study_pages.studies import STUDIES
 
@@ -52,18 +51,24 @@ def expected_cell(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
-def test_course_logistic_page_table_is_the_mean_and_std_of_the_summaries(tmp_path):
+@pytest.fixture
+def reproduce(trains):
+    """scripts/reproduce.py's main: it runs a study's multiruns in this process, so it trains."""
+    return main
+
+
+def test_course_logistic_page_table_is_the_mean_and_std_of_the_summaries(tmp_path, reproduce):
     out, docs = tmp_path / "out", tmp_path / "docs"
     args = ["course_mnist", "--only", "logistic", "--out", str(out), "--docs", str(docs),
             "trainer.max_steps=3", "seed=0,1", "trainer.progress=log", "trainer.figures=false"]
-    assert main(args) == 0
+    assert reproduce(args) == 0
     page = docs / "course_mnist.md"
     first = page.read_text()
     page.write_text(first.replace("_To be written by whoever runs the study._", "Hand-written notes."))
 
     # rebuilt from the sweep dir alone, then checked against an independent recomputation
     (out / "course_mnist" / "logistic" / "report.csv").unlink()
-    assert main(["course_mnist", "--out", str(out), "--docs", str(docs), "--from-existing"]) == 0
+    assert reproduce(["course_mnist", "--out", str(out), "--docs", str(docs), "--from-existing"]) == 0
     rebuilt = page.read_text()
     assert "Hand-written notes." in rebuilt
     rows = page_tables(page)["Logistic regression, 2 vs 3, early stopping: shuffle vs no shuffle"]
@@ -82,13 +87,13 @@ def test_course_logistic_page_table_is_the_mean_and_std_of_the_summaries(tmp_pat
     assert "losslab-train -m experiment=tdt4265_logistic sweep=course_logistic hydra/launcher=stacked" in rebuilt
 
     # the same command again: every job is skipped and the table is the same
-    assert main(args) == 0
+    assert reproduce(args) == 0
     assert page_tables(page) == page_tables(docs / "course_mnist.md")
     assert re.sub(r"\d+\.\d min", "", page.read_text()) == re.sub(r"\d+\.\d min", "", rebuilt)
 
     # trained again from scratch with the same seeds: the same numbers
     fresh_out, fresh_docs = tmp_path / "fresh_out", tmp_path / "fresh_docs"
-    assert main([*args[:3], "--out", str(fresh_out), "--docs", str(fresh_docs), *args[7:]]) == 0
+    assert reproduce([*args[:3], "--out", str(fresh_out), "--docs", str(fresh_docs), *args[7:]]) == 0
     assert page_tables(fresh_docs / "course_mnist.md") == page_tables(page)
 
 
@@ -101,20 +106,21 @@ def data(tmp_path_factory) -> tuple[Path, dict]:
     return root, cifar.md5
 
 
-def run_on_fixture(study: str, data, tmp_path, monkeypatch, *args: str, checkpoints: bool = False) -> Path:
+def run_on_fixture(reproduce, study: str, data, tmp_path, monkeypatch, *args: str, checkpoints: bool = False) -> Path:
     """The study on the fixture data; `checkpoints` keeps the final weights the weight templates are drawn from."""
     root, md5 = data
     patch_cifar10_md5(monkeypatch, md5)  # reaches the jobs: reproduce.py runs the multiruns in this process
     tiny = [o for o in TINY if not (checkpoints and o.startswith("trainer.checkpoints="))]
-    assert main([study, "--data-root", str(root), "--no-download", "--out", str(tmp_path / "out"),
+    assert reproduce([study, "--data-root", str(root), "--no-download", "--out", str(tmp_path / "out"),
                  "--docs", str(tmp_path / "docs"), *tiny, *args]) == 0
     return tmp_path / "docs" / f"{study}.md"
 
 
-def test_cifar10_linear_end_to_end_on_fixture_data(data, tmp_path, monkeypatch):
+def test_cifar10_linear_end_to_end_on_fixture_data(data, tmp_path, monkeypatch, reproduce):
     # lr 0.001 only (3 of the 6 settings jobs), every job on the fixture's batch sizes of 100
-    page = run_on_fixture("cifar10_linear", data, tmp_path, monkeypatch, "optimizer.lr=0.001", "trainer.batch_size=16",
-                          "dataset.val_offset=100", "dataset.val_size=100", "dataset.train_size=100", checkpoints=True)
+    page = run_on_fixture(reproduce, "cifar10_linear", data, tmp_path, monkeypatch, "optimizer.lr=0.001",
+                          "trainer.batch_size=16", "dataset.val_offset=100", "dataset.val_size=100",
+                          "dataset.train_size=100", checkpoints=True)
     tables = page_tables(page)
     settings = tables["Four settings: train on data_batch_1, validate on data_batch_2"]
     assert [(r["trainer.l2"], r["original"]) for r in settings] == [
@@ -135,9 +141,9 @@ def test_cifar10_linear_end_to_end_on_fixture_data(data, tmp_path, monkeypatch):
                      r"42\.17 % test\); MBCE \d+\.\d\d ± – % \(original 41\.06 % test\) \|", index)
 
 
-def test_emnist_entropy_losses_end_to_end_on_fixture_data(data, tmp_path, monkeypatch):
+def test_emnist_entropy_losses_end_to_end_on_fixture_data(data, tmp_path, monkeypatch, reproduce):
     # VGG-5 is slow on a CPU: the whole EMNIST table (9 jobs) and the CE row of CIFAR-10, without figures
-    page = run_on_fixture("emnist_entropy_losses", data, tmp_path, monkeypatch, "dataset.val_size=100",
+    page = run_on_fixture(reproduce, "emnist_entropy_losses", data, tmp_path, monkeypatch, "dataset.val_size=100",
                           "trainer.batch_size=2", "trainer.eval_batch_size=2", "trainer.limit_eval_batches=1",
                           "trainer.figures=false", "--only", "emnist_ce", "emnist_entropy", "cifar10_ce")
     tables = page_tables(page)
@@ -159,11 +165,11 @@ def test_emnist_entropy_losses_end_to_end_on_fixture_data(data, tmp_path, monkey
     assert images == {"emnist_ce": 420, "cifar10_ce": 400}
 
 
-def test_missing_data_is_one_sentence_and_a_non_zero_exit(tmp_path):
+def test_missing_data_is_one_sentence_and_a_non_zero_exit(tmp_path, losslab):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "reproduce.py"), "emnist_entropy_losses",
-                           "--data-root", str(tmp_path / "empty"), "--no-download", "--out", str(tmp_path / "out"),
-                           "--docs", str(tmp_path / "docs")], capture_output=True, text=True, env=env, timeout=300)
+    proc = losslab.run(sys.executable, str(REPO_ROOT / "scripts" / "reproduce.py"), "emnist_entropy_losses",
+                       "--data-root", str(tmp_path / "empty"), "--no-download", "--out", str(tmp_path / "out"),
+                       "--docs", str(tmp_path / "docs"), cwd=REPO_ROOT, env=env, timeout=300)
     assert proc.returncode == 2
     error = proc.stderr.strip()
     assert "\n" not in error and error.startswith("reproduce.py: error: emnist_entropy_losses needs files")
@@ -189,13 +195,13 @@ def committed_docs() -> dict[Path, bytes]:
     return {path: path.read_bytes() for path in sorted((REPO_ROOT / "docs").rglob("*")) if path.is_file()}
 
 
-def test_a_smoke_run_writes_its_page_beside_its_sweep_dirs_and_leaves_the_committed_pages_alone(tmp_path):
+def test_a_smoke_run_writes_its_page_beside_its_sweep_dirs_and_leaves_the_committed_pages_alone(tmp_path, losslab):
     """The README's smoke run, as a user runs it (the real script, whose figure workers import it again)."""
     before = committed_docs()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "reproduce.py"), "course_mnist",
-                           "trainer.max_steps=5", "seed=0", "--only", "logistic", "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = losslab.run(sys.executable, str(REPO_ROOT / "scripts" / "reproduce.py"), "course_mnist",
+                       "trainer.max_steps=5", "seed=0", "--only", "logistic", "--out", str(tmp_path / "out"),
+                       cwd=REPO_ROOT, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert committed_docs() == before
     assert "usage:" not in proc.stdout + proc.stderr  # the drawing workers did not run the script's main
@@ -233,9 +239,9 @@ def test_rebuilding_a_page_from_no_sweep_dirs_is_refused(tmp_path, capsys):
     assert not docs.exists()
 
 
-def test_entropy_losses_mnist_page_compares_every_config_with_ce_over_matched_seeds(tmp_path):
+def test_entropy_losses_mnist_page_compares_every_config_with_ce_over_matched_seeds(tmp_path, reproduce):
     out, docs = tmp_path / "out", tmp_path / "docs"
-    assert main(["entropy_losses_mnist", "--out", str(out), "--docs", str(docs), "trainer.max_steps=3",
+    assert reproduce(["entropy_losses_mnist", "--out", str(out), "--docs", str(docs), "trainer.max_steps=3",
                  "seed=0,1,2", "trainer.progress=log", "trainer.limit_eval_batches=2", "trainer.figures=false"]) == 0
     tables = page_tables(docs / "entropy_losses_mnist.md")
     title = "LeNet-5 on MNIST, 5 epochs, 5 seeds"

@@ -3,7 +3,6 @@ pid, Slurm job), a heartbeat keeps it fresh, and a stale one (its process gone, 
 
 import json
 import logging
-import multiprocessing
 import os
 import signal
 import socket
@@ -27,7 +26,6 @@ from losslab.records.lock import (
 )
 from losslab.records.run_dir import run_state
 
-CTX = multiprocessing.get_context("fork")
 HOST = socket.gethostname()
 
 
@@ -43,8 +41,8 @@ def write_lock(run_dir: Path, host: str, pid: int, age_s: float = 0.0, slurm_job
     return path
 
 
-def dead_pid() -> int:
-    child = CTX.Process(target=os._exit, args=(0,))
+def dead_pid(forks) -> int:
+    child = forks.Process(target=os._exit, args=(0,))
     child.start()
     child.join()
     return child.pid
@@ -112,10 +110,10 @@ def test_a_lock_is_released_however_its_block_ends(tmp_path, error):
     assert [t for t in threading.enumerate() if t.name.startswith("lock heartbeat")] == []
 
 
-def test_a_second_taker_is_refused_with_the_holder_named(tmp_path):
-    results = CTX.Queue()
+def test_a_second_taker_is_refused_with_the_holder_named(tmp_path, forks):
+    results = forks.Queue()
     with exclusive(tmp_path):
-        child = CTX.Process(target=try_to_take, args=(tmp_path, results))
+        child = forks.Process(target=try_to_take, args=(tmp_path, results))
         child.start()
         message = results.get(timeout=30)
         child.join()
@@ -127,9 +125,9 @@ def test_a_second_taker_is_refused_with_the_holder_named(tmp_path):
             pass
 
 
-def test_a_lock_whose_process_died_on_this_host_is_taken_over_at_once(tmp_path, caplog):
+def test_a_lock_whose_process_died_on_this_host_is_taken_over_at_once(tmp_path, caplog, forks):
     caplog.set_level(logging.WARNING, logger="losslab")
-    child = CTX.Process(target=hold_and_get_killed, args=(tmp_path,))
+    child = forks.Process(target=hold_and_get_killed, args=(tmp_path,))
     child.start()
     child.join()
     assert child.exitcode == -signal.SIGKILL and (tmp_path / LOCK).exists()  # left behind, fresh
@@ -139,7 +137,7 @@ def test_a_lock_whose_process_died_on_this_host_is_taken_over_at_once(tmp_path, 
     (warning,) = [r.getMessage() for r in caplog.records if "taking over" in r.getMessage()]
     assert f"pid {child.pid} on {HOST}" in warning and "its process has ended" in warning
 
-    write_lock(tmp_path, HOST, dead_pid(), slurm_job="99")
+    write_lock(tmp_path, HOST, dead_pid(forks), slurm_job="99")
     with exclusive(tmp_path):
         pass
     assert "Slurm job 99" in caplog.records[-1].getMessage()
@@ -183,15 +181,15 @@ def test_the_heartbeat_keeps_the_lock_fresh(tmp_path, monkeypatch):
             assert path.stat().st_mtime > then + 50
 
 
-def test_two_takers_of_one_stale_lock_never_both_win(tmp_path):
+def test_two_takers_of_one_stale_lock_never_both_win(tmp_path, forks):
     for attempt in range(6):
         run_dir = tmp_path / str(attempt)
         if attempt % 2:
             write_lock(run_dir, "node7", 1234, age_s=120)
         else:
-            write_lock(run_dir, HOST, dead_pid())
-        start, tried, results = CTX.Barrier(2), CTX.Barrier(2), CTX.Queue()
-        takers = [CTX.Process(target=race, args=(run_dir, start, tried, results)) for _ in range(2)]
+            write_lock(run_dir, HOST, dead_pid(forks))
+        start, tried, results = forks.Barrier(2), forks.Barrier(2), forks.Queue()
+        takers = [forks.Process(target=race, args=(run_dir, start, tried, results)) for _ in range(2)]
         for taker in takers:
             taker.start()
         outcomes = sorted(results.get(timeout=30) for _ in takers)
@@ -209,7 +207,7 @@ def test_a_fresh_lock_moved_aside_by_a_late_taker_is_put_back(tmp_path):
     assert (tmp_path / LOCK).read_bytes() == fresh and [p.name for p in tmp_path.iterdir()] == [LOCK]
 
 
-def test_a_taker_that_died_while_taking_over_leaves_the_dir_to_the_next(tmp_path, caplog):
+def test_a_taker_that_died_while_taking_over_leaves_the_dir_to_the_next(tmp_path, caplog, forks):
     caplog.set_level(logging.WARNING, logger="losslab")
     path = write_lock(tmp_path, "node7", 1234, age_s=120)
     claim = _claim(path, _read(path))
@@ -218,18 +216,18 @@ def test_a_taker_that_died_while_taking_over_leaves_the_dir_to_the_next(tmp_path
     with pytest.raises(RunDirBusy, match="pid 77 on node8, Slurm job 8"):
         with exclusive(tmp_path):
             pass
-    write_lock(tmp_path, HOST, dead_pid()).rename(claim)  # one on this host that died
+    write_lock(tmp_path, HOST, dead_pid(forks)).rename(claim)  # one on this host that died
     write_lock(tmp_path, "node7", 1234, age_s=120)
     with exclusive(tmp_path):
         assert locked_by(tmp_path).pid == os.getpid()
     assert "pid 1234 on node7" in caplog.records[-1].getMessage() and list(tmp_path.iterdir()) == []
 
 
-def test_waiting_for_a_run_dir_ends_with_its_holder(tmp_path, caplog):
+def test_waiting_for_a_run_dir_ends_with_its_holder(tmp_path, caplog, forks):
     caplog.set_level(logging.INFO, logger="losslab")
     for how in ("released", "killed"):
-        ready, release = CTX.Event(), CTX.Event()
-        holder = CTX.Process(target=hold_until, args=(tmp_path, ready, release))
+        ready, release = forks.Event(), forks.Event()
+        holder = forks.Process(target=hold_until, args=(tmp_path, ready, release))
         holder.start()
         assert ready.wait(30)
         waited = threading.Thread(target=wait_for_lock, args=(tmp_path,), kwargs={"poll_s": 0.02})
@@ -247,9 +245,9 @@ def test_waiting_for_a_run_dir_ends_with_its_holder(tmp_path, caplog):
     assert len(waiting) == 2 and f"{tmp_path} is being trained by pid {holder.pid} on {HOST}; waiting" in waiting[1]
 
 
-def test_exclusive_can_wait_for_the_holder(tmp_path):
-    ready, release = CTX.Event(), CTX.Event()
-    holder = CTX.Process(target=hold_until, args=(tmp_path, ready, release))
+def test_exclusive_can_wait_for_the_holder(tmp_path, forks):
+    ready, release = forks.Event(), forks.Event()
+    holder = forks.Process(target=hold_until, args=(tmp_path, ready, release))
     holder.start()
     assert ready.wait(30)
     threading.Timer(0.1, release.set).start()

@@ -8,12 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from commands import REPO, losslab_train
+from helpers.commands import REPO
 
 from losslab.records.job_dirs import job_dirs
 from losslab.records.lock import exclusive
-
-pytestmark = pytest.mark.slow
 
 FAST = ["dataset=synthetic", "trainer.progress=log", "trainer.figures=false"]
 
@@ -30,52 +28,52 @@ def one_error_line(done: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
+def finished_run(tmp_path_factory, losslab) -> Path:
     run_dir = tmp_path_factory.mktemp("finished") / "run"
-    done = losslab_train(*FAST, "model=fnn", "trainer.epochs=1", f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    done = losslab.train(*FAST, "model=fnn", "trainer.epochs=1", f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
     assert done.returncode == 0, done.stderr[-3000:]
     return run_dir
 
 
-def test_a_finished_run_is_never_overwritten(tmp_path, finished_run):
+def test_a_finished_run_is_never_overwritten(tmp_path, finished_run, losslab):
     before = files(finished_run)
-    line = one_error_line(losslab_train(f"hydra.run.dir={finished_run}", "model=linear", "trainer.epochs=1",
+    line = one_error_line(losslab.train(f"hydra.run.dir={finished_run}", "model=linear", "trainer.epochs=1",
                                         cwd=tmp_path))
     assert "already holds a run (status completed)" in line and "trainer.resume=" in line and "fresh" in line
     assert files(finished_run) == before
 
 
-def test_resuming_a_finished_run_changes_nothing(tmp_path, finished_run):
+def test_resuming_a_finished_run_changes_nothing(tmp_path, finished_run, losslab):
     before = files(finished_run)
-    line = one_error_line(losslab_train(f"trainer.resume={finished_run}", cwd=tmp_path))
+    line = one_error_line(losslab.train(f"trainer.resume={finished_run}", cwd=tmp_path))
     assert "has finished (status completed)" in line and "nothing to resume" in line
     assert files(finished_run) == before
 
 
-def test_resume_names_only_run_dirs_and_creates_nothing(tmp_path):
+def test_resume_names_only_run_dirs_and_creates_nothing(tmp_path, losslab):
     missing = tmp_path / "outputs" / "nonexistent"
-    line = one_error_line(losslab_train(f"trainer.resume={missing}", cwd=tmp_path))
+    line = one_error_line(losslab.train(f"trainer.resume={missing}", cwd=tmp_path))
     assert "is not a losslab run dir" in line and not missing.exists()
     not_a_run = tmp_path / "notes"
     not_a_run.mkdir()
-    one_error_line(losslab_train(f"trainer.resume={not_a_run}", cwd=tmp_path))
+    one_error_line(losslab.train(f"trainer.resume={not_a_run}", cwd=tmp_path))
     assert list(not_a_run.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["notes"]
 
 
-def test_resume_applies_a_longer_run_and_refuses_other_changes(tmp_path):
+def test_resume_applies_a_longer_run_and_refuses_other_changes(tmp_path, losslab):
     run = [*FAST, "trainer.deterministic=true", "scheduler=step", "scheduler.step_size=1", "trainer.eval_every=0.5"]
     stopped, longer = tmp_path / "stopped", tmp_path / "longer"
-    done = losslab_train(*run, "trainer.epochs=2", f"hydra.run.dir={stopped}", cwd=tmp_path, stop_at="SIGTERM step 20")
+    done = losslab.train(*run, "trainer.epochs=2", f"hydra.run.dir={stopped}", cwd=tmp_path, stop_at="SIGTERM step 20")
     assert done.returncode == 143, done.stderr[-3000:]
 
-    line = one_error_line(losslab_train(f"trainer.resume={stopped}", "optimizer.lr=0.5", cwd=tmp_path))
+    line = one_error_line(losslab.train(f"trainer.resume={stopped}", "optimizer.lr=0.5", cwd=tmp_path))
     assert "optimizer.lr cannot change on resume" in line and "trainer.epochs" in line
 
     # inside the run dir, `trainer.resume=true` with hydra.run.dir naming it; no log file left in the cwd
-    resumed = losslab_train(f"hydra.run.dir={stopped}", "trainer.resume=true", "trainer.epochs=3", cwd=tmp_path)
+    resumed = losslab.train(f"hydra.run.dir={stopped}", "trainer.resume=true", "trainer.epochs=3", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not list(tmp_path.glob("*.log"))
-    done = losslab_train(*run, "trainer.epochs=3", f"hydra.run.dir={longer}", cwd=tmp_path)
+    done = losslab.train(*run, "trainer.epochs=3", f"hydra.run.dir={longer}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (stopped / "metrics.csv").read_bytes() == (longer / "metrics.csv").read_bytes()
     summary = json.loads((stopped / "summary.json").read_text())
@@ -83,31 +81,31 @@ def test_resume_applies_a_longer_run_and_refuses_other_changes(tmp_path):
     assert "epochs: 3" in (stopped / ".hydra" / "config.yaml").read_text()
 
 
-def test_a_run_dir_being_trained_is_left_to_its_process(tmp_path, finished_run):
+def test_a_run_dir_being_trained_is_left_to_its_process(tmp_path, finished_run, losslab):
     run_dir = tmp_path / "run"
-    done = losslab_train(*FAST, "trainer.epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path, stop_at="SIGTERM step 3")
+    done = losslab.train(*FAST, "trainer.epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path, stop_at="SIGTERM step 3")
     assert done.returncode == 143
     before = files(run_dir)
     assert ".lock" not in before  # released by the stopped run
     with exclusive(run_dir):  # as a training process holds it
-        line = one_error_line(losslab_train(f"trainer.resume={run_dir}", cwd=tmp_path))
+        line = one_error_line(losslab.train(f"trainer.resume={run_dir}", cwd=tmp_path))
         assert f"pid {os.getpid()} on {socket.gethostname()}" in line and "being trained by another process" in line
     assert files(run_dir) == before
 
 
-def test_a_sweep_dir_holds_one_sweep_named_after_it(tmp_path):
+def test_a_sweep_dir_holds_one_sweep_named_after_it(tmp_path, losslab):
     grid = ["-m", *FAST, "loss=ce,mbce", "trainer.max_steps=3"]
-    done = losslab_train(*grid, cwd=tmp_path)
+    done = losslab.train(*grid, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     (sweep_dir,) = (tmp_path / "outputs" / "synthetic-linear-ce+mbce" / "multirun").iterdir()
     assert [d.name for d in job_dirs(sweep_dir)] == ["0_loss=ce", "1_loss=mbce"]
     before = files(sweep_dir)
 
     other = [*grid[:-1], "trainer.max_steps=4", f"hydra.sweep.dir={sweep_dir}"]
-    line = one_error_line(losslab_train(*other, cwd=tmp_path))
+    line = one_error_line(losslab.train(*other, cwd=tmp_path))
     assert "holds a sweep of other overrides" in line and "fresh hydra.sweep.dir" in line
     assert files(sweep_dir) == before
-    relaunched = losslab_train(*grid, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    relaunched = losslab.train(*grid, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     assert relaunched.returncode == 0 and "2 completed" in relaunched.stdout
     assert files(sweep_dir)["0_loss=ce/metrics.csv"] == before["0_loss=ce/metrics.csv"]
 

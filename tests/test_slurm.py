@@ -11,91 +11,37 @@ a one-minute time limit on any machine.
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from commands import stop_env
-from tb_events import read_events
+from helpers.slurm import (
+    CONTINUE,
+    finish,
+    launch,
+    one_continuous_run,
+    rows,
+    sacct_states,
+    task_of,
+    the_sweep_dir,
+    wait_until,
+)
 
 from losslab.records.job_dirs import job_dirs, job_number
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = pytest.mark.slurm
 
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
 RUN = ["dataset=synthetic", "trainer.eval_every=0.5", "trainer.deterministic=true",
        "trainer.progress=log", "trainer.figures=false", "trainer.epochs=3"]  # 14 steps an epoch, evaluated every 7
 STARTED = re.compile(r"^losslab sweep (\S+): the jobs' output", re.M)
-CONTINUE = re.compile(r"; continue the \d+ left with: (.+)$", re.M)
-
-
-def launch(args: list[str], cwd: Path, stop_at: str = "") -> subprocess.Popen:
-    env = stop_env({k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, stop_at)
-    command = args if args[0] == "losslab-train" else ["losslab-train", "-m", *args]
-    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
-    proc.output = proc.communicate(timeout=timeout)[0]
-    return proc.output
 
 
 def sweep_dir_of(output: str, cwd: Path) -> Path:
     return cwd / STARTED.search(output)[1]
-
-
-def wait_until(condition, timeout: float = 300, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert proc is None or proc.poll() is None, finish(proc)
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.5)
-
-
-def the_sweep_dir(cwd: Path) -> Path | None:
-    found = sorted(cwd.glob("outputs/*/multirun/*"))
-    return found[0] if found else None
-
-
-def rows(sweep_dir: Path | None, job: int) -> int:
-    """Rows in job `job`'s metrics.csv (0 until it has one)."""
-    for d in job_dirs(sweep_dir) if sweep_dir and sweep_dir.is_dir() else []:
-        if job_number(d) == job and (d / "metrics.csv").exists():
-            return len((d / "metrics.csv").read_text().splitlines()) - 1
-    return 0
-
-
-def task_names(sweep_name: str) -> dict[str, str]:
-    """The sweep's Slurm tasks in squeue, by name (`<sweep name>/<job numbers>`): their task id
-    (`<array>_<index>`, which scancel takes; given an array's own id it signals all its tasks)."""
-    listed = subprocess.run(["squeue", "--noheader", "--format", "%i %j"], capture_output=True, text=True).stdout
-    return {name: task for task, name in (line.split() for line in listed.splitlines())
-            if name.startswith(f"{sweep_name}/")}
-
-
-def numbers_of(name: str) -> set[int]:
-    """The job numbers a task's name lists: `synthetic-linear-ce/0-3,8` -> {0, 1, 2, 3, 8} (a stacked launcher's
-    task trains several), `synthetic-linear-ce/1` -> {1}."""
-    numbers = set()
-    for part in name.rpartition("/")[2].split(","):
-        first, _, last = part.partition("-")
-        numbers |= set(range(int(first), int(last or first) + 1))
-    return numbers
-
-
-def task_of(sweep_name: str, job: int, timeout: float = 30) -> str:
-    """The Slurm task id of the task that trains job `job` of the sweep, by the name the task gives itself."""
-    def holding() -> list[str]:
-        return [task for name, task in task_names(sweep_name).items() if job in numbers_of(name)]
-
-    wait_until(lambda: len(holding()) == 1, timeout=timeout)
-    return holding()[0]
 
 
 def results(sweep_dir: Path) -> dict[int, tuple[str, dict, str]]:
@@ -105,14 +51,6 @@ def results(sweep_dir: Path) -> dict[int, tuple[str, dict, str]]:
         summary = json.loads((d / "summary.json").read_text())
         out[job_number(d)] = (summary["status"], summary["final"], (d / "metrics.csv").read_text())
     return out
-
-
-def one_continuous_run(run_dir: Path) -> bool:
-    """Whether TensorBoard shows every evaluation of metrics.csv once, in order, across all the run's event files
-    (a resumed run's file purges what the stopped one wrote after its checkpoint)."""
-    with open(run_dir / "metrics.csv") as f:  # the final row repeats the last evaluation's step
-        evaluated = sorted({int(row["step"]) for row in csv.DictReader(f) if row["val/acc"]})
-    return [event.step for event in read_events(run_dir).Scalars("val/acc")] == evaluated
 
 
 def event_files(sweep_dir: Path) -> dict[int, int]:
@@ -126,13 +64,6 @@ def reference(args: list[str], tmp_path: Path) -> dict:
     proc = launch([*args, "hydra.sweep.dir=sweep"], cwd)
     assert finish(proc) and proc.returncode == 0, proc.output
     return results(cwd / "sweep")
-
-
-def sacct_states(task_prefix: str) -> list[str]:
-    """Every state accounting recorded for the tasks of an array, requeues included (`--duplicates`)."""
-    listed = subprocess.run(["sacct", "--noheader", "--parsable2", "--duplicates", "--allocations", "--format",
-                             "JobID,JobName,State", "--jobs", task_prefix], capture_output=True, text=True)
-    return listed.stdout.splitlines()
 
 
 def test_cancelled_and_killed_jobs_end_the_sweep_with_a_tally_and_a_relaunch_finishes_them(tmp_path):

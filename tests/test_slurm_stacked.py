@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-from commands import metrics_rows, sweep
-from omegaconf import OmegaConf
-from test_slurm import (
+from helpers.commands import metrics_rows
+from helpers.slurm import (
     CONTINUE,
     finish,
     launch,
@@ -32,6 +31,7 @@ from test_slurm import (
     the_sweep_dir,
     wait_until,
 )
+from omegaconf import OmegaConf
 
 from hydra_plugins.losslab_launcher.stacked_launcher import numbers_text
 from losslab.commands.cli import compose
@@ -150,7 +150,6 @@ def check_sweep(tmp_path: Path, args: list[str], chunks: list[str], cancel: tupl
 
 
 @pytest.mark.slurm
-@pytest.mark.slow
 def test_a_64_job_linear_grid_trains_as_4_array_tasks_of_16_through_a_cancel_a_preemption_and_a_relaunch(tmp_path):
     """Stack 0-15 is cancelled at step 14's evaluation and resumes there in the relaunch; stack 48-63, the last to
     start, is preempted at step 7's and, requeued, resumes there within the first call."""
@@ -162,7 +161,6 @@ def test_a_64_job_linear_grid_trains_as_4_array_tasks_of_16_through_a_cancel_a_p
 
 
 @pytest.mark.slurm
-@pytest.mark.slow
 def test_a_16_job_lenet_grid_trains_as_2_array_tasks_of_8_through_a_cancel_a_preemption_and_a_relaunch(tmp_path):
     """Convolutional stacks on the CPU (conv_on_cpu), 4 steps an epoch (512 training images, 256 go to validation):
     stack 0-7 is cancelled at step 6's evaluation, stack 8-15 preempted at step 4's."""
@@ -188,10 +186,10 @@ def test_a_task_is_named_by_its_job_numbers_as_ranges():
     assert numbers_of("synthetic-linear-ce/0-3,8,10-11") == {0, 1, 2, 3, 8, 10, 11}
 
 
-@pytest.mark.slow
-def test_the_local_executor_trains_each_chunk_in_its_own_task_to_the_separate_runs(tmp_path):
-    proc = sweep("hydra/launcher=stacked", "hydra.launcher.executor=submitit_local", "hydra.launcher.max_members=2",
-                 *RUN[:-1], "trainer.epochs=1", "optimizer.lr=0.3,0.03", "seed=0,1", cwd=tmp_path)
+def test_the_local_executor_trains_each_chunk_in_its_own_task_to_the_separate_runs(tmp_path, losslab):
+    proc = losslab.sweep("hydra/launcher=stacked", "hydra.launcher.executor=submitit_local",
+                         "hydra.launcher.max_members=2", *RUN[:-1], "trainer.epochs=1", "optimizer.lr=0.3,0.03",
+                         "seed=0,1", cwd=tmp_path)
     assert proc.returncode == 0 and "4 completed" in proc.output, proc.output
     sweep_dir = the_sweep_dir(tmp_path)
     assert len(task_logs(sweep_dir)) == 2

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from commands import metrics_rows, summaries, sweep
-from tb_events import read_events
+from helpers.commands import metrics_rows, summaries
+from helpers.tb_events import read_events
 
 from losslab.commands.cli import compose
 from losslab.records.job_dirs import job_dir
@@ -18,11 +18,11 @@ from losslab.stacking.steppers import group_key
 TINY = ["dataset=synthetic", "trainer.progress=log", "trainer.figures=false"]
 
 
-def both(tmp_path: Path, *grid: str, stacked_options: tuple[str, ...] = ()):
+def both(losslab, tmp_path: Path, *grid: str, stacked_options: tuple[str, ...] = ()):
     """The grid's summaries from the basic and the stacked launcher, and the stacked launcher's output."""
-    basic = sweep(*TINY, *grid, f"hydra.sweep.dir={tmp_path / 'basic'}", cwd=tmp_path)
-    stacked = sweep(*TINY, *grid, "hydra/launcher=stacked", *stacked_options,
-                    f"hydra.sweep.dir={tmp_path / 'stacked'}", cwd=tmp_path)
+    basic = losslab.sweep(*TINY, *grid, f"hydra.sweep.dir={tmp_path / 'basic'}", cwd=tmp_path)
+    stacked = losslab.sweep(*TINY, *grid, "hydra/launcher=stacked", *stacked_options,
+                            f"hydra.sweep.dir={tmp_path / 'stacked'}", cwd=tmp_path)
     assert basic.returncode == 0, basic.output
     assert stacked.returncode == 0, stacked.output
     return summaries(tmp_path / "basic"), summaries(tmp_path / "stacked"), stacked.output
@@ -59,12 +59,13 @@ def assert_same_runs(tmp_path: Path, separate: dict, stacked: dict, tol: float =
         assert len(list(together_dir.glob("events.out.tfevents.*"))) == 1
 
 
-def test_stacked_jobs_draw_the_figures_of_separate_runs(tmp_path):
+def test_stacked_jobs_draw_the_figures_of_separate_runs(tmp_path, losslab):
     """With figures on, the sweep's end draws each member's figures from its run dir: the same PNGs and
     TensorBoard images as separate runs."""
     grid = ["dataset=synthetic", "trainer.progress=log", "trainer.epochs=1", "optimizer.lr=0.3,0.03"]
     for launcher in ("basic", "stacked"):
-        proc = sweep(*grid, f"hydra/launcher={launcher}", f"hydra.sweep.dir={tmp_path / launcher}", cwd=tmp_path)
+        proc = losslab.sweep(*grid, f"hydra/launcher={launcher}", f"hydra.sweep.dir={tmp_path / launcher}",
+                             cwd=tmp_path)
         assert proc.returncode == 0, proc.output
     for job in (0, 1):
         runs = [job_dir(tmp_path / launcher, job) for launcher in ("basic", "stacked")]
@@ -84,8 +85,8 @@ def test_group_key_ignores_only_the_numbers_a_stack_holds():
         assert group_key(compose(base + other)) != key
 
 
-def test_sgd_grid_with_seeds_equals_separate_runs(tmp_path):
-    separate, stacked, output = both(tmp_path, "trainer.epochs=2", "optimizer.momentum=0.9",
+def test_sgd_grid_with_seeds_equals_separate_runs(tmp_path, losslab):
+    separate, stacked, output = both(losslab, tmp_path, "trainer.epochs=2", "optimizer.momentum=0.9",
                                      "optimizer.lr=0.3,0.03", "trainer.l2=0,0.01", "seed=0,1")
     assert "8 jobs stacked" in output
     assert len(stacked) == 8 and all(s["stacked"]["members"] == 8 for s in stacked.values())
@@ -95,17 +96,16 @@ def test_sgd_grid_with_seeds_equals_separate_runs(tmp_path):
     assert_same_runs(tmp_path, separate, stacked)
 
 
-@pytest.mark.slow
-def test_label_smoothing_per_member_equals_separate_runs(tmp_path):
-    separate, stacked, output = both(tmp_path, "trainer.epochs=1", "loss.label_smoothing=0,0.1,0.3")
+def test_label_smoothing_per_member_equals_separate_runs(tmp_path, losslab):
+    separate, stacked, output = both(losslab, tmp_path, "trainer.epochs=1", "loss.label_smoothing=0,0.1,0.3")
     assert "3 jobs stacked" in output
     assert_same_runs(tmp_path, separate, stacked)
     assert len({s["final"]["val/loss"] for s in stacked.values()}) == 3
 
 
-def test_lenet_adamw_with_step_schedule_and_early_stopping_equals_separate_runs(tmp_path):
+def test_lenet_adamw_with_step_schedule_and_early_stopping_equals_separate_runs(tmp_path, losslab):
     # per-member early stopping (different patience) and a step schedule: members stop at different steps
-    separate, stacked, output = both(tmp_path, "model=lenet", "optimizer=adamw", "scheduler=step",
+    separate, stacked, output = both(losslab, tmp_path, "model=lenet", "optimizer=adamw", "scheduler=step",
                                      "trainer.epochs=3", "trainer.eval_every=0.5", "dataset.train_n=768",
                                      "dataset.noise=90", "optimizer.lr=0.03,0.001", "optimizer.weight_decay=0.1",
                                      "trainer.patience=1,3", "trainer.deterministic=true", "trainer.device=cpu",
@@ -119,55 +119,56 @@ def test_lenet_adamw_with_step_schedule_and_early_stopping_equals_separate_runs(
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: stacked convolutions on the GPU")
-def test_lenet_stacked_on_cuda_equals_separate_runs(tmp_path):
-    separate, stacked, output = both(tmp_path, "model=lenet", "trainer.device=cuda", "trainer.deterministic=true",
-                                     "trainer.epochs=2", "dataset.train_n=1024", "optimizer.momentum=0.9",
-                                     "optimizer.lr=0.05,0.01", "seed=0,1")
+def test_lenet_stacked_on_cuda_equals_separate_runs(tmp_path, losslab):
+    separate, stacked, output = both(losslab, tmp_path, "model=lenet", "trainer.device=cuda",
+                                     "trainer.deterministic=true", "trainer.epochs=2", "dataset.train_n=1024",
+                                     "optimizer.momentum=0.9", "optimizer.lr=0.05,0.01", "seed=0,1")
     assert "4 jobs stacked on cuda" in output
     assert_same_runs(tmp_path, separate, stacked, tol=1e-4, argmax_tol=0.01)
 
 
-def test_a_diverging_member_stops_alone(tmp_path):
-    separate, stacked, _ = both(tmp_path, "trainer.epochs=1", "trainer.l2=1", "optimizer.lr=0.5,1e6,0.05")
+def test_a_diverging_member_stops_alone(tmp_path, losslab):
+    separate, stacked, _ = both(losslab, tmp_path, "trainer.epochs=1", "trainer.l2=1", "optimizer.lr=0.5,1e6,0.05")
     assert [stacked[i]["status"] for i in range(3)] == ["completed", "diverged", "completed"]
     assert stacked[1]["diverged_at_step"] == separate[1]["diverged_at_step"]
     assert_same_runs(tmp_path, separate, stacked)
 
 
-def test_jobs_a_stack_cannot_hold_run_one_by_one_and_say_why(tmp_path):
-    proc = sweep(*TINY, "trainer.epochs=1", "loss=min_ent", "loss.coeffs=learnable", "optimizer.lr=0.1,0.05",
-                 "model=fnn,linear", "hydra/launcher=stacked", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+def test_jobs_a_stack_cannot_hold_run_one_by_one_and_say_why(tmp_path, losslab):
+    proc = losslab.sweep(*TINY, "trainer.epochs=1", "loss=min_ent", "loss.coeffs=learnable", "optimizer.lr=0.1,0.05",
+                         "model=fnn,linear", "hydra/launcher=stacked", f"hydra.sweep.dir={tmp_path / 's'}",
+                         cwd=tmp_path)
     assert proc.returncode == 0, proc.output
     assert proc.output.count("run one by one: the loss has learnable parameters") == 2  # one line per group
     assert [s["status"] for s in summaries(tmp_path / "s").values()] == ["completed"] * 4
     assert all("stacked" not in s for s in summaries(tmp_path / "s").values())
 
 
-def test_conv_models_run_one_by_one_on_the_cpu_unless_asked(tmp_path):
-    proc = sweep(*TINY, "trainer.device=cpu", "trainer.max_steps=2", "model=lenet", "optimizer.lr=0.1,0.05",
-                 "hydra/launcher=stacked", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+def test_conv_models_run_one_by_one_on_the_cpu_unless_asked(tmp_path, losslab):
+    proc = losslab.sweep(*TINY, "trainer.device=cpu", "trainer.max_steps=2", "model=lenet", "optimizer.lr=0.1,0.05",
+                         "hydra/launcher=stacked", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.output
     assert "run one by one: stacked convolutions run no faster than separate ones on the CPU" in proc.output
     assert [s["status"] for s in summaries(tmp_path / "s").values()] == ["completed"] * 2
     assert all("stacked" not in s for s in summaries(tmp_path / "s").values())
 
 
-def test_a_failing_group_records_each_job_failure(tmp_path):
-    proc = sweep(*TINY, "trainer.epochs=1", "loss=bce", "optimizer.lr=0.1,0.05", "hydra/launcher=stacked",
-                 f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+def test_a_failing_group_records_each_job_failure(tmp_path, losslab):
+    proc = losslab.sweep(*TINY, "trainer.epochs=1", "loss=bce", "optimizer.lr=0.1,0.05", "hydra/launcher=stacked",
+                         f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
     assert proc.returncode == 1
     runs = summaries(tmp_path / "s")
     assert [r["status"] for r in runs.values()] == ["failed", "failed"]
     assert all("needs a binary task" in r["error"] for r in runs.values())
 
 
-def test_a_stack_sigtermed_mid_epoch_relaunches_as_a_stack_to_the_uninterrupted_files(tmp_path):
+def test_a_stack_sigtermed_mid_epoch_relaunches_as_a_stack_to_the_uninterrupted_files(tmp_path, losslab):
     grid = [*TINY, "trainer.epochs=4", "dataset.train_n=4096", "optimizer.momentum=0.9", "optimizer.lr=0.3,0.03",
             "seed=0,1", "hydra/launcher=stacked"]
-    reference = sweep(*grid, f"hydra.sweep.dir={tmp_path / 'reference'}", cwd=tmp_path)
+    reference = losslab.sweep(*grid, f"hydra.sweep.dir={tmp_path / 'reference'}", cwd=tmp_path)
     assert reference.returncode == 0, reference.output
 
-    stopped = sweep(*grid, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path, wait=False)
+    stopped = losslab.sweep(*grid, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path, wait=False)
     deadline = time.time() + 300
     first = tmp_path / "s" / "0_optimizer.lr=0.3,seed=0"
     while not (first / "checkpoints" / "last.pt").exists():  # the first epoch is done
@@ -181,7 +182,7 @@ def test_a_stack_sigtermed_mid_epoch_relaunches_as_a_stack_to_the_uninterrupted_
     state = torch.load(first / "checkpoints" / "last.pt", weights_only=True)
     assert state["optimizer"]["param_groups"][0]["momentum"] == 0.9 and state["optimizer"]["state"]
 
-    relaunch = sweep(*grid, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    relaunch = losslab.sweep(*grid, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
     assert relaunch.returncode == 0, relaunch.output
     assert "4 completed" in relaunch.output
     assert re.search(r"4 jobs stacked on \w+: .*, resuming at step \d+", relaunch.output), relaunch.output
@@ -193,11 +194,11 @@ def test_a_stack_sigtermed_mid_epoch_relaunches_as_a_stack_to_the_uninterrupted_
             (tmp_path / "reference" / name / "metrics.csv").read_bytes()
 
 
-def test_relaunching_a_finished_stacked_sweep_skips_every_job(tmp_path):
+def test_relaunching_a_finished_stacked_sweep_skips_every_job(tmp_path, losslab):
     args = [*TINY, "trainer.epochs=1", "optimizer.lr=0.3,0.03", "hydra/launcher=stacked",
             f"hydra.sweep.dir={tmp_path / 's'}"]
-    assert sweep(*args, cwd=tmp_path).returncode == 0
-    again = sweep(*args, cwd=tmp_path)
+    assert losslab.sweep(*args, cwd=tmp_path).returncode == 0
+    again = losslab.sweep(*args, cwd=tmp_path)
     assert again.returncode == 0 and again.output.count(": skipped") == 2, again.output
     assert all(math.isfinite(r["final"]["test/loss"]) for r in summaries(tmp_path / "s").values())
 

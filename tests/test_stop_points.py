@@ -15,11 +15,8 @@ import signal
 from pathlib import Path
 
 import pytest
-from commands import losslab_train
 
 from losslab.records.job_dirs import job_dirs
-
-pytestmark = pytest.mark.slow
 
 RUN = ["dataset=synthetic", "model=fnn", "model.dropout=0.2", "dataset.hflip=true", "trainer.epochs=3",
        "trainer.eval_every=0.5", "trainer.patience=50", "trainer.deterministic=true", "scheduler=step",
@@ -39,18 +36,19 @@ def expected_exit(signal_name: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
+def reference(tmp_path_factory, losslab) -> Path:
     run_dir = tmp_path_factory.mktemp("reference") / "run"
-    done = losslab_train(*RUN, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    done = losslab.train(*RUN, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
     assert done.returncode == 0, done.stderr[-3000:]
     return run_dir
 
 
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
 @pytest.mark.parametrize("point", POINTS)
-def test_a_single_run_stopped_at_any_point_resumes_to_the_same_metrics(tmp_path, reference, signal_name, point):
+def test_a_single_run_stopped_at_any_point_resumes_to_the_same_metrics(tmp_path, reference, signal_name, point,
+                                                                      losslab):
     run_dir = tmp_path / "run"
-    stopped = losslab_train(*RUN, f"hydra.run.dir={run_dir}", cwd=tmp_path, stop_at=f"{signal_name} {point}")
+    stopped = losslab.train(*RUN, f"hydra.run.dir={run_dir}", cwd=tmp_path, stop_at=f"{signal_name} {point}")
     assert stopped.returncode == expected_exit(signal_name), stopped.stderr[-3000:]
     finished = signal_name == "SIGTERM" and point in ("step 42", "finish any")
     if signal_name == "SIGTERM":  # a stop inside the loop is recorded; one while finishing lets the run finish
@@ -58,7 +56,7 @@ def test_a_single_run_stopped_at_any_point_resumes_to_the_same_metrics(tmp_path,
     else:
         assert status(run_dir) is None
 
-    resumed = losslab_train(f"trainer.resume={run_dir}", cwd=tmp_path)
+    resumed = losslab.train(f"trainer.resume={run_dir}", cwd=tmp_path)
     if finished:
         assert resumed.returncode == 2 and "nothing to resume" in resumed.stderr
     else:
@@ -69,9 +67,9 @@ def test_a_single_run_stopped_at_any_point_resumes_to_the_same_metrics(tmp_path,
 
 
 @pytest.fixture(scope="module")
-def stacked_reference(tmp_path_factory) -> Path:
+def stacked_reference(tmp_path_factory, losslab) -> Path:
     sweep_dir = tmp_path_factory.mktemp("stacked_reference") / "sweep"
-    done = losslab_train(*STACK, f"hydra.sweep.dir={sweep_dir}", cwd=sweep_dir.parent)
+    done = losslab.train(*STACK, f"hydra.sweep.dir={sweep_dir}", cwd=sweep_dir.parent)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 jobs stacked" in done.stdout
     return sweep_dir
@@ -84,18 +82,18 @@ def rows(run_dir: Path) -> list[list[str]]:
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
 @pytest.mark.parametrize("point", POINTS)
 def test_a_stacked_sweep_stopped_at_any_point_relaunches_to_the_same_metrics(tmp_path, stacked_reference,
-                                                                             signal_name, point):
+                                                                             signal_name, point, losslab):
     """The members resume as a stack from their last.pt (mid-epoch where they stopped there) and write the
     uninterrupted stack's metrics.csv, byte for byte."""
     sweep_dir = tmp_path / "sweep"
     command = [*STACK, f"hydra.sweep.dir={sweep_dir}"]
-    stopped = losslab_train(*command, cwd=tmp_path, stop_at=f"{signal_name} {point}")
+    stopped = losslab.train(*command, cwd=tmp_path, stop_at=f"{signal_name} {point}")
     assert stopped.returncode == expected_exit(signal_name), stopped.stderr[-3000:]
     jobs = [d.name for d in job_dirs(sweep_dir)]
     assert jobs == [d.name for d in job_dirs(stacked_reference)] and len(jobs) == 2
     before = {job: rows(sweep_dir / job) for job in jobs}
 
-    relaunched = losslab_train(*command, cwd=tmp_path)
+    relaunched = losslab.train(*command, cwd=tmp_path)
     assert relaunched.returncode == 0, relaunched.stderr[-3000:]
     assert "2 completed" in relaunched.stdout
     if not (signal_name == "SIGTERM" and point in ("step 42", "finish any")):  # the last step: they finish first

@@ -8,8 +8,8 @@ import statistics
 import time
 
 import pytest
-from commands import losslab_train, report_rows, summaries, sweep
-from tb_events import hparams
+from helpers.commands import report_rows, summaries
+from helpers.tb_events import hparams
 
 from losslab.records.job_dirs import MAX_NAME, job_dir, job_dir_name, job_dirs, job_number
 from losslab.records.summary import objective
@@ -18,9 +18,9 @@ GRID = ["dataset=synthetic", "trainer.epochs=1", "trainer.progress=log", "optimi
 
 
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
-def test_two_by_two_grid_with_two_seeds(launcher, tmp_path):
+def test_two_by_two_grid_with_two_seeds(launcher, tmp_path, losslab):
     extra = [] if launcher == "basic" else ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
-    proc = sweep(*GRID, "seed=0,1", *extra, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    proc = losslab.sweep(*GRID, "seed=0,1", *extra, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
     returned = time.time()
     assert proc.returncode == 0, proc.output
     runs = summaries(tmp_path / "s")
@@ -46,9 +46,9 @@ def test_two_by_two_grid_with_two_seeds(launcher, tmp_path):
     assert len(key_sets) == 1 and {"optimizer.lr", "trainer.l2", "seed", "loss"} <= set(next(iter(key_sets)))
 
 
-def test_submitit_local_runs_a_sweep(tmp_path):
-    proc = sweep("dataset=synthetic", "trainer.epochs=1", "trainer.progress=log", "optimizer.lr=0.5,0.05",
-                 "hydra/launcher=submitit_local", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+def test_submitit_local_runs_a_sweep(tmp_path, losslab):
+    proc = losslab.sweep("dataset=synthetic", "trainer.epochs=1", "trainer.progress=log", "optimizer.lr=0.5,0.05",
+                         "hydra/launcher=submitit_local", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.output
     runs = summaries(tmp_path / "s")
     assert sorted(runs) == [0, 1] and all(r["status"] == "completed" for r in runs.values())
@@ -56,10 +56,10 @@ def test_submitit_local_runs_a_sweep(tmp_path):
     assert (tmp_path / "s" / "report.md").exists()
 
 
-def test_optuna_sweeper_minimises_the_objective_the_jobs_return(tmp_path):
-    proc = sweep("hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "optimizer.lr=interval(0.001,0.5)",
-                 "dataset=synthetic", "trainer.epochs=1", "trainer.progress=log", f"hydra.sweep.dir={tmp_path / 's'}",
-                 cwd=tmp_path)
+def test_optuna_sweeper_minimises_the_objective_the_jobs_return(tmp_path, losslab):
+    proc = losslab.sweep("hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "optimizer.lr=interval(0.001,0.5)",
+                         "dataset=synthetic", "trainer.epochs=1", "trainer.progress=log",
+                         f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.output
     runs = summaries(tmp_path / "s")
     assert len(runs) == 3 and all(r["status"] == "completed" for r in runs.values())
@@ -70,25 +70,25 @@ def test_optuna_sweeper_minimises_the_objective_the_jobs_return(tmp_path):
     assert f"Best value: {best}" in proc.output  # the objective each job returns: its monitored metric
 
 
-def test_a_presets_grid_names_the_job_dirs_and_an_unsafe_value_is_made_safe(tmp_path):
-    proc = sweep("dataset=synthetic", "trainer.max_steps=1", "trainer.figures=false", "trainer.progress=log",
-                 "sweep=seeds", "name=a/b,c", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+def test_a_presets_grid_names_the_job_dirs_and_an_unsafe_value_is_made_safe(tmp_path, losslab):
+    proc = losslab.sweep("dataset=synthetic", "trainer.max_steps=1", "trainer.figures=false", "trainer.progress=log",
+                         "sweep=seeds", "name=a/b,c", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.output
     assert sorted(p.name for p in (tmp_path / "s").iterdir() if p.is_dir()) == [
         f"{job}_name={name},seed={seed}" for job, (seed, name) in enumerate(itertools.product((0, 1, 2), ("a_b", "c")))]
     assert "6 completed" in proc.output
     # a command-line value replaces the preset's grid of that key, as in Hydra's sweepers: seed no longer varies
-    proc = sweep("dataset=synthetic", "trainer.max_steps=1", "trainer.figures=false", "trainer.progress=log",
-                 "sweep=seeds", "seed=1", "optimizer.lr=0.5,0.05", f"hydra.sweep.dir={tmp_path / 'one_seed'}",
-                 cwd=tmp_path)
+    proc = losslab.sweep("dataset=synthetic", "trainer.max_steps=1", "trainer.figures=false", "trainer.progress=log",
+                         "sweep=seeds", "seed=1", "optimizer.lr=0.5,0.05", f"hydra.sweep.dir={tmp_path / 'one_seed'}",
+                         cwd=tmp_path)
     assert proc.returncode == 0, proc.output
     assert [d.name for d in job_dirs(tmp_path / "one_seed")] == ["0_optimizer.lr=0.5", "1_optimizer.lr=0.05"]
 
 
-def test_a_failing_and_a_diverging_job_do_not_stop_the_others(tmp_path):
+def test_a_failing_and_a_diverging_job_do_not_stop_the_others(tmp_path, losslab):
     # lr=-1 fails its range check inside the job; lr=1e6 with an L2 term diverges
-    proc = sweep("dataset=synthetic", "trainer.epochs=1", "trainer.progress=log", "trainer.l2=1",
-                 "optimizer.lr=0.5,-1,1e6,0.05", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    proc = losslab.sweep("dataset=synthetic", "trainer.epochs=1", "trainer.progress=log", "trainer.l2=1",
+                         "optimizer.lr=0.5,-1,1e6,0.05", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
     assert proc.returncode == 1, proc.output  # a job failed
     assert "2 completed, 1 diverged, 1 failed" in proc.output
     runs = summaries(tmp_path / "s")
@@ -98,12 +98,12 @@ def test_a_failing_and_a_diverging_job_do_not_stop_the_others(tmp_path):
     assert listed == {"1_optimizer.lr=-1": "failed", "2_optimizer.lr=1000000.0": "diverged"}
 
 
-def test_relaunching_a_killed_sweep_runs_only_the_unfinished_jobs(tmp_path):
+def test_relaunching_a_killed_sweep_runs_only_the_unfinished_jobs(tmp_path, losslab):
     grid = [*GRID, "trainer.epochs=3", "trainer.deterministic=true"]
-    reference = sweep(*grid, f"hydra.sweep.dir={tmp_path / 'reference'}", cwd=tmp_path)
+    reference = losslab.sweep(*grid, f"hydra.sweep.dir={tmp_path / 'reference'}", cwd=tmp_path)
     assert reference.returncode == 0, reference.output
 
-    killed = sweep(*grid, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path, wait=False)
+    killed = losslab.sweep(*grid, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path, wait=False)
     deadline = time.time() + 300
     while not (tmp_path / "s" / "1_optimizer.lr=0.5,trainer.l2=0.1" / "summary.json").exists():
         assert killed.poll() is None and time.time() < deadline
@@ -113,7 +113,7 @@ def test_relaunching_a_killed_sweep_runs_only_the_unfinished_jobs(tmp_path):
     finished = sum(1 for d in job_dirs(tmp_path / "s") if (d / "summary.json").exists())
     assert 2 <= finished < 4
 
-    relaunch = sweep(*grid, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    relaunch = losslab.sweep(*grid, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
     assert relaunch.returncode == 0, relaunch.output
     assert relaunch.output.count(": skipped") == finished  # only the unfinished jobs ran again
     assert "4 completed" in relaunch.output
@@ -124,14 +124,14 @@ def test_relaunching_a_killed_sweep_runs_only_the_unfinished_jobs(tmp_path):
     assert numbers(tmp_path / "s") == numbers(tmp_path / "reference")
 
 
-def test_a_relaunch_resumes_a_job_with_a_checkpoint_whatever_its_status_and_clears_its_old_error(tmp_path):
+def test_a_relaunch_resumes_a_job_with_a_checkpoint_whatever_its_status_and_clears_its_old_error(tmp_path, losslab):
     """Job 1 is killed at step 21's evaluation (its last.pt is step 14's) and then marked failed with an error.txt,
     as a job that timed out too often on a cluster was; the relaunch resumes it from last.pt, not from step 0."""
     grid = ["dataset=synthetic", "trainer.epochs=3", "trainer.eval_every=0.5", "trainer.deterministic=true",
             "trainer.progress=log", "trainer.figures=false", "seed=0,1"]
-    reference = sweep(*grid, f"hydra.sweep.dir={tmp_path / 'reference'}", cwd=tmp_path)
+    reference = losslab.sweep(*grid, f"hydra.sweep.dir={tmp_path / 'reference'}", cwd=tmp_path)
     assert reference.returncode == 0, reference.output
-    killed = losslab_train("-m", *grid, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path,
+    killed = losslab.train("-m", *grid, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path,
                            stop_at="SIGKILL eval 21 job=1")
     assert killed.returncode == -signal.SIGKILL
     job = job_dir(tmp_path / "s", 1)
@@ -139,7 +139,7 @@ def test_a_relaunch_resumes_a_job_with_a_checkpoint_whatever_its_status_and_clea
     (job / "summary.json").write_text(json.dumps({"status": "failed", "overrides": ["seed=1"], "error": "timed out"}))
     (job / "error.txt").write_text("Job not requeued because: timed-out too many times.")
 
-    relaunch = sweep(*grid, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    relaunch = losslab.sweep(*grid, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
     assert relaunch.returncode == 0, relaunch.output
     assert "resuming at step 14" in (job / "cli.log").read_text() and not (job / "error.txt").exists()
     for number in (0, 1):

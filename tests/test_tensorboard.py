@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from commands import losslab_train
 from tensorboard.compat.tensorflow_stub import errors
 
 GRID = ["dataset=synthetic", "trainer.max_steps=2", "trainer.figures=false", "trainer.progress=log"]
@@ -56,9 +55,9 @@ def session_groups(get, n: int) -> list[dict]:
         time.sleep(0.5)
 
 
-def test_the_hparams_dashboard_shows_the_swept_keys_and_runs_are_named_by_them(tmp_path):
+def test_the_hparams_dashboard_shows_the_swept_keys_and_runs_are_named_by_them(tmp_path, losslab):
     sweep = tmp_path / "sweep"
-    done = losslab_train("-m", *GRID, "optimizer.lr=0.5,0.05", "trainer.l2=0,0.1", f"hydra.sweep.dir={sweep}",
+    done = losslab.train("-m", *GRID, "optimizer.lr=0.5,0.05", "trainer.l2=0,0.1", f"hydra.sweep.dir={sweep}",
                          cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     with tensorboard(sweep) as get:
@@ -76,9 +75,9 @@ def test_the_hparams_dashboard_shows_the_swept_keys_and_runs_are_named_by_them(t
                             "2_optimizer.lr=0.05,trainer.l2=0", "3_optimizer.lr=0.05,trainer.l2=0.1"]
 
 
-def test_a_single_run_shows_its_hparams(tmp_path):
+def test_a_single_run_shows_its_hparams(tmp_path, losslab):
     run_dir = tmp_path / "run"
-    done = losslab_train(*GRID, "optimizer.lr=0.3", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    done = losslab.train(*GRID, "optimizer.lr=0.3", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     with tensorboard(run_dir) as get:
         (group,) = session_groups(get, 1)
@@ -132,8 +131,8 @@ def test_a_run_logger_holds_its_event_file_open_and_every_event_reads_back_in_or
     """A run's events go through one file handle held open from the first event to `close` (TensorBoard's GFile
     stand-in opens the file again for every event); the events written before it was opened (the file version, a
     resumed run's purge) and after it come back in order through TensorBoard's own reader."""
+    from helpers.tb_events import read_events
     from omegaconf import OmegaConf
-    from tb_events import read_events
 
     from losslab.training.run_logger import RunLogger
 

@@ -1,21 +1,27 @@
 """losslab's commands run as a user runs them, in a fresh process, and what they leave in run and sweep dirs.
 
-The data files tests train on are written by fixtures.py; TensorBoard's view of a run is read by tb_events.py.
+A test reaches the commands through conftest's `losslab` fixture (a `Commands`), which marks it slow; the readers
+at the end (summary.json, report.csv, metrics.csv) start nothing. The data files tests train on are written by
+fixtures.py; TensorBoard's view of a run is read by tb_events.py.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
+import pty
+import struct
 import subprocess
+import termios
 from pathlib import Path
 
 from losslab.records.job_dirs import job_dirs, job_number
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 600  # s per command
-STOP_HOOK = Path(__file__).resolve().parent / "stop_hook"  # its sitecustomize.py: LOSSLAB_TEST_STOP_AT's hook
+STOP_HOOK = Path(__file__).resolve().parents[1] / "stop_hook"  # its sitecustomize.py: LOSSLAB_TEST_STOP_AT's hook
 
 
 def stop_env(env: dict[str, str], stop_at: str | None) -> dict[str, str]:
@@ -62,6 +68,40 @@ def sweep(*args: str, cwd: Path, wait: bool = True) -> subprocess.Popen:
     if wait:
         proc.output = proc.communicate(timeout=TIMEOUT)[0]
     return proc
+
+
+def on_a_terminal(*args: str, cwd: Path) -> str:
+    """`losslab-train *args` with stdout and stderr on a 100-column pseudo-terminal; what it wrote there."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the terminal's size, then the real command
+        try:
+            os.chdir(cwd)
+            fcntl.ioctl(1, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+            os.execvpe("losslab-train", ["losslab-train", *args], user_env())
+        finally:
+            os._exit(127)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, output.decode()
+    return output.decode()
+
+
+class Commands:
+    """What conftest's `losslab` fixture gives a test: each way above of starting a process, by a short name."""
+
+    run = staticmethod(run)
+    train = staticmethod(losslab_train)
+    start = staticmethod(start)
+    sweep = staticmethod(sweep)
+    on_a_terminal = staticmethod(on_a_terminal)
 
 
 def summary(run_dir: Path) -> dict:
