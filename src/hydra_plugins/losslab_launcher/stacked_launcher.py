@@ -23,7 +23,7 @@ recorded in its run dir, and the sweep ends with its tally and the command that 
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from losslab.sweeps.hydra_adapter import remember_compositions
 from losslab.sweeps.stacks import Member, chunks, describe_job, finished, numbers_text
 
+try:  # the keys of hydra/launcher=slurm: Hydra's submitit queue config (SlurmQueueConf) with losslab's defaults
+    from hydra_plugins.losslab_launcher.slurm_launcher import LosslabSlurmConf as SubmititConf
+except ImportError:  # the `sweep` extra is not installed: the stacks train in this process only
+
+    @dataclass
+    class SubmititConf:
+        pass
+
+
 log = logging.getLogger("losslab")
 
 
@@ -48,39 +57,14 @@ class Executor(Enum):
 
 
 @dataclass
-class StackedLauncherConf:
+class StackedLauncherConf(SubmititConf):
+    """With a submitit executor, the keys of hydra/launcher=slurm configure its tasks, each task being one stack of
+    at most max_members jobs; the launcher names the array after the sweep, each task <sweep>/<its job numbers>."""
+
     _target_: str = "hydra_plugins.losslab_launcher.stacked_launcher.StackedLauncher"
     max_members: int = 64  # the most jobs in one stack; a larger group trains in several stacks
     conv_on_cpu: bool = False  # stack convolutional models on the CPU too (slower there than one by one)
     executor: Executor = Executor.in_process  # where the stacks train
-    # with a submitit executor: the keys of hydra/launcher=slurm (slurm_launcher.LosslabSlurmConf), each task being
-    # one stack of at most max_members jobs
-    submitit_folder: str = "${hydra.sweep.dir}/.submitit/%j"
-    timeout_min: int = 60
-    cpus_per_task: int | None = None
-    gpus_per_node: int | None = None
-    tasks_per_node: int = 1
-    mem_gb: int | None = None
-    nodes: int = 1
-    name: str = "losslab"  # the launcher names the array after the sweep, each task <sweep>/<its job numbers>
-    stderr_to_stdout: bool = False
-    partition: str | None = None
-    qos: str | None = None
-    comment: str | None = None
-    constraint: str | None = None
-    exclude: str | None = None
-    gres: str | None = None
-    cpus_per_gpu: int | None = None
-    gpus_per_task: int | None = None
-    mem_per_gpu: str | None = None
-    mem_per_cpu: str | None = None
-    account: str | None = None
-    signal_delay_s: int = 120  # USR2 this long before the time limit: the stack writes last.pt and is requeued
-    max_num_timeout: int = 10  # requeues after time-outs; each resumes from last.pt
-    additional_parameters: dict[str, Any] = field(default_factory=dict)
-    array_parallelism: int = 256
-    setup: list[str] | None = None
-    poll_s: float = 5.0  # how often the launcher asks Slurm about its tasks
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="stacked", node=StackedLauncherConf, provider="losslab")
