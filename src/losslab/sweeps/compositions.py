@@ -55,7 +55,7 @@ def derived_composition(master_config: DictConfig, template: DictConfig, before:
     if [o.key_or_group for o in before] != keys:
         return None
     changed = [o for o, old in zip(after, before) if o.input_line != old.input_line]
-    groups = template.hydra.runtime.choices
+    groups = set(template.hydra.runtime.choices)
     values = [k for k in keys if k not in groups]
     for o in changed:
         key = o.key_or_group
