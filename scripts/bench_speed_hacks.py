@@ -5,13 +5,17 @@ sitting (runs alternated, so a change in the machine's speed hits both alike), m
   imports them only for s3:// and gs:// log dirs. losslab imports it as is (the hack paid under 3 %); here the
   hack is applied before the command. Timed on `losslab-train trainer=debug` and on the import alone.
 - compositions: the stacked launcher takes each job's config from the sweeper's validation pass
-  (stacked_launcher.remember_compositions) instead of composing it again, and that pass derives a job that
-  changes only config values from an earlier job's composition. Timed on a 16-job stacked grid.
-  Without the hack, remember_compositions is replaced by one that remembers nothing. As whole commands vary by
-  more than the hack saves on a busy machine, one more run without it times each composition and prints what
-  the launcher's compositions (the ones the hack saves) cost of the command.
+  (losslab.sweeps.hydra_adapter.remember_compositions) instead of composing it again, and that pass derives a job
+  that changes only config values from an earlier job's composition (losslab.sweeps.compositions). Timed on a
+  16-job stacked grid. Without the hack, the launcher composes every job with Hydra's load_sweep_config, as the
+  basic launcher does. As whole commands vary by more than the hack saves on a busy machine, one more run without
+  it times each composition and prints what the launcher's compositions (the ones the hack saves) cost of the
+  command.
+- validation: the first half of the compositions hack alone, the one that leans on Hydra's inner workings: with
+  it as above; without it, the launcher derives its jobs' configs itself and the sweeper composes each job in full
+  (the public path, which the launcher falls back to where Hydra's config loader takes no layer).
 
-    python scripts/bench_speed_hacks.py [--hacks tensorboard compositions] [--repeat 5] [--site DIR]
+    python scripts/bench_speed_hacks.py [--hacks tensorboard compositions validation] [--repeat 5] [--site DIR]
 
 `--site DIR` appends DIR to sys.path in every timed process, e.g. a `pip install --target DIR boto3` to time the
 tensorboard hack with boto3 installed (appended, so nothing there shadows the environment's own packages).
@@ -36,17 +40,23 @@ TRAIN = "from losslab.commands.cli import train\nsys.argv = ['losslab-train', *{
 LAUNCHER = "hydra_plugins.losslab_launcher.stacked_launcher.StackedLauncher"
 HIDE = "sys.modules.update(dict.fromkeys(['boto3', 'fsspec']))\n"
 WITH = {"tensorboard": HIDE + "import torch.utils.tensorboard\ndel sys.modules['boto3'], sys.modules['fsspec']\n",
-        "compositions": ""}
+        "compositions": "", "validation": ""}
+# the launcher class Hydra's plugin scan loaded (its module is not the one `import` would give), and Compositions
+# that let Hydra compose every job
+LAYERS = ("from hydra.core.plugins import Plugins\nfrom losslab.sweeps.compositions import Compositions\n"
+          "launcher = Plugins.instance().class_name_to_class['" + LAUNCHER + "']\n"
+          "class Composing(Compositions):\n"
+          "    def __call__(self, master_config, sweep_overrides):\n"
+          "        return self.compose(master_config, list(sweep_overrides))\n")
 WITHOUT = {
     "tensorboard": "",
-    # the launcher class Hydra's plugin scan loaded (its module is not the one `import` would give)
-    "compositions": "from hydra.core.plugins import Plugins\n"
-                    "launcher = Plugins.instance().class_name_to_class['" + LAUNCHER + "']\n"
-                    "launcher.setup.__globals__['remember_compositions'] = lambda config_loader: {}\n",
+    "compositions": LAYERS + "launcher.setup.__globals__['remember_compositions'] = "
+                             "lambda config_loader: Composing(config_loader.load_sweep_config)\n",
+    "validation": LAYERS + "launcher.setup.__globals__['remember_compositions'] = "
+                           "lambda config_loader: Compositions(config_loader.load_sweep_config)\n",
 }
 COMPOSITIONS_COST = (  # without the hack, and the wall and CPU time of every composition
-    "import resource, time\nfrom hydra.core.plugins import Plugins\n"
-    "launcher = Plugins.instance().class_name_to_class['" + LAUNCHER + "']\nspent = []\n"
+    "import resource, time\n" + LAYERS + "spent = []\n"
     "def timing(loader):\n"
     "    compose = loader.load_sweep_config\n"
     "    def load_sweep_config(master_config, sweep_overrides):\n"
@@ -55,7 +65,7 @@ COMPOSITIONS_COST = (  # without the hack, and the wall and CPU time of every co
     "        spent.append((time.perf_counter() - wall, time.process_time() - cpu))\n"
     "        return config\n"
     "    loader.load_sweep_config = load_sweep_config\n"
-    "    return {}\n"
+    "    return Composing(load_sweep_config)\n"
     "launcher.setup.__globals__['remember_compositions'] = timing\nstarted = time.perf_counter()\n"
     "try:\n    {train}finally:\n"
     "    usage = resource.getrusage(resource.RUSAGE_SELF)\n"
@@ -126,7 +136,8 @@ def main() -> None:
         compare("import torch.utils.tensorboard", lambda: import_time(True, args.site),
                 lambda: import_time(False, args.site), args.repeat)
     for hack, title, argv in (("tensorboard", "losslab-train trainer=debug", DEBUG),
-                              ("compositions", "losslab-train -m hydra/launcher=stacked (16)", GRID)):
+                              ("compositions", "losslab-train -m hydra/launcher=stacked (16)", GRID),
+                              ("validation", "the same, its validation layer", GRID)):
         if hack in args.hacks:
             with_hack, without_hack = (arm[hack] + TRAIN.format(argv=argv) for arm in (WITH, WITHOUT))
             compare(title, lambda code=with_hack: timed(code, args.site),

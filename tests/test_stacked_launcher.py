@@ -261,21 +261,20 @@ def test_the_launcher_takes_the_sweepers_composition_of_each_job_and_derives_val
     assert calls == [SWEEP_JOBS[0], SWEEP_JOBS[3], SWEEP_JOBS[4]]
     assert [OmegaConf.to_yaml(config) for config in validated] == expected
     assert validated[2].optimizer.lr == 0.001 and validated[1].optimizer.betas == [0.8, 0.99]
-    assert composed.pop((id(master), tuple(SWEEP_JOBS[1]))) is validated[1]
-    assert composed.pop((id(master), ("seed=2",)), None) is None  # never validated: the launcher composes it
+    assert composed.validated.pop((id(master), tuple(SWEEP_JOBS[1]))) is validated[1]
+    assert composed.validated.pop((id(master), ("seed=2",)), None) is None  # never validated: the launcher composes it
 
 
 def test_a_jobs_set_up_writes_and_returns_what_hydras_run_job_does_with_describe_job(tmp_path):
-    """`StackedLauncher.prepare` (the set-up pass, with fewer copies) against Hydra's run_job with describe_job as
-    the task function, on two copies of one composed job: the same .hydra/ bytes and log file, the same JobReturn
-    (overrides, config, hydra config, working dir, task name, status) and losslab Job, HydraConfig as it was."""
-    import copy
-
+    """`StackedLauncher.set_up` (the set-up pass, on a job derived from an earlier job's composition) against
+    Hydra's composition of the job run by Hydra's run_job with describe_job as the task function: the same .hydra/
+    bytes and log file, the same JobReturn (overrides, config, hydra config, working dir, task name, status) and
+    losslab Job, HydraConfig as it was."""
     from hydra import initialize_config_dir
     from hydra._internal.callbacks import Callbacks
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
-    from hydra.core.utils import JobStatus
+    from hydra.core.utils import JobStatus, run_job
     from hydra.types import HydraContext, RunMode
     from omegaconf import OmegaConf, open_dict
 
@@ -283,41 +282,131 @@ def test_a_jobs_set_up_writes_and_returns_what_hydras_run_job_does_with_describe
     from losslab.config import CONF_DIR, register
 
     register()
+    overrides = ["optimizer.lr=0.3", "seed=2"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
-        master = loader.load_configuration("train", ["hydra/launcher=stacked", *TINY], RunMode.MULTIRUN)
+        masters = {way: loader.load_configuration("train", ["hydra/launcher=stacked", *TINY,
+                                                            f"hydra.sweep.dir={tmp_path / way}"], RunMode.MULTIRUN)
+                   for way in ("run_job", "set_up")}
+        contexts = {way: HydraContext(config_loader=loader, callbacks=Callbacks(master))
+                    for way, master in masters.items()}
+        composed = loader.load_sweep_config(masters["run_job"], overrides)
         launcher = StackedLauncher()
-        launcher.setup(hydra_context=HydraContext(config_loader=loader, callbacks=Callbacks(master)),
-                       task_function=describe_job, config=master)
-        composed = loader.load_sweep_config(master, ["optimizer.lr=0.3", "seed=2"])
+        launcher.setup(hydra_context=contexts["set_up"], task_function=describe_job, config=masters["set_up"])
         returns, dirs = {}, {}
-        for way in ("run_job", "prepare"):
-            config = copy.deepcopy(composed)
-            with open_dict(config):
-                config.hydra.sweep.dir, config.hydra.job.num, config.hydra.job.id = str(tmp_path / way), 3, 3
+        for way in ("run_job", "set_up"):
             before = HydraConfig.instance().cfg
-            returns[way] = launcher.run(config, describe_job) if way == "run_job" else launcher.prepare(config)
+            if way == "run_job":
+                with open_dict(composed):
+                    composed.hydra.job.num, composed.hydra.job.id = 3, 3
+                returns[way] = run_job(task_function=describe_job, config=composed, job_dir_key="hydra.sweep.dir",
+                                       job_subdir_key="hydra.sweep.subdir", hydra_context=contexts[way])
+            else:
+                launcher.set_up(2, ["optimizer.lr=0.1", "seed=1"])  # composed by Hydra; the next job derived
+                returns[way] = launcher.set_up(3, overrides).ret
+                assert len(launcher.compositions.templates) == 1  # Hydra composed job 2 only
             assert HydraConfig.instance().cfg is before
-            [dirs[way]] = (tmp_path / way).iterdir()
-    ran, prepared = returns["run_job"], returns["prepare"]
+            [dirs[way]] = [d for d in (tmp_path / way).iterdir() if d.name.startswith("3_")]
+    ran, set_up = returns["run_job"], returns["set_up"]
     ran_name = ran.task_name  # the job's log file is named after it (hydra.job.name)
-    assert dirs["run_job"].name == dirs["prepare"].name
+    assert dirs["run_job"].name == dirs["set_up"].name
     files = [sorted(p.relative_to(dirs[way]).as_posix() for p in dirs[way].rglob("*")) for way in returns]
     assert files[0] == files[1] == [".hydra", ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml",
                                     f"{ran_name}.log"]
     for name in (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml"):
         texts = [(dirs[way] / name).read_text().replace(str(tmp_path / way), "<sweep dir>") for way in returns]
         assert texts[0] == texts[1], name
-    assert "lr: 0.3" in (dirs["prepare"] / ".hydra/config.yaml").read_text()
-    assert str(dirs["prepare"]) in (dirs["prepare"] / ".hydra/hydra.yaml").read_text()  # the output dir it set
-    assert prepared.status == ran.status == JobStatus.COMPLETED
-    assert (prepared.overrides, prepared.task_name, prepared.working_dir) == \
+    assert "lr: 0.3" in (dirs["set_up"] / ".hydra/config.yaml").read_text()
+    assert str(dirs["set_up"]) in (dirs["set_up"] / ".hydra/hydra.yaml").read_text()  # the output dir it set
+    assert set_up.status == ran.status == JobStatus.COMPLETED
+    assert (set_up.overrides, set_up.task_name, set_up.working_dir) == \
            (ran.overrides, ran.task_name, ran.working_dir)
-    assert OmegaConf.to_yaml(prepared.cfg) == OmegaConf.to_yaml(ran.cfg)
-    assert OmegaConf.is_struct(prepared.cfg) and OmegaConf.is_struct(ran.cfg)
-    assert OmegaConf.to_yaml(prepared.hydra_cfg).replace(str(tmp_path / "prepare"), "") == \
+    assert OmegaConf.to_yaml(set_up.cfg) == OmegaConf.to_yaml(ran.cfg)
+    assert OmegaConf.is_struct(set_up.cfg) and OmegaConf.is_struct(ran.cfg)
+    assert OmegaConf.to_yaml(set_up.hydra_cfg).replace(str(tmp_path / "set_up"), "") == \
            OmegaConf.to_yaml(ran.hydra_cfg).replace(str(tmp_path / "run_job"), "")
-    jobs = [ret.return_value for ret in (ran, prepared)]
-    assert [job.run_dir for job in jobs] == [dirs["run_job"], dirs["prepare"]]
+    jobs = [ret.return_value for ret in (ran, set_up)]
+    assert [job.run_dir for job in jobs] == [dirs["run_job"], dirs["set_up"]]
     assert jobs[0].hparams == jobs[1].hparams and jobs[0].overrides == jobs[1].overrides
     assert OmegaConf.to_yaml(jobs[0].cfg) == OmegaConf.to_yaml(jobs[1].cfg)
+
+
+def test_hydras_basic_sweeper_validates_each_job_through_the_launchers_compositions():
+    """What the one reliance on Hydra's inner workings (losslab.sweeps.hydra_adapter) needs of Hydra: its basic
+    sweeper, set up with the stacked launcher, composes each job of a batch through the launcher's layer on the
+    config loader, so the launcher takes those compositions (each as Hydra composes it) instead of composing again."""
+    from hydra import initialize_config_dir
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.plugins import Plugins
+    from hydra.types import HydraContext, RunMode
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.losslab_launcher.stacked_launcher import describe_job
+    from losslab.config import CONF_DIR, register
+
+    register()
+    batch = [["optimizer.lr=0.3", "seed=0"], ["optimizer.lr=0.1", "seed=1"], ["optimizer.lr=0.1", "seed=2"]]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("train", ["hydra/launcher=stacked"], RunMode.MULTIRUN)
+        expected = [OmegaConf.to_yaml(loader.load_sweep_config(master, job)) for job in batch]
+        previous = HydraConfig.instance().cfg
+        HydraConfig.instance().set_config(master)  # as Hydra sets it before it instantiates the sweeper
+        try:
+            sweeper = Plugins.instance().instantiate_sweeper(
+                config=master, hydra_context=HydraContext(config_loader=loader, callbacks=Callbacks(master)),
+                task_function=describe_job)
+        finally:
+            HydraConfig.instance().cfg = previous
+        assert type(sweeper).__name__ == "BasicSweeper" and type(sweeper.launcher).__name__ == "StackedLauncher"
+        sweeper.validate_batch_is_legal(batch)
+        compositions = sweeper.launcher.compositions
+        assert sorted(compositions.validated) == sorted((id(master), tuple(job)) for job in batch)
+        assert len(compositions.templates) == 1  # Hydra composed the first job; the others were derived from it
+        taken = [compositions.take(master, job) for job in batch]
+    assert [OmegaConf.to_yaml(config) for config in taken] == expected
+    assert not compositions.validated
+
+
+def test_where_the_loader_takes_no_layer_the_launcher_composes_every_job_as_hydra_does():
+    """The adapter's fallback: a config loader whose attributes cannot be set gets no layer, the sweeper's
+    compositions are not kept, and the launcher composes each job itself, as Hydra composes it (with
+    hydra.job.config.override_dirname's separators and excluded keys)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from losslab.config import CONF_DIR, register
+    from losslab.sweeps.hydra_adapter import remember_compositions
+
+    class Sealed:
+        """A config loader whose attributes cannot be set."""
+
+        def __init__(self, loader):
+            object.__setattr__(self, "loader", loader)
+
+        def __getattr__(self, name):
+            return getattr(self.loader, name)
+
+        def __setattr__(self, name, value):
+            raise AttributeError(f"cannot set {name}")
+
+    register()
+    dirname = ["hydra.job.config.override_dirname.kv_sep=-", "hydra.job.config.override_dirname.item_sep=_",
+               "hydra.job.config.override_dirname.exclude_keys=[trainer.l2]"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("train", ["hydra/launcher=stacked", *dirname], RunMode.MULTIRUN)
+        expected = [OmegaConf.to_yaml(loader.load_sweep_config(master, job)) for job in SWEEP_JOBS]
+        sealed = Sealed(loader)
+        compositions = remember_compositions(sealed)
+        for job in SWEEP_JOBS:
+            sealed.load_sweep_config(master, job)  # what a sweeper's validation calls: Hydra's own, not kept
+        assert not compositions.validated
+        taken = [compositions.take(master, job) for job in SWEEP_JOBS]
+    assert [OmegaConf.to_yaml(config) for config in taken] == expected
+    assert taken[1].hydra.job.override_dirname == "optimizer.betas-[0.8,0.99]_optimizer.lr-0.1_optimizer-adam"
+    assert len(compositions.templates) == 3  # the jobs that change a config group or add a key

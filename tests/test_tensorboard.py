@@ -202,8 +202,8 @@ def test_a_run_and_its_resume_read_back_with_valid_checksums_with_the_adapter_an
     """With the adapter's shortcuts, and with TensorBoard's public path where the attributes they use are missing
     (as if a release renamed them) or they are turned off, a run and its resume (which purges the steps after its
     checkpoint) read back whole and in order through EventAccumulator, and every record's checksums are valid."""
-    from omegaconf import OmegaConf
     from helpers.tb_events import read_events
+    from omegaconf import OmegaConf
     from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
     from tensorboard.summary.writer import record_writer
 

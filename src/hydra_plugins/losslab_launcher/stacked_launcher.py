@@ -23,32 +23,32 @@ recorded in its run dir, and the sweep ends with its tally and the command that 
 
 # no `from __future__ import annotations`: Hydra's plugin scan runs this module outside sys.modules, where
 # dataclasses cannot resolve string annotations
-import copy
 import logging
 import math
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from hydra.core.utils import (
-    JobReturn,
-    JobRuntime,
-    JobStatus,
-    configure_log,
-    env_override,
-    filter_overrides,
-    run_job,
-    setup_globals,
-)
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from losslab.sweeps.hydra_adapter import remember_compositions
+from losslab.sweeps.stacks import Member, chunks, describe_job, finished, numbers_text
+
+try:  # the keys of hydra/launcher=slurm: Hydra's submitit queue config (SlurmQueueConf) with losslab's defaults
+    from hydra_plugins.losslab_launcher.slurm_launcher import LosslabSlurmConf as SubmititConf
+except ImportError:  # the `sweep` extra is not installed: the stacks train in this process only
+
+    @dataclass
+    class SubmititConf:
+        pass
+
 
 log = logging.getLogger("losslab")
 
@@ -60,136 +60,17 @@ class Executor(Enum):
 
 
 @dataclass
-class StackedLauncherConf:
+class StackedLauncherConf(SubmititConf):
+    """With a submitit executor, the keys of hydra/launcher=slurm configure its tasks, each task being one stack of
+    at most max_members jobs; the launcher names the array after the sweep, each task <sweep>/<its job numbers>."""
+
     _target_: str = "hydra_plugins.losslab_launcher.stacked_launcher.StackedLauncher"
     max_members: int = 64  # the most jobs in one stack; a larger group trains in several stacks
     conv_on_cpu: bool = False  # stack convolutional models on the CPU too (slower there than one by one)
     executor: Executor = Executor.in_process  # where the stacks train
-    # with a submitit executor: the keys of hydra/launcher=slurm (slurm_launcher.LosslabSlurmConf), each task being
-    # one stack of at most max_members jobs
-    submitit_folder: str = "${hydra.sweep.dir}/.submitit/%j"
-    timeout_min: int = 60
-    cpus_per_task: int | None = None
-    gpus_per_node: int | None = None
-    tasks_per_node: int = 1
-    mem_gb: int | None = None
-    nodes: int = 1
-    name: str = "losslab"  # the launcher names the array after the sweep, each task <sweep>/<its job numbers>
-    stderr_to_stdout: bool = False
-    partition: str | None = None
-    qos: str | None = None
-    comment: str | None = None
-    constraint: str | None = None
-    exclude: str | None = None
-    gres: str | None = None
-    cpus_per_gpu: int | None = None
-    gpus_per_task: int | None = None
-    mem_per_gpu: str | None = None
-    mem_per_cpu: str | None = None
-    account: str | None = None
-    signal_delay_s: int = 120  # USR2 this long before the time limit: the stack writes last.pt and is requeued
-    max_num_timeout: int = 10  # requeues after time-outs; each resumes from last.pt
-    additional_parameters: dict[str, Any] = field(default_factory=dict)
-    array_parallelism: int = 256
-    setup: list[str] | None = None
-    poll_s: float = 5.0  # how often the launcher asks Slurm about its tasks
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="stacked", node=StackedLauncherConf, provider="losslab")
-
-
-def describe_job(cfg: DictConfig):
-    """The task function of the set-up pass: resolve the job's config while its HydraConfig is current."""
-    from losslab.training.loop import Job
-    from losslab.training.run_logger import hparams_of
-
-    hc = HydraConfig.get()
-    overrides = list(hc.overrides.task)
-    OmegaConf.resolve(cfg)
-    return Job(cfg, Path(hc.runtime.output_dir), hparams_of(cfg, dict(hc.runtime.choices), overrides), overrides,
-               number=hc.job.num)
-
-
-def remember_compositions(config_loader) -> dict:
-    """Keep what `config_loader.load_sweep_config` returns, by overrides. The sweeper composes every job once to
-    validate the batch (Sweeper.validate_batch_is_legal) and throws the result away; the launcher takes it
-    instead of composing the job a second time. A job whose overrides differ from an earlier job's only in the
-    values of plain config keys is that job's composition with Hydra's own override step applied
-    (`derived_composition`): composing costs ~0.12 s a job, the copy ~6 ms."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    composed, compose, parser = {}, config_loader.load_sweep_config, OverridesParser.create()
-    if getattr(compose, "remembers", None) is not None:
-        return compose.remembers
-    templates: list[tuple[int, list, DictConfig]] = []  # (master config id, parsed overrides, composition)
-
-    def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        candidates = [(before, template) for master, before, template in templates if master == id(master_config)]
-        parsed = parser.parse_overrides(list(sweep_overrides))
-        config = next((derived for before, template in candidates
-                       if (derived := derived_composition(config_loader, master_config, template, before,
-                                                          parsed)) is not None), None)
-        if config is None:
-            config = compose(master_config, sweep_overrides)
-            # a copy: running the job makes the composition's hydra node read-only (HydraConfig.set_config)
-            templates.append((id(master_config), parsed, copy.deepcopy(config)))
-        composed[id(master_config), tuple(sweep_overrides)] = config  # a validating sweeper only reads it
-        return config
-
-    load_sweep_config.remembers = composed
-    config_loader.load_sweep_config = load_sweep_config  # this loader instance only, for this multirun
-    return composed
-
-
-def derived_composition(config_loader, master_config: DictConfig, template: DictConfig, before: list,
-                        after: list) -> DictConfig | None:
-    """What Hydra composes for the parsed overrides `after`, from `template`, its composition of `before`, when the
-    two lists name the same keys in the same order and differ only in values of keys that are not config groups
-    (Hydra applies those to the composed config, after the defaults: ConfigLoaderImpl._load_configuration_impl);
-    else None, and Hydra composes the job itself."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
-
-    if [o.key_or_group for o in before] != [o.key_or_group for o in after]:
-        return None
-    changed = [o for o, old in zip(after, before) if o.input_line != old.input_line]
-    if any(o.type.name != "CHANGE" or o.package is not None or o.is_hydra_override()
-           or config_loader.repository.group_exists(o.key_or_group) for o in changed):
-        return None
-    config = copy.deepcopy(template)
-    ConfigLoaderImpl._apply_overrides_to_config(changed, config)
-    dirname = config.hydra.job.config.override_dirname
-    config.hydra.overrides.task = [o.input_line for o in after]
-    config.hydra.job.override_dirname = get_overrides_dirname(after, list(dirname.exclude_keys), dirname.item_sep,
-                                                              dirname.kv_sep)
-    OmegaConf.copy_cache(from_config=master_config, to_config=config)
-    return config
-
-
-def numbers_text(numbers: list[int]) -> str:
-    """Job numbers as ranges: [0, 1, 2, 3, 8, 10, 11] -> `0-3,8,10-11`."""
-    ranges: list[list[int]] = []
-    for number in sorted(numbers):
-        if ranges and number == ranges[-1][1] + 1:
-            ranges[-1][1] = number
-        else:
-            ranges.append([number, number])
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
-
-
-@dataclass
-class Member:
-    """A job of the sweep, set up: its number, overrides, composed config, run dir, its losslab.training.loop.Job, and
-    its
-    JobReturn (the set-up pass's until it has trained)."""
-
-    number: int
-    overrides: list
-    sweep_config: DictConfig
-    ret: JobReturn
-
-    def __post_init__(self):
-        self.job = self.ret.return_value
-        self.run_dir = self.job.run_dir
 
 
 class StackedLauncher(Launcher):
@@ -210,53 +91,11 @@ class StackedLauncher(Launcher):
         if self.executor != "in_process":
             require_submitit(self.executor)
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
-        self.composed = remember_compositions(hydra_context.config_loader)
+        self.compositions = remember_compositions(hydra_context.config_loader)
 
     def run(self, sweep_config: DictConfig, task_function) -> JobReturn:
         ret = run_job(hydra_context=self.hydra_context, task_function=task_function, config=sweep_config,
                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        return ret
-
-    def prepare(self, config: DictConfig) -> JobReturn:
-        """`run(config, describe_job)` with fewer copies: what Hydra's run_job does before and after its task
-        function, in its order (HydraConfig current, the run dir, the job's log file, .hydra/ with the same bytes,
-        the callbacks told of the job's start and end, env_set around it). run_job copies the job's hydra node four
-        times (HydraConfig's masked copy twice, once as the output dir is set; the whole config; HydraConfig's copy
-        again); here HydraConfig is set once, its copy's output dir set in place, that copy is the JobReturn's, and
-        the job's config is copied without its hydra node. ~37 ms a job here, against run_job's ~51."""
-        hydra_config, callbacks = HydraConfig.instance(), self.hydra_context.callbacks
-        previous = hydra_config.cfg
-        hydra_config.set_config(config)
-        try:
-            output_dir = os.path.abspath(os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")),
-                                                      str(OmegaConf.select(config, "hydra.sweep.subdir"))))
-            for node in (config, hydra_config.cfg):  # the job's config, and HydraConfig's masked copy of it
-                with read_write(node.hydra.runtime):
-                    node.hydra.runtime.output_dir = output_dir
-            task_cfg = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
-            OmegaConf.set_struct(task_cfg, OmegaConf.is_struct(config))  # the root's one flag; its nodes keep theirs
-            job = hydra_config.cfg.hydra.job
-            ret = JobReturn(overrides=OmegaConf.to_container(config.hydra.overrides.task), cfg=task_cfg,
-                            hydra_cfg=hydra_config.cfg, working_dir=output_dir if job.chdir else os.getcwd())
-            Path(output_dir).mkdir(parents=True, exist_ok=True)
-            configure_log(config.hydra.job_logging, config.hydra.verbose)
-            if config.hydra.output_subdir is not None:
-                hydra_dir = Path(output_dir, config.hydra.output_subdir)
-                hydra_dir.mkdir(parents=True, exist_ok=True)
-                for name, node in (("config.yaml", task_cfg), ("hydra.yaml", hydra_config.cfg),
-                                   ("overrides.yaml", config.hydra.overrides.task)):
-                    (hydra_dir / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
-            with env_override(job.env_set):
-                callbacks.on_job_start(config=config, task_function=describe_job)
-                try:
-                    ret.return_value, ret.status = describe_job(task_cfg), JobStatus.COMPLETED
-                except Exception as e:
-                    ret.return_value, ret.status = e, JobStatus.FAILED
-            ret.task_name = JobRuntime.instance().get("name")
-            callbacks.on_job_end(config=config, job_return=ret)
-        finally:
-            hydra_config.cfg = previous
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
 
@@ -282,33 +121,13 @@ class StackedLauncher(Launcher):
             raise
 
     def set_up(self, number: int, overrides: list[str], job_id: str | None = None) -> Member:
-        """A job's run dir and .hydra/, as the basic launcher makes them, and its resolved config."""
-        sweep_config = self.composed.pop((id(self.config), tuple(overrides)), None)
-        if sweep_config is None:
-            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        """A job's run dir and .hydra/, as the basic launcher makes them (Hydra's run_job, with describe_job as the
+        task function), and its resolved config."""
+        sweep_config = self.compositions.take(self.config, list(overrides))
         with open_dict(sweep_config):
             sweep_config.hydra.job.num = number
             sweep_config.hydra.job.id = job_id or number
-        return Member(number, overrides, sweep_config, self.prepare(sweep_config))
-
-    def chunks(self, members: list[Member]) -> list[list[Member]]:
-        """The stacks to train: members grouped by losslab.stacking.steppers.group_key and whether they resume, in
-        chunks of
-        at most `max_members` by job number, each ordered by seed (members of one seed draw one data order, so
-        consecutive ones share their batches); a member with a finished result alone (its own run skips it)."""
-        from losslab.records.summary import can_resume, previous_result
-        from losslab.stacking.steppers import group_key
-
-        groups: dict[Any, list[Member]] = {}
-        for member in members:
-            job = member.job
-            if previous_result(job.run_dir, job.overrides):
-                groups[f"own {member.number}"] = [member]
-            else:
-                job.resume = can_resume(job.run_dir, job.overrides)
-                groups.setdefault((job.resume, group_key(job.cfg)), []).append(member)
-        return [sorted(group[start:start + self.max_members], key=lambda member: member.job.cfg.seed)
-                for group in groups.values() for start in range(0, len(group), self.max_members)]
+        return Member(number, overrides, sweep_config, self.run(sweep_config, describe_job))
 
     def train(self, jobs: list[tuple[int, list[str]]], task_id: str | None = None) -> list[Member]:
         """Set up, group and train `jobs` (number, overrides) in this process: the whole sweep with the in-process
@@ -320,7 +139,7 @@ class StackedLauncher(Launcher):
         members = [self.set_up(number, overrides, task_id) for number, overrides in jobs]
         for member in members if task_id else []:
             wait_for_lock(member.run_dir)
-        for chunk in self.chunks(members):
+        for chunk in chunks(members, self.max_members):
             self.run_chunk(chunk)
         return members
 
@@ -354,8 +173,8 @@ class StackedLauncher(Launcher):
         from losslab.sweeps.sweep import sweep_name
 
         members, chunks = [self.set_up(number, overrides) for number, overrides in jobs], []
-        for chunk in self.chunks(members):
-            if self.finished(chunk):
+        for chunk in chunks(members, self.max_members):
+            if finished(chunk):
                 self.run_chunk(chunk)  # its own run says it is skipped
             else:
                 chunks.append(chunk)
@@ -374,13 +193,6 @@ class StackedLauncher(Launcher):
                 for member, ret in zip(chunk, self.outcome(task, chunk)):
                     member.ret = ret
         return [member.ret for member in members]
-
-    @staticmethod
-    def finished(chunk: list[Member]) -> bool:
-        """Whether the chunk is one job with a finished result (losslab.records.summary.previous_result)."""
-        from losslab.records.summary import previous_result
-
-        return len(chunk) == 1 and previous_result(chunk[0].run_dir, chunk[0].overrides) is not None
 
     def __call__(self, jobs: list[tuple[int, list[str]]], singleton_state: dict) -> list[JobReturn]:
         """One chunk, in its submitit task: its members set up again and trained as in-process (`train`)."""
@@ -413,7 +225,7 @@ class StackedLauncher(Launcher):
 
     def outcome(self, task, chunk: list[Member]) -> list[JobReturn]:
         """The task's JobReturns; when it ended without them, each member's finished result from its run dir, and
-        each unfinished member recorded there (losslab.records.summary.record_slurm_end) with inf."""
+        each unfinished member recorded there (losslab.sweeps.sweep.record_slurm_end) with inf."""
         from losslab.records.summary import objective, previous_result, record_slurm_end
         from losslab.sweeps.slurm import final_state, read_result
 
