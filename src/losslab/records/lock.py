@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from losslab.errors import RunDirBusy, UserError
@@ -184,7 +184,7 @@ class _Held:
 def _record() -> bytes:
     return (json.dumps({
         "host": socket.gethostname(), "pid": os.getpid(), "slurm_job": slurm_job(),
-        "taken": datetime.now(timezone.utc).isoformat(timespec="seconds"), "token": uuid.uuid4().hex,
+        "taken": datetime.now(UTC).isoformat(timespec="seconds"), "token": uuid.uuid4().hex,
     }) + "\n").encode()
 
 
