@@ -172,22 +172,23 @@ class StackedLauncher(Launcher):
         from losslab.sweeps.slurm import build_executor, submit, wait_for_tasks
         from losslab.sweeps.sweep import sweep_name
 
-        members, chunks = [self.set_up(number, overrides) for number, overrides in jobs], []
+        members, to_submit = [self.set_up(number, overrides) for number, overrides in jobs], []
         for chunk in chunks(members, self.max_members):
             if finished(chunk):
                 self.run_chunk(chunk)  # its own run says it is skipped
             else:
-                chunks.append(chunk)
-        if chunks:
+                to_submit.append(chunk)
+        if to_submit:
             self.params["name"] = sweep_name(self.config)
             executor = build_executor(self.params, self.params["name"], self.executor.removeprefix("submitit_"))
-            arguments = [([(m.number, m.overrides) for m in chunk], Singleton.get_state()) for chunk in chunks]
-            log.info("%d jobs in %d tasks of at most %d: %s", sum(map(len, chunks)), len(chunks), self.max_members,
-                     "; ".join(numbers_text([m.number for m in chunk]) for chunk in chunks))
+            arguments = [([(m.number, m.overrides) for m in chunk], Singleton.get_state()) for chunk in to_submit]
+            log.info("%d jobs in %d tasks of at most %d: %s", sum(map(len, to_submit)), len(to_submit),
+            self.max_members,
+                     "; ".join(numbers_text([m.number for m in chunk]) for chunk in to_submit))
             tasks = submit(executor, self, arguments)
             if self.executor == "submitit_slurm":
                 wait_for_tasks(tasks, self.poll_s)
-            for task, chunk in zip(tasks, chunks):
+            for task, chunk in zip(tasks, to_submit):
                 if self.executor == "submitit_local":
                     task.wait()
                 for member, ret in zip(chunk, self.outcome(task, chunk)):
