@@ -30,11 +30,16 @@ def component_modules(package: str) -> list[str]:
     return [f"{package}.{info.name}" for info in pkgutil.iter_modules(found.__path__)]
 
 
+def import_components(package: str) -> None:
+    """Import every module of a component package, so that each registers what it declares."""
+    for module in component_modules(package):
+        importlib.import_module(module)
+
+
 def discover() -> dict[tuple[str, str], type]:
     """Every schema of the component packages (importing each of their modules once)."""
     for package in COMPONENT_PACKAGES:
-        for module in component_modules(package):
-            importlib.import_module(module)
+        import_components(package)
     return SCHEMAS
 
 

@@ -15,7 +15,6 @@ May import: losslab.config, losslab.records and the bottom layer; not another co
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 import torch
@@ -155,10 +154,9 @@ def augment(x: torch.Tensor, hflip: bool, crop_padding: int, g: torch.Generator)
 def _register_datasets() -> None:
     """Import every dataset module of this package, each registering its tasks and readers: a new dataset is its
     module, its YAML under conf/dataset/ and its test."""
-    from losslab.config.registry import component_modules
+    from losslab.config.registry import import_components
 
-    for module in component_modules(__name__):
-        importlib.import_module(module)
+    import_components(__name__)
 
 
 _register_datasets()

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        # as cli._fail; importing losslab.commands.cli would import torch (seconds) just to print one line
+        # as losslab.commands.messages.fail; importing losslab.commands would import torch just to print one line
         print(f"{PROG}: error: {e}", file=sys.stderr)
         sys.exit(2)
     print((report.sweep_dir / "report.md").read_text(), end="")
