@@ -67,7 +67,15 @@ def test_resume_applies_a_longer_run_and_refuses_other_changes(tmp_path, losslab
     assert done.returncode == 143, done.stderr[-3000:]
 
     line = one_error_line(losslab.train(f"trainer.resume={stopped}", "optimizer.lr=0.5", cwd=tmp_path))
-    assert "optimizer.lr cannot change on resume" in line and "trainer.epochs" in line
+    assert "(optimizer.lr was 0.1, now 0.5)" in line and "only trainer.epochs" in line
+
+    # the user's own command with trainer.resume= added (up-arrow and append): its values are the run's own
+    same = losslab.train(*run, "trainer.epochs=2", f"hydra.run.dir={stopped}", f"trainer.resume={stopped}",
+                         "model=linear", cwd=tmp_path, stop_at="SIGTERM step 25")
+    assert same.returncode == 143, same.stderr[-3000:]
+    line = one_error_line(losslab.train(*run, "trainer.epochs=2", "scheduler.step_size=2",
+                                        f"trainer.resume={stopped}", cwd=tmp_path))
+    assert "(scheduler.step_size was 1, now 2)" in line
 
     # inside the run dir, `trainer.resume=true` with hydra.run.dir naming it; no log file left in the cwd
     resumed = losslab.train(f"hydra.run.dir={stopped}", "trainer.resume=true", "trainer.epochs=3", cwd=tmp_path)
@@ -118,3 +126,13 @@ def test_a_summary_says_where_its_result_comes_from(tmp_path, finished_run):
         pytest.skip("losslab does not run from a git checkout here")
     dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True, text=True).stdout
     assert summary["git"] == {"commit": commit.stdout.strip(), "dirty": bool(dirty.strip())}
+
+
+def test_a_refused_command_leaves_no_run_so_the_corrected_one_runs_in_its_dir(tmp_path, losslab):
+    run_dir = tmp_path / "D"
+    line = one_error_line(losslab.train(*FAST, "optimizer.lr=-1", f"hydra.run.dir={run_dir}", cwd=tmp_path))
+    assert "optimizer.lr must be > 0" in line and not run_dir.exists()
+    corrected = losslab.train(*FAST, "optimizer.lr=0.1", "trainer.max_steps=3", f"hydra.run.dir={run_dir}",
+                              cwd=tmp_path)
+    assert corrected.returncode == 0, corrected.stderr[-3000:]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"

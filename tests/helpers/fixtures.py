@@ -11,14 +11,18 @@ uniform noise, so a short training run (or a nearest-class-mean classifier) beat
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import os
 import pickle
 import struct
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -192,3 +196,35 @@ def write_mnist(
         files[labels] = write_idx(raw / labels, y.astype(np.uint8), gzipped)
         out[split] = (x, y)
     return Written(*out["train"], *out["test"], files=files)
+
+
+@contextlib.contextmanager
+def unwritable_dir(folder: Path, size: str | None = None):
+    """`folder`, with what it holds, as a dir this process cannot write: bind-mounted read-only onto itself for
+    root (whom permissions do not stop), else mode 0555 for everything in it. With `size` (e.g. "64k"), an empty
+    writable tmpfs of that size instead: a full disk. A root that may not mount skips, with the reason, except in
+    CI (LOSSLAB_CI=1), where it fails."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 and size is None:
+        dirs = [folder, *(d for d in folder.rglob("*") if d.is_dir())]
+        for d in dirs:
+            d.chmod(0o555)
+        try:
+            yield folder
+        finally:
+            for d in dirs:
+                d.chmod(0o755)
+        return
+    mounts = ([["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]] if size else
+              [["mount", "--bind", str(folder), str(folder)], ["mount", "-o", "remount,bind,ro", str(folder)]])
+    for command in mounts:
+        mounted = subprocess.run(command, capture_output=True, text=True)
+        if mounted.returncode != 0:
+            reason = f"cannot mount on {folder} ({' '.join(command)}: {mounted.stderr.strip()})"
+            if os.environ.get("LOSSLAB_CI") == "1":
+                pytest.fail(f"{reason}; LOSSLAB_CI=1: this test must run", pytrace=False)
+            pytest.skip(reason)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

@@ -16,7 +16,7 @@ from losslab.commands.messages import fail, one_sentence
 from losslab.commands.resume import resume_run
 from losslab.commands.sweep_job import run_sweep_job
 from losslab.config import CONF_DIR, register
-from losslab.errors import Interrupted, UserError
+from losslab.errors import Interrupted, UserError, unwritable
 from losslab.records.summary import objective
 
 _FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
@@ -42,11 +42,29 @@ def _train(cfg: DictConfig) -> float | None:
     except UserError as e:
         if _FULL_ERROR:
             raise
+        if cfg.trainer.resume in (None, False):
+            discard_refused_run(run_dir)
         fail("losslab-train", str(e))
     from losslab.reporting.run_figures import draw_run_figures
 
     draw_run_figures(run_dir)
     return objective(summary)
+
+
+def discard_refused_run(run_dir: Path) -> None:
+    """A run refused before it trained (a value check, missing data) leaves no run dir behind: what Hydra wrote
+    is removed, its log file closed first. The refusal is on the screen."""
+    import logging
+
+    from losslab.records.run_dir import remove_unstarted_run
+
+    root = logging.getLogger()
+    handlers = [h for h in root.handlers if isinstance(h, logging.FileHandler)
+                and Path(h.baseFilename).parent == run_dir.resolve()]
+    for handler in handlers:
+        root.removeHandler(handler)
+        handler.close()
+    remove_unstarted_run(run_dir.resolve(), [Path(h.baseFilename) for h in handlers])
 
 
 def train_command() -> None:
@@ -83,6 +101,11 @@ def train() -> None:
         if _FULL_ERROR:
             raise
         fail("losslab-train", one_sentence(e))
+    except OSError as e:
+        refused = unwritable(e, "give a dir you can write with hydra.run.dir= (hydra.sweep.dir= for -m)")
+        if refused is None or _FULL_ERROR:
+            raise
+        fail("losslab-train", str(refused))
 
 
 def compose(overrides: list[str] = (), config_name: str = "train") -> DictConfig:
@@ -109,7 +132,9 @@ def evaluate() -> None:
 
     try:
         main(sys.argv[1:])
-    except UserError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except (UserError, OSError) as e:
+        refused = e if isinstance(e, UserError) else unwritable(
+            e, "copy the run dir to a place you can write and evaluate the copy")
+        if refused is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        fail("losslab-eval", str(e))
+        fail("losslab-eval", str(refused))

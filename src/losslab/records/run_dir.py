@@ -8,6 +8,7 @@ without one (killed, or a config that failed before training), or `running` whil
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from losslab.records.lock import locked_by
@@ -34,3 +35,17 @@ def run_state(run_dir: Path) -> str:
     if locked_by(run_dir) is not None:
         return "running"
     return (read_summary(run_dir) or {}).get("status", "unfinished")
+
+
+def remove_unstarted_run(run_dir: Path, log_files: list[Path]) -> None:
+    """Undo what Hydra wrote for a run refused before it trained (`.hydra/` and the job's log files), so that the
+    corrected command can use the same dir; a dir holding anything else is left as it is."""
+    if not run_dir.is_dir() or not set(run_dir.iterdir()) <= {run_dir / ".hydra", *log_files}:
+        return
+    shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
+    for log_file in log_files:
+        log_file.unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()
+    except OSError:  # not empty after all: another process wrote there meanwhile
+        pass

@@ -30,7 +30,7 @@ import os
 import sys
 from pathlib import Path
 
-from losslab.errors import UserError
+from losslab.errors import UserError, unwritable
 from losslab.fileio import atomic_write
 from losslab.reporting.plots import plot_against_parameters, plot_curves, plot_learned
 from losslab.reporting.statistics import add_comparisons, choose_reference, config_row, mark_best, run_row
@@ -109,10 +109,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         report = write_report(args.sweep_dir, args.metrics, args.reference)
-    except UserError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except (UserError, OSError) as e:
+        refused = e if isinstance(e, UserError) else unwritable(
+            e, "copy the sweep dir to a place you can write and report the copy (the report is written into it)")
+        if refused is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         # as losslab.commands.messages.fail; importing losslab.commands would import torch just to print one line
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {refused}", file=sys.stderr)
         sys.exit(2)
     print((report.sweep_dir / "report.md").read_text(), end="")
