@@ -119,10 +119,13 @@ def test_a_run_that_did_not_finish_gets_no_figures(tmp_path, status):
     assert not (tmp_path / "figures").exists() and not list(tmp_path.glob("events.out.tfevents.*"))
 
 
-def test_a_run_with_figures_off_gets_none(tmp_path):
-    make_run(tmp_path, ["trainer.figures=false"])
-    assert draw_run_figures(tmp_path) == []
+@pytest.mark.parametrize("status", ["completed", "interrupted"])
+def test_a_run_with_figures_off_gets_none_and_no_word_about_its_status(tmp_path, status, caplog):
+    make_run(tmp_path, ["trainer.figures=false"], status=status)
+    with caplog.at_level(logging.INFO, logger="losslab"):
+        assert draw_run_figures(tmp_path) == []
     assert not (tmp_path / "figures").exists() and not list(tmp_path.glob("events.out.tfevents.*"))
+    assert "no figures" not in caplog.text
 
 
 def test_a_run_whose_config_is_unreadable_gets_none_and_a_log_line(tmp_path, caplog):

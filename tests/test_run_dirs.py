@@ -136,3 +136,19 @@ def test_a_refused_command_leaves_no_run_so_the_corrected_one_runs_in_its_dir(tm
                               cwd=tmp_path)
     assert corrected.returncode == 0, corrected.stderr[-3000:]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+
+def test_under_a_group_writable_output_root_what_a_run_creates_is_group_writable(tmp_path, losslab):
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    outputs.chmod(0o2775)  # a team's shared outputs/: group-writable, new dirs keep its group
+    user_umask = os.umask(0o022)  # the usual default, which the command inherits
+    try:
+        done = losslab.train(*FAST, "trainer.max_steps=3", cwd=tmp_path)
+    finally:
+        os.umask(user_umask)
+    assert done.returncode == 0, done.stderr[-3000:]
+    created = [p for p in outputs.rglob("*") if not p.is_symlink()]
+    assert any(p.name == "summary.json" for p in created)
+    assert all(p.stat().st_mode & 0o020 for p in created), [(str(p), oct(p.stat().st_mode)) for p in created
+                                                            if not p.stat().st_mode & 0o020]

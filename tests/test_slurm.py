@@ -15,17 +15,22 @@ import json
 import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+from helpers.fixtures import unwritable_dir
 from helpers.slurm import (
     CONTINUE,
+    drained_node,
     finish,
     launch,
     one_continuous_run,
+    pending_tasks,
     rows,
     sacct_states,
     task_of,
+    tasks_by_array,
     the_sweep_dir,
     wait_until,
 )
@@ -77,8 +82,9 @@ def test_cancelled_and_killed_jobs_end_the_sweep_with_a_tally_and_a_relaunch_fin
     output = finish(first)
     assert first.returncode == 1, output
     assert "Traceback" not in output
-    assert re.search(rf"^losslab sweep {re.escape(str(sweep_dir.relative_to(tmp_path)))}: 2 completed, 2 interrupted;"
-                     r" report: .*report\.md; continue the 2 left with: ", output, re.M), output
+    assert re.search(rf"^losslab sweep {re.escape(str(sweep_dir.relative_to(tmp_path)))}: 2 completed, "
+                     r"2 interrupted \(1 cancelled\); report: .*report\.md; continue the 2 left with: ", output,
+                     re.M), output
     statuses = {job_number(d): json.loads((d / "summary.json").read_text()) for d in job_dirs(sweep_dir)}
     assert statuses[0]["slurm"]["state"] == "CANCELLED" and statuses[0]["status"] == "interrupted"
     assert statuses[1]["slurm"]["state"] in ("FAILED", "CANCELLED") and statuses[1]["status"] == "interrupted"
@@ -172,3 +178,90 @@ def test_a_submission_slurm_refuses_is_one_sentence(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in output, output
     assert re.search(r"^losslab-train: error: Slurm refused the sweep's jobs \(.*Invalid partition name specified\); "
                      r"nothing was submitted\.", output, re.M), output
+
+
+def test_an_unwritable_run_dir_and_a_full_disk_end_with_a_tally_a_report_and_a_relaunch_of_only_those(tmp_path):
+    """Job 1's run dir is read-only, job 2's a full disk (a 24 kB tmpfs): both tasks fail, their ends cannot be
+    recorded, and the launcher says so, records job 0's result, writes the report and prints the continue command;
+    once the dirs are writable that command submits the two jobs left, not job 0."""
+    sweep_dir = tmp_path / "sweep"
+    args = [*SLURM, *RUN, "seed=0,1,2", f"hydra.sweep.dir={sweep_dir}"]
+    with unwritable_dir(sweep_dir / "1_seed=1"), unwritable_dir(sweep_dir / "2_seed=2", size="24k"):
+        first = launch(args, tmp_path)
+        output = finish(first)
+    assert first.returncode == 1 and "Traceback" not in output, output
+    assert re.search(r"^losslab sweep \S+: 1 completed, 2 unfinished; report: .*; continue the 2 left with: ",
+                     output, re.M), output
+    for job, reason in ((1, "Read-only file system"), (2, "No space left on device")):
+        assert f"its end cannot be recorded in {sweep_dir / f'{job}_seed={job}'} ({reason})" in output, output
+    relaunch_command = CONTINUE.search(output)[1]
+    report = (sweep_dir / "report.md").read_text()
+    assert "could not be written" in report and relaunch_command in report
+    task_logs = "".join(p.read_text() for p in sweep_dir.glob(".submitit/*/*_log.*"))
+    assert "Read-only file system" in task_logs and "No space left on device" in task_logs
+
+    relaunch = launch(relaunch_command.split(), tmp_path)
+    output = finish(relaunch)
+    assert relaunch.returncode == 0 and "3 completed" in output, output
+    assert sorted(tasks_by_array(sweep_dir).values()) == [2, 3]
+
+
+def test_a_job_killed_for_memory_is_named_and_continued_with_twice_the_memory_to_the_same_result(tmp_path):
+    """The cluster kills a task over its --mem (slurm.conf's OverMemoryKill): job 1 takes 1.5 GB more at step 7's
+    evaluation, over mem_gb=1. The continue command asks for 2 GB and submits job 1 alone, which resumes."""
+    args = [*SLURM, *RUN, "seed=0,1"]
+    first = launch(args, tmp_path, stop_at="sleep=0.3 step any job=1;hold_mb=1500 eval 7 job=1")
+    output = finish(first)
+    assert first.returncode == 1 and "Traceback" not in output, output
+    assert re.search(r": 1 completed, 1 interrupted \(1 out of memory\); report: .*; continue the 1 left \(asking for "
+                     r"twice the memory\) with: ", output), output
+    sweep_dir = the_sweep_dir(tmp_path)
+    summary = json.loads((job_dirs(sweep_dir)[1] / "summary.json").read_text())
+    assert summary["cause"] == "out_of_memory" and "out of memory" in summary["ended"]
+    relaunch_command = CONTINUE.search(output)[1]
+    assert "hydra.launcher.mem_gb=2" in relaunch_command.split() and "hydra.launcher.mem_gb=1" not in relaunch_command
+
+    relaunch = launch(relaunch_command.split(), tmp_path)
+    output = finish(relaunch)
+    assert relaunch.returncode == 0 and "2 completed" in output, output
+    assert sorted(tasks_by_array(sweep_dir).values()) == [1, 2]
+    assert results(sweep_dir) == reference([*RUN, "seed=0,1"], tmp_path)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_a_stopped_launcher_prints_the_tally_the_scancel_line_and_the_command_that_continues(tmp_path, signal_name):
+    """The node is drained, so the tasks wait (as on a down node) and the launcher says why every second; then
+    the launcher gets Ctrl-C (SIGINT), SIGTERM or SIGHUP. The scancel it prints cancels its tasks, and the
+    command it prints, run once the node is back, trains the sweep."""
+    args = [*SLURM, "hydra.launcher.poll_s=0.5", "hydra.launcher.report_pending_s=1", *RUN, "seed=0,1"]
+    with drained_node():
+        launcher = launch(args, tmp_path)
+        wait_until(lambda: len(pending_tasks()) == 2, timeout=60, proc=launcher)
+        time.sleep(2)  # a pending report or two
+        launcher.send_signal(getattr(signal, signal_name))
+        output = finish(launcher, timeout=60)
+        assert launcher.returncode == 128 + getattr(signal, signal_name), output
+        assert "Traceback" not in output and re.search(r"^2 of the sweep's tasks are pending \(2 \S", output, re.M)
+        stopped = re.search(r"the launcher was stopped by signal \d+ \(no job started so far\); its Slurm tasks go "
+                            r"on without it: stop them with: (scancel \d+); or re-attach .* with: (losslab-train .+)$",
+                            output, re.M)
+        assert stopped, output
+        subprocess.run(stopped[1].split(), check=True)
+        wait_until(lambda: not pending_tasks(), timeout=30)
+    if signal_name == "SIGINT":
+        relaunch = launch(stopped[2].split(), tmp_path)
+        output = finish(relaunch)
+        assert relaunch.returncode == 0 and "2 completed" in output, output
+
+
+def test_ten_tasks_cancelled_before_they_start_are_tallied_at_once(tmp_path):
+    with drained_node():
+        launcher = launch([*SLURM, "hydra.launcher.poll_s=1", *RUN, "seed=range(10)"], tmp_path)
+        wait_until(lambda: len(pending_tasks()) == 10, timeout=60, proc=launcher)
+        [array] = {task.split("_")[0] for task in pending_tasks()}
+        subprocess.run(["scancel", array], check=True)
+        cancelled = time.monotonic()
+        output = finish(launcher, timeout=120)
+        tallied_after_s = time.monotonic() - cancelled
+    assert launcher.returncode == 1 and "10 interrupted (10 cancelled before it started)" in output, output
+    assert tallied_after_s < 30, f"{tallied_after_s:.0f} s from the cancel to the tally"

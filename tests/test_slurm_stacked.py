@@ -120,8 +120,9 @@ def check_sweep(tmp_path: Path, args: list[str], chunks: list[str], cancel: tupl
     name, members = sweep_dir.parent.parent.name, len(job_dirs(sweep_dir))
     cancelled = numbers_of(next(chunk for chunk in chunks if cancel[0] in numbers_of(chunk)))
     assert first.returncode == 1 and "Traceback" not in first.output, first.output
-    assert re.search(rf"^losslab sweep \S+: {members - len(cancelled)} completed, {len(cancelled)} interrupted; "
-                     r"report: .*report\.md; continue the \d+ left with: ", first.output, re.M), first.output
+    assert re.search(rf"^losslab sweep \S+: {members - len(cancelled)} completed, {len(cancelled)} interrupted "
+                     rf"\({len(cancelled)} cancelled\); report: .*report\.md; continue the \d+ left with: ",
+                     first.output, re.M), first.output
     [task] = {p.name for p in sweep_dir.glob(".submitit/*_0")}
     states = array_tasks(task)
     assert sorted(states) == sorted(f"{name}/{chunk}" for chunk in chunks), states

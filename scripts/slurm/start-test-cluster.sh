@@ -81,6 +81,10 @@ MailProg=/bin/true
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 JobAcctGatherType=jobacct_gather/linux
+# memory is enforced as on a production cluster, without cgroups: a task whose processes' memory (PSS, summed)
+# exceeds its --mem is killed at the next sample, once a second, and says so in its stderr
+JobAcctGatherParams=OverMemoryKill,UsePss
+JobAcctGatherFrequency=task=1
 JobCompType=jobcomp/none
 # two GPUs that are not there: gres.conf points Slurm at two null devices, so jobs that ask for a GPU are
 # scheduled and get CUDA_VISIBLE_DEVICES, and train on the CPU, as there is no CUDA device

@@ -3,6 +3,7 @@ started as a user starts it, waits on what its jobs write, and the cluster's own
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
@@ -14,7 +15,7 @@ from helpers.commands import stop_env
 from helpers.tb_events import read_events
 from losslab.records.job_dirs import job_dirs, job_number
 
-CONTINUE = re.compile(r"; continue the \d+ left with: (.+)$", re.M)
+CONTINUE = re.compile(r"; continue the \d+ left(?: \([^)]*\))? with: (.+)$", re.M)
 
 
 def launch(args: list[str], cwd: Path, stop_at: str = "") -> subprocess.Popen:
@@ -89,3 +90,29 @@ def sacct_states(task_prefix: str) -> list[str]:
     listed = subprocess.run(["sacct", "--noheader", "--parsable2", "--duplicates", "--allocations", "--format",
                              "JobID,JobName,State", "--jobs", task_prefix], capture_output=True, text=True)
     return listed.stdout.splitlines()
+
+
+@contextlib.contextmanager
+def drained_node():
+    """The test cluster's node drained (it takes no new job: tasks stay PENDING, as on a down node), then back."""
+    node = subprocess.run(["sinfo", "--noheader", "--format", "%N"], capture_output=True, text=True,
+                          check=True).stdout.split()[0]
+    subprocess.run(["scontrol", "update", f"NodeName={node}", "State=DRAIN", "Reason=losslab test"], check=True)
+    try:
+        yield node
+    finally:
+        subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], check=True)
+
+
+def pending_tasks() -> list[str]:
+    listed = subprocess.run(["squeue", "--noheader", "--array", "--states", "PENDING", "--format", "%i"],
+                            capture_output=True, text=True)
+    return listed.stdout.split()
+
+
+def tasks_by_array(sweep_dir: Path) -> dict[str, int]:
+    """How many tasks each submission of the sweep had, from the folders submitit made: `<array>_<task>` for each
+    task of an array, `<job id>` alone for a submission of one job (submitit submits that as a plain job)."""
+    names = [p.name for p in (sweep_dir / ".submitit").iterdir() if p.is_dir() and re.fullmatch(r"\d+(_\d+)?", p.name)]
+    ids = {name.split("_")[0] for name in names}
+    return {i: sum(name.startswith(f"{i}_") for name in names) or 1 for i in sorted(ids)}

@@ -34,6 +34,7 @@ if SlurmQueueConf is not None:
         signal_delay_s: int = 120
         max_num_timeout: int = 10  # requeues after time-outs; each resumes from last.pt
         poll_s: float = 5.0  # how often the launcher asks Slurm about its tasks
+        report_pending_s: float = 60.0  # how often it says how many tasks are pending, and why
 
     ConfigStore.instance().store(group="hydra/launcher", name="slurm", node=LosslabSlurmConf, provider="losslab")
 
@@ -44,9 +45,9 @@ class SlurmLauncher(HydraSlurmLauncher or object):
     interface) and each task runs its job with Hydra's public `run_job`, as the plugin's tasks do; it relies on
     nothing of the plugin but its config, `setup` and `checkpoint`."""
 
-    def __init__(self, poll_s: float = 5.0, **params) -> None:
+    def __init__(self, poll_s: float = 5.0, report_pending_s: float = 60.0, **params) -> None:
         super().__init__(**params)
-        self.poll_s = float(poll_s)
+        self.poll_s, self.report_pending_s = float(poll_s), float(report_pending_s)
 
     def __call__(self, overrides: list[str], number: int, singleton_state: dict) -> JobReturn:
         """One job, in its Slurm task."""
@@ -62,7 +63,8 @@ class SlurmLauncher(HydraSlurmLauncher or object):
             raise
         run_dir = Path(result.hydra_cfg.hydra.runtime.output_dir)
         if result.status == JobStatus.FAILED or run_state(run_dir) == "failed":
-            raise JobFailed(f"job {number} failed; its error is in {run_dir / 'error.txt'}")
+            where = run_dir / "error.txt" if (run_dir / "error.txt").exists() else "this task's log (stderr)"
+            raise JobFailed(f"job {number} failed; its error is in {where}")
         ignore_preemption()  # the job is done: a time limit's signal now has nothing to save or requeue
         return result
 
@@ -81,20 +83,33 @@ class SlurmLauncher(HydraSlurmLauncher or object):
                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from losslab.sweeps.slurm import submit, wait_for_tasks
+        """Submit the jobs that still need training as one array (a job with a finished result in its run dir is
+        not submitted again) and wait for them; a stop signal meanwhile says how to cancel or re-attach."""
+        from losslab.records.summary import objective, previous_result
+        from losslab.sweeps.slurm import stops_reported, submit, wait_for_tasks
         from losslab.sweeps.sweep import sweep_name
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         executor = self.executor(name=sweep_name(self.config))
         log.info("Slurm sweep of %d jobs into %s", len(job_overrides), sweep_dir)
-        arguments = []  # what each task's __call__ is given
+        arguments, returns = [], {}  # what each task's __call__ is given; each job's JobReturn
         for number, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
-            arguments.append((list(overrides), number, Singleton.get_state()))
-        jobs = submit(executor, self, arguments)
-        wait_for_tasks(jobs, self.poll_s)
-        return [self.outcome(job, number, overrides) for job, (overrides, number, _) in zip(jobs, arguments)]
+            done = previous_result(self.run_dir(overrides, number), list(overrides))
+            if done is None:
+                arguments.append((list(overrides), number, Singleton.get_state()))
+            else:
+                log.info("job %d already %s: not submitted again", number, done["status"])
+                returns[number] = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED,
+                                            _return_value=objective(done))
+        if arguments:
+            jobs = submit(executor, self, arguments)
+            with stops_reported(sweep_dir, jobs):
+                wait_for_tasks(jobs, self.poll_s, self.report_pending_s)
+            for job, (overrides, number, _) in zip(jobs, arguments):
+                returns[number] = self.outcome(job, number, overrides)
+        return [returns[number] for number in sorted(returns)]
 
     def executor(self, name: str):
         """submitit's AutoExecutor for Slurm with this launcher's keys (losslab.sweeps.slurm.build_executor)."""
@@ -104,15 +119,18 @@ class SlurmLauncher(HydraSlurmLauncher or object):
         return build_executor(self.params, name)
 
     def outcome(self, job, number: int, overrides: list[str]) -> JobReturn:
-        """The task's JobReturn; a task that ended without a result is recorded in its run dir and returns inf."""
+        """The task's JobReturn; a task that ended without a result is recorded in its run dir (or, where that
+        cannot be written, in losslab.sweeps.slurm.UNRECORDED for the sweep's tally) and returns inf."""
         from losslab.records.summary import record_slurm_end
-        from losslab.sweeps.slurm import final_state, read_result
+        from losslab.sweeps.slurm import UNRECORDED, task_end
 
-        result = read_result(job)
-        if isinstance(result, JobReturn):
-            return result
-        state = final_state(job.job_id)
-        record_slurm_end(self.run_dir(overrides, number), overrides, job.job_id, state, result)
+        end = task_end(job)
+        if isinstance(end.result, JobReturn):
+            return end.result
+        unrecorded = record_slurm_end(self.run_dir(overrides, number), overrides, job.job_id, end.state, end.error,
+                                      end.cause)
+        if unrecorded:
+            UNRECORDED.setdefault(str(self.config.hydra.sweep.dir), []).append(unrecorded)
         return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=math.inf)
 
     def run_dir(self, overrides: list[str], number: int) -> Path:

@@ -75,9 +75,10 @@ ConfigStore.instance().store(group="hydra/launcher", name="stacked", node=Stacke
 
 class StackedLauncher(Launcher):
     def __init__(self, max_members: int = 64, conv_on_cpu: bool = False, executor: Any = "in_process",
-                 poll_s: float = 5.0, **params: Any) -> None:
+                 poll_s: float = 5.0, report_pending_s: float = 60.0, **params: Any) -> None:
         super().__init__()
         self.max_members, self.conv_on_cpu, self.poll_s = max_members, conv_on_cpu, float(poll_s)
+        self.report_pending_s = float(report_pending_s)
         self.executor = getattr(executor, "name", str(executor))  # an Executor of the scanned module, or its name
         self.params = {key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
                        for key, value in params.items()}  # the submitit keys
@@ -169,7 +170,7 @@ class StackedLauncher(Launcher):
     def submit(self, jobs: list[tuple[int, list[str]]]) -> list[JobReturn]:
         """Every chunk of the sweep as one task of one submitit array; a job with a finished result is skipped here.
         Returns when every task has ended."""
-        from losslab.sweeps.slurm import build_executor, submit, wait_for_tasks
+        from losslab.sweeps.slurm import build_executor, stops_reported, submit, wait_for_tasks
         from losslab.sweeps.sweep import sweep_name
 
         members, to_submit = [self.set_up(number, overrides) for number, overrides in jobs], []
@@ -187,7 +188,8 @@ class StackedLauncher(Launcher):
                      "; ".join(numbers_text([m.number for m in chunk]) for chunk in to_submit))
             tasks = submit(executor, self, arguments)
             if self.executor == "submitit_slurm":
-                wait_for_tasks(tasks, self.poll_s)
+                with stops_reported(Path(str(self.config.hydra.sweep.dir)), tasks):
+                    wait_for_tasks(tasks, self.poll_s, self.report_pending_s)
             for task, chunk in zip(tasks, to_submit):
                 if self.executor == "submitit_local":
                     task.wait()
@@ -226,19 +228,21 @@ class StackedLauncher(Launcher):
 
     def outcome(self, task, chunk: list[Member]) -> list[JobReturn]:
         """The task's JobReturns; when it ended without them, each member's finished result from its run dir, and
-        each unfinished member recorded there (losslab.sweeps.sweep.record_slurm_end) with inf."""
+        each unfinished member recorded there (losslab.records.summary.record_slurm_end; where it cannot be,
+        in losslab.sweeps.slurm.UNRECORDED) with inf."""
         from losslab.records.summary import objective, previous_result, record_slurm_end
-        from losslab.sweeps.slurm import final_state, read_result
+        from losslab.sweeps.slurm import UNRECORDED, task_end
 
-        result = read_result(task)
-        if isinstance(result, list):
-            return result
-        state = final_state(task.job_id) if self.executor == "submitit_slurm" else task.state
+        end = task_end(task, slurm=self.executor == "submitit_slurm")
+        if isinstance(end.result, list):
+            return end.result
         returns = []
         for member in chunk:
             done = previous_result(member.run_dir, member.overrides)
-            if done is None:
-                record_slurm_end(member.run_dir, member.overrides, task.job_id, state, result)
+            unrecorded = None if done else record_slurm_end(member.run_dir, member.overrides, task.job_id,
+                                                            end.state, end.error, end.cause)
+            if unrecorded:
+                UNRECORDED.setdefault(str(self.config.hydra.sweep.dir), []).append(unrecorded)
             returns.append(JobReturn(overrides=member.overrides, status=JobStatus.COMPLETED,
                                      _return_value=math.inf if done is None else objective(done)))
         return returns

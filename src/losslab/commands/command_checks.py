@@ -3,7 +3,9 @@ or submit to a cluster that is not there; and where a resume runs."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -28,6 +30,8 @@ def check_command(argv: list[str]) -> list[str]:
     from losslab.records.summary import HAS_RESULT
 
     given = given_overrides(argv)
+    share_with_group(Path(given.get("hydra.sweep.dir" if {"-m", "--multirun"} & set(argv) else "hydra.run.dir",
+                                    "outputs")))
     launcher = given.get("hydra/launcher")
     if launcher == "submitit_slurm":
         raise UserError("hydra/launcher=submitit_slurm is Hydra's Slurm launcher without losslab's handling of "
@@ -64,6 +68,15 @@ def check_command(argv: list[str]) -> list[str]:
         check_relaunch(Path(given["hydra.sweep.dir"]), [a for a in argv if "=" in a and not a.startswith("-")
                                                          and not override_key(a).startswith(("hydra.", "hydra/"))])
     return []
+
+
+def share_with_group(output_dir: Path) -> None:
+    """Under a shared output root (its nearest existing dir is group-writable, as a team's `outputs/` is), the
+    dirs and files this command creates are group-writable too (umask without group write), so the next user of
+    the group can write beside them; elsewhere the user's umask stands."""
+    existing = next((d for d in [output_dir.absolute(), *output_dir.absolute().parents] if d.exists()), None)
+    if existing is not None and existing.stat().st_mode & stat.S_IWGRP:
+        os.umask(os.umask(0) & ~stat.S_IWGRP)
 
 
 def check_stacked_executor(launcher: str | None, executor: str | None) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import traceback
 from pathlib import Path
 
@@ -28,6 +29,10 @@ FORMAT_VERSION = 1
 HAS_RESULT = ("completed", "early_stopped", "diverged")  # a relaunched sweep skips these jobs
 STATUSES = ("completed", "early_stopped", "diverged", "failed", "interrupted", "unfinished", "running")
 LEFT = ("failed", "interrupted", "unfinished", "running")  # what a relaunch of the sweep continues
+CAUSES = {  # a Slurm task's `cause`, when it ended without a result: what the tally and the report say
+    "out_of_memory": "out of memory", "cancelled": "cancelled", "cancelled_before_start": "cancelled before it started",
+    "node_failure": "node failure", "time_limit": "time limit", "preempted": "preempted",
+}
 
 log = logging.getLogger("losslab")
 
@@ -65,32 +70,50 @@ def can_resume(run_dir: Path, overrides: list[str]) -> bool:
 
 
 def record_failure(run_dir: Path, cfg, overrides: list[str], error: BaseException, provenance: dict) -> None:
-    """A job that raised: status `failed`, its error, and the traceback in error.txt; the sweep goes on."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "error.txt").write_text("".join(traceback.format_exception(error)))
-    write_summary(run_dir, {
-        "status": "failed", "name": cfg.get("name"), "seed": cfg.get("seed"), "run_dir": str(run_dir),
-        "overrides": overrides, "error": f"{type(error).__name__}: {error}", "best": {}, "final": {}, **provenance,
-    })
+    """A job that raised: status `failed`, its error, and the traceback in error.txt; the sweep goes on. Where the
+    run dir cannot be written, the traceback goes to the log (a Slurm task's stderr) and the OSError is raised."""
+    trace = "".join(traceback.format_exception(error))
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.txt").write_text(trace)
+        write_summary(run_dir, {
+            "status": "failed", "name": cfg.get("name"), "seed": cfg.get("seed"), "run_dir": os.path.abspath(run_dir),
+            "overrides": overrides, "error": f"{type(error).__name__}: {error}", "best": {}, "final": {},
+            **provenance,
+        })
+    except OSError as unwritten:
+        log.error("job failed, and its failure cannot be recorded in %s (%s): the job's error was\n%s", run_dir,
+                  unwritten, trace)
+        raise
     log.error("job failed (%s: %s); the sweep goes on. Traceback in %s", type(error).__name__, error,
               run_dir / "error.txt")
 
 
-def record_slurm_end(run_dir: Path, overrides: list[str], task: str, state: str, error: str | None) -> None:
+def record_slurm_end(run_dir: Path, overrides: list[str], task: str, state: str, error: str | None,
+                     cause: str | None = None) -> str | None:
     """A Slurm task that ended without a result (cancelled, killed, out of memory, timed out too often): its run
-    dir's summary says so, with Slurm's task id and state. A summary the job wrote itself is kept, with these
-    added; a finished one, or a dir another process trains, is left as it is."""
+    dir's summary says so, with Slurm's task id and state and the `cause` (a key of CAUSES). A summary the job
+    wrote itself is kept, with these added; a finished one, or a dir another process trains, is left as it is.
+    Returns None, or, where the run dir cannot be written, one sentence naming it and the OS's error."""
     from losslab.records.lock import locked_by
 
     summary = read_summary(run_dir) or {}
-    if summary.get("status") in HAS_RESULT or locked_by(run_dir) is not None:
-        return
     status = summary.get("status") if summary.get("status") in ("interrupted", "failed") else "interrupted"
-    ended = f"Slurm task {task} ended {state} before the run finished" + (f" ({error})" if error else "")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_summary(run_dir, {"best": {}, "final": {}, **summary, "status": status, "overrides": overrides,
-                            "run_dir": str(run_dir), "slurm": {"task": task, "state": state}, "ended": ended})
+    ended = (f"Slurm task {task} ended {state}" + (f" ({CAUSES[cause]})" if cause else "")
+             + " before the run finished" + (f": {error}" if error else ""))
+    try:
+        if summary.get("status") in HAS_RESULT or locked_by(run_dir) is not None:
+            return None
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_summary(run_dir, {"best": {}, "final": {}, **summary, "status": status, "overrides": overrides,
+                                "run_dir": os.path.abspath(run_dir), "slurm": {"task": task, "state": state},
+                                "cause": cause, "ended": ended})
+    except OSError as e:
+        unrecorded = f"{ended}, and its end cannot be recorded in {run_dir} ({e.strerror or e})"
+        log.error("job in %s: %s", run_dir, unrecorded)
+        return unrecorded
     log.warning("job in %s: %s; relaunching the sweep continues it", run_dir, ended)
+    return None
 
 
 def objective(summary: dict) -> float:

@@ -52,9 +52,10 @@ PROG = "losslab-report"
 
 
 def write_report(sweep_dir: Path, metrics: list[str] | None = None,
-                 reference: dict[str, str | None] | None = None) -> Report:
+                 reference: dict[str, str | None] | None = None, unrecorded: list[str] = ()) -> Report:
     """Write report.csv, report.md and the plots into `sweep_dir` and return what they hold. `reference`: the
-    values that pick the reference configs (see `choose_reference`; None: the default)."""
+    values that pick the reference configs (see `choose_reference`; None: the default). `unrecorded`: the ends of
+    jobs that the launcher could not write into their run dirs, one sentence each."""
     sweep_dir = Path(sweep_dir)
     runs = read_runs(sweep_dir)
     keys = varying_keys(runs)
@@ -71,7 +72,7 @@ def write_report(sweep_dir: Path, metrics: list[str] | None = None,
     learned_rows = [config_row(config, learned) for config in configs
                     if any(run.value(key) is not None for run in config.runs for key in learned)]
     report = Report(sweep_dir, keys, metrics, best_by, monitor is not None, rows, not_aggregated, files=[],
-                    reference=reference, learned=learned, learned_rows=learned_rows)
+                    reference=reference, learned=learned, learned_rows=learned_rows, unrecorded=list(unrecorded))
 
     report.files += plot_curves(sweep_dir, configs, runs)
     report.files += plot_against_parameters(sweep_dir, configs, keys, metrics)

@@ -94,13 +94,13 @@ def runs_figures_drawn(run_dirs: list[Path], workers: int):
 
 def read_run_plots(run_dir: Path) -> RunPlots | None:
     """A finished run's plots from its files; None for a run without figures."""
+    cfg = config_drawn(run_dir)  # first: a run with trainer.figures=false needs no word about its status
+    if cfg is None:
+        return None
     summary = read_summary(run_dir) or {}
     status = summary.get("status", "unfinished")
     if status not in DRAWN_FOR:
         log.info("%s: no figures for a run that is %s", run_dir, status)
-        return None
-    cfg = config_drawn(run_dir)
-    if cfg is None:
         return None
     templates = run_templates(run_dir, cfg)
     predictions = read_predictions(run_dir / PREDICTIONS)
@@ -149,10 +149,12 @@ def write_figures(drawn: dict, out_dir: Path, tensorboard_dir: Path | None = Non
 
 
 def config_drawn(run_dir: Path) -> DictConfig | None:
-    """The run's config when it has trainer.figures on; None when off, or unreadable (with a log line).
+    """The run's config when it has trainer.figures on; None when off, absent, or unreadable (with a log line).
     trainer.figures is read from the plain YAML first, so a sweep without figures skips OmegaConf's load of every
     run's whole config."""
     path = run_dir / ".hydra" / "config.yaml"
+    if not path.exists():  # a job that never started: nothing to draw, nothing to say
+        return None
     try:
         text = path.read_text()
         plain = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))

@@ -99,6 +99,7 @@ class Report:
     reference: dict[str, str | None] = field(default_factory=dict)  # the reference values; {} for none
     learned: list[str] = field(default_factory=list)
     learned_rows: list[dict] = field(default_factory=list)
+    unrecorded: list[str] = field(default_factory=list)  # ends the launcher could not write into run dirs
 
     @property
     def best(self) -> dict | None:

@@ -67,10 +67,14 @@ def markdown(report: Report) -> str:
         "## Runs not aggregated",
         "",
     ]
-    if report.not_aggregated:
-        lines.append(table(["job", "status", "overrides", "note"],
-                           [[run["job"], run["status"], run["overrides"], run["note"]]
-                            for run in report.not_aggregated]))
+    if report.not_aggregated or report.unrecorded:
+        if report.not_aggregated:
+            lines.append(table(["job", "status", "overrides", "note"],
+                               [[run["job"], run["status"], run["overrides"], run["note"]]
+                                for run in report.not_aggregated]))
+        if report.unrecorded:
+            lines += ["", "Not recorded in their run dirs, which could not be written:", "",
+                      *(f"- {sentence}" for sentence in report.unrecorded)]
         lines += continue_line(report)
     else:
         lines.append("None: every job completed or stopped early.")
@@ -85,10 +89,10 @@ def continue_line(report: Report) -> list[str]:
     from losslab.records.summary import LEFT
     from losslab.records.sweep_state import continue_command
 
-    left = [run for run in report.not_aggregated if run["status"] in LEFT]
+    left = max(len([run for run in report.not_aggregated if run["status"] in LEFT]), len(report.unrecorded))
     if not left:
         return []
-    return ["", f"{len(left)} of the jobs did not finish. This command continues them (from their last checkpoint "
+    return ["", f"{left} of the jobs did not finish. This command continues them (from their last checkpoint "
                 f"where they have one) and skips the finished ones:", "", "```bash",
             continue_command(report.sweep_dir), "```"]
 

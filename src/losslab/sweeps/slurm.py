@@ -21,12 +21,17 @@ In the launcher (the `losslab-train -m` process):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import shlex
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from hydra.core.utils import JobReturn
 
@@ -35,6 +40,8 @@ from losslab.errors import UserError
 log = logging.getLogger("losslab")
 ACTIVE = "PENDING,RUNNING,CONFIGURING,COMPLETING,SUSPENDED,REQUEUED,REQUEUE_FED,REQUEUE_HOLD,RESIZING,SIGNALING," \
          "STAGE_OUT,PREEMPTED"  # squeue --states: a task in one of these has not ended
+RESULT_LATE_S = 15  # how long a shared filesystem may take to show a task's result file
+UNRECORDED: dict[str, list[str]] = {}  # sweep dir -> the ends its launcher could not write into run dirs
 
 
 class JobFailed(Exception):
@@ -115,11 +122,48 @@ def ignore_preemption() -> None:
     signal.signal(preemption_signal(), signal.SIG_IGN)
 
 
-def wait_for_tasks(jobs: list, poll_s: float) -> None:
+class LauncherStopped(BaseException):
+    """A stop signal (Ctrl-C, SIGTERM, SIGHUP) reached the launcher while it waited for its tasks."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stops_reported(sweep_dir: Path, jobs: list):
+    """While the launcher waits for `jobs`: Ctrl-C, SIGTERM or SIGHUP prints the tally so far, the Slurm arrays
+    with the `scancel` that stops them (the tasks go on without the launcher) and the command that re-attaches
+    (it waits for the running jobs, keeps the finished ones and submits the rest); then Interrupted is raised,
+    and losslab-train exits with 128 + the signal's number."""
+    from losslab.errors import Interrupted
+    from losslab.records.sweep_state import causes, continue_command, tally, tally_text
+
+    def stop(signum, frame):
+        raise LauncherStopped(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    except LauncherStopped as stopped:
+        arrays = " ".join(sorted({job.job_id.split("_")[0] for job in jobs}))
+        print(f"losslab sweep {sweep_dir}: the launcher was stopped by signal {stopped.signum} "
+              f"({tally_text(tally(sweep_dir), causes(sweep_dir))} so far); its Slurm tasks go on without it: stop "
+              f"them with: scancel {arrays}; or re-attach (running jobs are waited for, finished ones kept) with: "
+              f"{continue_command(sweep_dir)}", flush=True)
+        raise Interrupted(stopped.signum) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def wait_for_tasks(jobs: list, poll_s: float, report_pending_s: float = 60) -> None:
     """Until no task is pending or running: asks slurmctld (`squeue`), which answers without accounting. A task
-    must be gone in two answers in a row (a requeued task passes through states between)."""
+    must be gone in two answers in a row (a requeued task passes through states between). Every
+    `report_pending_s` while tasks are pending, says how many and why (squeue's reason)."""
     array_ids = sorted({job.job_id.split("_")[0] for job in jobs})
     gone_once: set[str] = set()
+    next_report = time.monotonic() + report_pending_s
     while True:
         active = active_tasks(array_ids)
         if active is not None:
@@ -127,12 +171,26 @@ def wait_for_tasks(jobs: list, poll_s: float) -> None:
             if ended == {job.job_id for job in jobs} and ended <= gone_once:
                 return
             gone_once = ended
+            if time.monotonic() >= next_report:
+                report_pending(active)
+                next_report = time.monotonic() + report_pending_s
         time.sleep(poll_s)
 
 
-def active_tasks(array_ids: list[str]) -> set[str] | None:
-    """The ids (`<array>_<task>`) of the tasks Slurm has not ended; None when slurmctld does not answer."""
-    command = ["squeue", "--noheader", "--array", "--states", ACTIVE, "--format", "%i", "--jobs", ",".join(array_ids)]
+def report_pending(active: dict[str, tuple[str, str]]) -> None:
+    """`3 of the sweep's tasks are pending (2 Resources, 1 ReqNodeNotAvail)`, when any is."""
+    reasons = [reason for state, reason in active.values() if state == "PENDING"]
+    if reasons:
+        counted = ", ".join(f"{reasons.count(reason)} {reason}" for reason in sorted(set(reasons)))
+        print(f"{len(reasons)} of the sweep's tasks are pending ({counted}); the launcher waits for them (Ctrl-C "
+              "stops it and says how to cancel them)", flush=True)
+
+
+def active_tasks(array_ids: list[str]) -> dict[str, tuple[str, str]] | None:
+    """The tasks Slurm has not ended, by id (`<array>_<task>`), with their state and squeue's reason; None when
+    slurmctld does not answer."""
+    command = ["squeue", "--noheader", "--array", "--states", ACTIVE, "--format", "%i %T %r", "--jobs",
+               ",".join(array_ids)]
     try:
         listed = subprocess.run(command, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -140,10 +198,55 @@ def active_tasks(array_ids: list[str]) -> set[str] | None:
         return None
     if listed.returncode != 0:
         if "Invalid job id" in listed.stderr:  # every job has left slurmctld's memory
-            return set()
+            return {}
         log.warning("squeue failed (%s); asking again in a while", listed.stderr.strip() or listed.returncode)
         return None
-    return set(listed.stdout.split())
+    rows = [line.split(maxsplit=2) for line in listed.stdout.splitlines() if line.strip()]
+    return {row[0]: (row[1] if len(row) > 1 else "", row[2] if len(row) > 2 else "") for row in rows}
+
+
+@dataclass
+class TaskEnd:
+    """How a task ended: what it returned (a JobReturn, or a stack's list of them; None without a result),
+    Slurm's state, the last line of its error, and the cause losslab names (CAUSES) where it can tell."""
+
+    result: Any
+    state: str
+    error: str | None
+    cause: str | None
+
+
+def task_end(job, slurm: bool = True) -> TaskEnd:
+    """Read an ended task's end at once: its result file, else its state (`scontrol`/`sacct` on Slurm, submitit's
+    own for a local task). Only a task that Slurm says ended by itself (COMPLETED, FAILED) but whose result file is
+    not there yet is waited for (a shared filesystem may show it late); a cancelled or killed one wrote none."""
+    state = None
+    if not job.paths.result_pickle.exists():
+        state = final_state(job.job_id) if slurm else str(job.state)
+        if state.split()[0] in ("COMPLETED", "FAILED"):
+            deadline = time.monotonic() + RESULT_LATE_S
+            while not job.paths.result_pickle.exists() and time.monotonic() < deadline:
+                time.sleep(0.5)
+    result = read_result(job)
+    if result is not None and not isinstance(result, str):
+        return TaskEnd(result, "COMPLETED", None, None)
+    state = state or (final_state(job.job_id) if slurm else str(job.state))
+    return TaskEnd(None, state, result, cause_of(job, state))
+
+
+def cause_of(job, state: str) -> str | None:
+    """Why a task ended without a result, from Slurm's state and its stderr (where slurmstepd says it killed the
+    task for memory): a key of CAUSES, or None."""
+    try:
+        stderr = job.paths.stderr.read_text(errors="replace")[-20000:]
+    except OSError:
+        stderr = ""
+    if state.startswith("OUT_OF_MEMORY") or re.search(r"slurmstepd[^:\n]*: error: .*(exceeded memory limit|oom-kill)",
+                                                       stderr):
+        return "out_of_memory"
+    if state.startswith("CANCELLED"):
+        return "cancelled" if job.paths.stdout.exists() else "cancelled_before_start"
+    return {"NODE_FAIL": "node_failure", "TIMEOUT": "time_limit", "PREEMPTED": "preempted"}.get(state.split()[0])
 
 
 def read_result(job) -> JobReturn | list[JobReturn] | str | None:
@@ -152,9 +255,6 @@ def read_result(job) -> JobReturn | list[JobReturn] | str | None:
     would ask accounting about a task that wrote none."""
     from submitit.core.utils import FailedJobError
 
-    deadline = time.monotonic() + 15  # a shared filesystem may show the file late
-    while not job.paths.result_pickle.exists() and time.monotonic() < deadline:
-        time.sleep(1)
     if not job.paths.result_pickle.exists():
         return None
     try:

@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from losslab.records.job_dirs import job_dirs
 from losslab.records.summary import LEFT, read_summary
-from losslab.records.sweep_state import continue_command, tally, tally_text
+from losslab.records.sweep_state import causes, continue_command, more_memory, tally, tally_text
+from losslab.sweeps.slurm import UNRECORDED
 
 log = logging.getLogger("losslab")
 NAMED_GROUPS = ("dataset", "model", "loss")  # the default `name` is <dataset>-<model>-<loss>
@@ -137,13 +138,19 @@ class SweepCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if str(config.hydra.sweep.dir) in ANNOUNCERS:
             ANNOUNCERS.pop(str(config.hydra.sweep.dir)).stop()
+        unrecorded = UNRECORDED.pop(str(config.hydra.sweep.dir), [])
+        for sentence in unrecorded:
+            print(f"losslab sweep {sweep_dir}: {sentence}", flush=True)
         with missing_figures_drawn(sweep_dir):
             counts = tally(sweep_dir)
-            report = write_report(sweep_dir) if counts.get("completed", 0) + counts.get("early_stopped", 0) else None
-        left = sum(counts.get(state, 0) for state in LEFT)
-        print(f"losslab sweep {sweep_dir}: {tally_text(counts)}"
+            report = (write_report(sweep_dir, unrecorded=unrecorded)
+                      if counts.get("completed", 0) + counts.get("early_stopped", 0) else None)
+        left = max(sum(counts.get(state, 0) for state in LEFT), len(unrecorded))
+        memory = "" if more_memory(sweep_dir) is None else " (asking for twice the memory)"
+        print(f"losslab sweep {sweep_dir}: {tally_text(counts, causes(sweep_dir))}"
               + (f"; report: {sweep_dir / 'report.md'}" if report else "")
-              + (f"; continue the {left} left with: {continue_command(sweep_dir)}" if left else ""), flush=True)
+              + (f"; continue the {left} left{memory} with: {continue_command(sweep_dir)}" if left else ""),
+              flush=True)
         if left:
             raise SystemExit(1)
 
