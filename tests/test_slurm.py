@@ -265,3 +265,23 @@ def test_ten_tasks_cancelled_before_they_start_are_tallied_at_once(tmp_path):
         tallied_after_s = time.monotonic() - cancelled
     assert launcher.returncode == 1 and "10 interrupted (10 cancelled before it started)" in output, output
     assert tallied_after_s < 30, f"{tallied_after_s:.0f} s from the cancel to the tally"
+
+
+def test_a_task_stopped_by_sigterm_records_interrupted_and_ends_cancelled_not_failed(tmp_path):
+    """SIGTERM to job 1's task (not a cancel: `scancel --signal=TERM`) while it waits at step 7's evaluation: it
+    writes last.pt and `interrupted`, then cancels itself, so sacct says CANCELLED, not FAILED."""
+    proc = launch([*SLURM, *RUN, "seed=0,1"], tmp_path, stop_at="wait eval 7 job=1")
+    wait_until(lambda: rows(the_sweep_dir(tmp_path), 1) >= 1, proc=proc)
+    task = task_of("synthetic-linear-ce", 1)
+    subprocess.run(["scancel", "--signal=TERM", task], check=True)
+    output = finish(proc)
+    assert proc.returncode == 1 and "1 completed, 1 interrupted" in output, output
+    summary = json.loads((job_dirs(the_sweep_dir(tmp_path))[1] / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["slurm"]["state"].startswith("CANCELLED")
+    assert (job_dirs(the_sweep_dir(tmp_path))[1] / "checkpoints" / "last.pt").exists()
+
+    def state() -> str:
+        return next((line.split("|")[2] for line in sacct_states(task.split("_")[0]) if line.startswith(task)), "")
+
+    wait_until(lambda: state() not in ("", "RUNNING"), timeout=60)  # accounting lags
+    assert state().startswith("CANCELLED"), sacct_states(task.split("_")[0])

@@ -201,9 +201,11 @@ def test_a_run_and_its_resume_read_back_with_valid_checksums_with_the_adapter_an
                                                                                            path):
     """With the adapter's shortcuts, and with TensorBoard's public path where the attributes they use are missing
     (as if a release renamed them) or they are turned off, a run and its resume (which purges the steps after its
-    checkpoint) read back whole and in order through EventAccumulator, and every record's checksums are valid."""
+    checkpoint) read back whole and in order through EventAccumulator, every record's checksums are valid, and a
+    raw reader of the files sees each step once (the stopped run's file loses what it wrote after the checkpoint)."""
     from helpers.tb_events import read_events
     from omegaconf import OmegaConf
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
     from tensorboard.summary.writer import record_writer
 
@@ -234,9 +236,14 @@ def test_a_run_and_its_resume_read_back_with_valid_checksums_with_the_adapter_an
         adapter.use(True)
     first_file, resumed_file = sorted(tmp_path.glob("events.out.tfevents.*"),  # by the writer's number
                                      key=lambda f: int(f.name.rsplit(".", 1)[1]))
-    # the file version, the config text, the hparams' session start and end, and 30 steps; then the file
-    # version, the purge (file version and session start at step 21) and 20 steps
-    assert (records_with_valid_checksums(first_file), records_with_valid_checksums(resumed_file)) == (34, 23)
+    # the file version, the config text, the hparams' session start and end, and the 20 steps before the resume
+    # (the stopped run's steps 21 to 30 dropped from its file); then the file version, the purge (file version and
+    # session start at step 21) and 20 steps
+    assert (records_with_valid_checksums(first_file), records_with_valid_checksums(resumed_file)) == (24, 23)
+    raw_steps = [event.step for events_file in (first_file, resumed_file)  # as a raw reader sees them
+                 for event in EventFileLoader(str(events_file)).Load()
+                 if any(value.tag == "train/loss" for value in event.summary.value)]
+    assert raw_steps == list(range(1, 41))
     events = read_events(tmp_path)
     for tag, first_values, resumed_values in (("train/loss", lambda s: 1 / s, lambda s: 2 / s),
                                               ("train/acc", lambda s: s / 30, lambda s: s / 40)):

@@ -53,13 +53,13 @@ class SlurmLauncher(HydraSlurmLauncher or object):
         """One job, in its Slurm task."""
         from losslab.errors import Interrupted
         from losslab.records.run_dir import run_state
-        from losslab.sweeps.slurm import JobFailed, ignore_preemption, rename_task, requeue_on_preemption
+        from losslab.sweeps.slurm import JobFailed, end_stopped_task, ignore_preemption, rename_task
 
         rename_task(f"{self.params['name']}/{number}")
         try:
             result = self.run(overrides, number, singleton_state)
         except Interrupted as stop:
-            requeue_on_preemption(stop.signum)
+            end_stopped_task(stop.signum)
             raise
         run_dir = Path(result.hydra_cfg.hydra.runtime.output_dir)
         if result.status == JobStatus.FAILED or run_state(run_dir) == "failed":

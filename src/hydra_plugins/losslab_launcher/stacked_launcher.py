@@ -203,7 +203,7 @@ class StackedLauncher(Launcher):
 
         from losslab.errors import Interrupted
         from losslab.records.run_dir import run_state
-        from losslab.sweeps.slurm import JobFailed, ignore_preemption, rename_task, requeue_on_preemption
+        from losslab.sweeps.slurm import JobFailed, end_stopped_task, ignore_preemption, rename_task
 
         numbers = numbers_text([number for number, _ in jobs])
         rename_task(f"{self.params['name']}/{numbers}")
@@ -212,7 +212,7 @@ class StackedLauncher(Launcher):
         try:
             members = self.train(jobs, task_id=submitit.JobEnvironment().job_id)
         except Interrupted as stop:
-            requeue_on_preemption(stop.signum)
+            end_stopped_task(stop.signum)
             raise
         failed = [member.number for member in members if run_state(member.run_dir) == "failed"]
         if failed:

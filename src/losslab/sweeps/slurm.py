@@ -97,23 +97,33 @@ def submit(executor, launcher, arguments: list[tuple]) -> list:
 
 def rename_task(name: str) -> None:
     """Name this Slurm task (squeue, sacct); a cluster that refuses leaves the array's name."""
-    array, index = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    task = f"{array}_{index}" if array and index else os.environ.get("SLURM_JOB_ID")
+    task = this_task()
     if task:
         subprocess.run(["scontrol", "update", f"JobId={task}", f"JobName={name}"], capture_output=True, timeout=30)
 
 
-def requeue_on_preemption(signum: int) -> None:
-    """After a stop by submitit's preemption signal has written last.pt: let submitit's handler (restored when
-    training ended) checkpoint this job and requeue it; it exits the process, or raises when it does not requeue
-    (timed out more than `max_num_timeout` times)."""
+def end_stopped_task(signum: int) -> None:
+    """After a stop signal has written last.pt and an `interrupted` summary. Submitit's preemption signal: let
+    submitit's handler (restored when training ended) checkpoint this job and requeue it; it exits the process, or
+    raises when it does not requeue (timed out more than `max_num_timeout` times). SIGTERM or SIGINT: the task
+    cancels itself, so that Slurm records it CANCELLED, as stopped, not FAILED like a job that raised (a task that
+    `scancel` stopped is CANCELLED already, and stays so)."""
     from losslab.training.runtime import preemption_signal  # imports torch, which the launcher's process does without
 
     if signum != preemption_signal():
+        task = this_task()
+        if task:
+            subprocess.run(["scancel", task], capture_output=True, timeout=30)
         return
     handler = signal.getsignal(signum)
     if callable(handler):
         handler(signum, None)
+
+
+def this_task() -> str | None:
+    """This Slurm task's id as scancel and scontrol take it (`<array>_<index>`, or the job id), None outside Slurm."""
+    array, index = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{index}" if array and index else os.environ.get("SLURM_JOB_ID")
 
 
 def ignore_preemption() -> None:

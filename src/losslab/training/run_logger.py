@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from losslab.fileio import atomic_write
 from losslab.training import tensorboard_adapter
+from losslab.training.event_files import drop_events_after
 
 SPLITS = ("train", "val", "test")
 METRICS = ("loss", "acc", "nll", "brier", "ece", "entropy")
@@ -52,6 +53,7 @@ class RunLogger:
         self.csv_path = run_dir / "metrics.csv"
         self.columns = [*COLUMNS, *loss_columns]
         if resume_rows is not None:
+            drop_events_after(run_dir, resume_step)
             self.writer = SummaryWriter(log_dir=str(run_dir), max_queue=1000, purge_step=resume_step + 1)
             tensorboard_adapter.hold_event_file_open(self.writer)
             self._truncate_csv(resume_rows)
