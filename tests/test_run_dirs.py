@@ -152,3 +152,16 @@ def test_under_a_group_writable_output_root_what_a_run_creates_is_group_writable
     assert any(p.name == "summary.json" for p in created)
     assert all(p.stat().st_mode & 0o020 for p in created), [(str(p), oct(p.stat().st_mode)) for p in created
                                                             if not p.stat().st_mode & 0o020]
+
+
+def test_a_missing_data_root_and_a_train_size_beyond_the_source_are_refused_and_write_nothing(tmp_path, losslab):
+    missing = tmp_path / "nonexistent" / "data"
+    line = one_error_line(losslab.train("dataset.root=" + str(missing), f"hydra.run.dir={tmp_path / 'a'}",
+                                        cwd=tmp_path))
+    assert f"the data root {missing} (dataset.root, or $LOSSLAB_DATA_DIR) does not exist" in line
+    assert "git checkout" not in line and not (tmp_path / "nonexistent").exists() and not (tmp_path / "a").exists()
+    line = one_error_line(losslab.train("dataset.train_size=100000", f"hydra.run.dir={tmp_path / 'b'}",
+                                        cwd=tmp_path))
+    assert ("dataset.train_size=100000 is more than the 55000 training images mnist has after the 5000 of "
+            "dataset.val_size; make it at most 55000") in line
+    assert not (tmp_path / "b").exists()

@@ -115,6 +115,10 @@ def load_splits(cfg: DictConfig, device: torch.device) -> Splits:
         train_idx = torch.arange(n_train)
         val_x, val_y = src.test_x[val_idx], src.test_y[val_idx]
     if cfg.train_size is not None:
+        if cfg.train_size > len(train_idx):
+            held = f" after the {len(val_idx)} of dataset.val_size" if cfg.val_from == "train" else ""
+            raise ConfigError(f"dataset.train_size={cfg.train_size} is more than the {len(train_idx)} training images "
+                              f"{cfg.name} has{held}; make it at most {len(train_idx)} (or null for all of them).")
         train_idx = train_idx[_pick(len(train_idx), cfg.train_size, cfg.train_pick, g)]
 
     splits = [

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from losslab.config import REPO_ROOT
 from losslab.data.sources import Source, read_idx_dataset, reader
 from losslab.data.tasks import task
 
@@ -20,9 +21,15 @@ def read_mnist(root: Path, download: bool) -> Source:
     train, test = read_idx_dataset(
         "MNIST", root / "MNIST" / "raw", MNIST_FILES,
         lambda train, download: MNIST(root, train=train, download=download),
-        "the repo ships them gzipped under data/MNIST/raw/ (restore them with git checkout)", download, (0, 9),
+        "the repo ships them gzipped under data/MNIST/raw/ (restore them with git checkout)" if shipped(root)
+        else "copy MNIST's four IDX files there (the repo ships them under data/MNIST/raw/)", download, (0, 9),
     )
     return Source(train.data[:, None], train.targets, test.data[:, None], test.targets)
+
+
+def shipped(root: Path) -> bool:
+    """Whether `root` is the repo's data/, where MNIST ships."""
+    return root.resolve() == (REPO_ROOT / "data").resolve()
 
 
 @task("mnist", source="mnist", num_classes=10)

@@ -173,6 +173,10 @@ def _valid(obj: object) -> bool:
 def read_source(name: str, root: Path, download: bool) -> Source:
     """The source arrays of `name`, from the cache when it matches the files, else through torchvision."""
     reader, files = READERS[name]
+    if not root.is_dir():
+        raise DataError(f"the data root {root} (dataset.root, or $LOSSLAB_DATA_DIR) does not exist; point it at the "
+                        f"folder that holds {name}, or create it to have {name} downloaded into it "
+                        f"(dataset.download=true).")
     key = _fingerprint(root, name, files)
     cache = root / "cache" / f"{name}-{key}.pt"
     if key is not None and cache.exists():
