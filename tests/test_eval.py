@@ -11,6 +11,7 @@ from losslab.commands.cli import compose
 from losslab.commands.cli import evaluate as eval_cli
 from losslab.commands.evaluate import main
 from losslab.errors import UserError
+from losslab.records.lock import exclusive
 from losslab.training.loop import fit
 
 METRICS = ("loss", "acc", "nll", "brier", "ece", "entropy")
@@ -68,8 +69,12 @@ def test_eval_bad_input(finished_run, run_copy, tmp_path_factory):
         main([str(run_dir / "nope")])
     with pytest.raises(UserError, match="no checkpoints/last.pt"):
         main([str(tmp_path_factory.mktemp("empty"))])
-    with pytest.raises(UserError, match="not a readable checkpoint"):
+    with pytest.raises(UserError, match="cannot be read: it is damaged or cut short") as refused:
         main([str(run_dir / "metrics.csv")])
+    assert "weights_only" not in str(refused.value)
+    with exclusive(run_copy):  # as the process training there holds it
+        with pytest.raises(UserError, match="is being trained by another process"):
+            main([str(run_copy)])
     with pytest.raises(UserError, match="split=bogus is not one of"):
         main([str(run_dir), "split=bogus"])
     with pytest.raises(UserError, match="takes split=... and device=..., not epochs"):

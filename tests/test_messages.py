@@ -50,14 +50,20 @@ def test_the_binary_loss_error_names_the_config_choice(tmp_path, losslab):
                              "use loss=ce or loss=mbce, or a binary dataset (mnist_even_odd, mnist_2v3).\n")
 
 
-def test_a_failed_runs_cli_log_holds_the_error(tmp_path, losslab):
+def test_a_refused_run_says_why_once_and_leaves_no_run_dir(tmp_path, losslab):
     result = losslab.run("losslab-train", "optimizer.lr=-1", "trainer=debug", cwd=tmp_path)
     assert result.returncode == 2
     sentence = result.stderr.removeprefix("losslab-train: error: ").strip()
     assert "optimizer.lr must be > 0" in sentence
     assert sentence not in result.stdout  # said once on the screen
-    (run_dir,) = (tmp_path / "outputs").glob("*/*")
-    assert sentence in (run_dir / "cli.log").read_text()
+    assert not [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()]
+
+
+def test_a_models_own_refusal_is_one_sentence_without_hydras_lines(tmp_path, losslab):
+    result = losslab.run("losslab-train", "model=dual_linear", "trainer=debug", cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == ("losslab-train: error: model=dual_linear has one output (binary tasks) but the loss asks "
+                             "for 10; use loss=entropy_gradient or loss=bce on mnist_even_odd or mnist_2v3.\n")
 
 
 def test_the_last_log_line_rounds_the_test_accuracy(tmp_path, losslab):

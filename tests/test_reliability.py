@@ -104,6 +104,9 @@ def test_resume_needs_a_readable_checkpoint_and_without_one_starts_again(tmp_pat
     assert restarted["final"] == fresh["final"]
     broken = tmp_path / "broken"
     (broken / "checkpoints").mkdir(parents=True)
-    (broken / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="cannot be resumed from"):
-        fit(cfg, broken, resume=True)
+    whole = (tmp_path / "fresh" / "checkpoints" / "last.pt").read_bytes()
+    for damaged in (b"not a checkpoint", whole[: len(whole) // 2]):  # a stray file; one cut short by a full disk
+        (broken / "checkpoints" / "last.pt").write_bytes(damaged)
+        with pytest.raises(UserError, match="cannot be read: it is damaged or cut short") as refused:
+            fit(cfg, broken, resume=True)
+        assert "weights_only" not in str(refused.value) and "start the run afresh" in str(refused.value)

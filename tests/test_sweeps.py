@@ -68,6 +68,7 @@ def test_optuna_sweeper_minimises_the_objective_the_jobs_return(tmp_path, lossla
         assert job.name == f"{job_number(job)}_{lr}"
     best = min(objective(r) for r in runs.values())
     assert f"Best value: {best}" in proc.output  # the objective each job returns: its monitored metric
+    assert "alembic" not in proc.output  # Optuna's storage plugins' start-up lines are not the user's business
 
 
 def test_a_presets_grid_names_the_job_dirs_and_an_unsafe_value_is_made_safe(tmp_path, losslab):

@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 
 from losslab.config import check
 from losslab.errors import UserError
+from losslab.records.lock import busy, locked_by
 from losslab.evaluation.calibration import calibrate
 from losslab.evaluation.evaluate import evaluate, split_logits
 from losslab.fileio import write_json
@@ -45,6 +46,9 @@ def locate(target: Path) -> tuple[Path, Path]:
     config_file = target / ".hydra" / "config.yaml"
     config = OmegaConf.load(config_file) if config_file.exists() else OmegaConf.create({"trainer": {}})
     checkpoint = final_checkpoint(target, config)
+    holder = locked_by(target)
+    if holder is not None:
+        raise busy(target, holder)
     if not checkpoint.exists():
         raise UserError(f"{target} has no checkpoints/{checkpoint.name}; is it a losslab run dir of a finished run?")
     return target, checkpoint
@@ -61,8 +65,9 @@ def templates_of(model, shape) -> tuple | None:
 def load_weights(checkpoint: Path, model, loss_fn, config_file: Path, device) -> None:
     try:
         state = torch.load(checkpoint, map_location=device, weights_only=True)
-    except Exception as e:
-        raise UserError(f"{checkpoint} is not a readable checkpoint ({first_line(e)}).") from e
+    except Exception:  # torch's messages for a damaged file advise weights_only=False, which would not help
+        raise UserError(f"{checkpoint} cannot be read: it is damaged or cut short, or not a checkpoint; restore "
+                        f"it from a copy.") from None
     if not isinstance(state, dict) or not {"model", "loss"} <= state.keys():
         raise UserError(f"{checkpoint} is not a losslab checkpoint: it lacks the model's or the loss's weights.")
     try:

@@ -49,6 +49,11 @@ def load_last(path: Path, model, loss_fn, optimizer, scheduler, order_gen) -> di
     """Load `path` (a last.pt) into the run's objects and RNG states; returns the saved progress (a dict)."""
     try:
         state = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
+    except Exception:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for a damaged file
+        raise UserError(f"{path} cannot be read: it is damaged or cut short, and it is the run's only checkpoint "
+                        f"(an earlier epoch's is not kept). Restore the file from a copy, or start the run afresh "
+                        f"in a new dir.") from None
+    try:
         model.load_state_dict(state["model"])
         loss_fn.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
@@ -58,4 +63,4 @@ def load_last(path: Path, model, loss_fn, optimizer, scheduler, order_gen) -> di
         return state["progress"]
     except (KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
         raise UserError(f"{path} cannot be resumed from ({str(e).splitlines()[0]}); it is not a checkpoint of "
-                        f"this config, or it is damaged.") from e
+                        f"this config.") from e

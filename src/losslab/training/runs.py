@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig
 
 from losslab.data import load_splits
-from losslab.errors import ConfigError
+from losslab.errors import ConfigError, UserError
 from losslab.fileio import remove_stale_temp_files
 from losslab.stacking.steppers import SingleStepper, StackedStepper
 from losslab.training.checkpoint import load_last
@@ -106,6 +107,17 @@ def build_run(job: Job, device: torch.device, data=None) -> tuple[Run, object]:
         if last.exists():  # a run killed before its first last.pt resumes from the start
             run.progress = Progress(**load_last(last, model, loss_fn, optimizer, scheduler, order_gen))
     return run, data
+
+
+def instantiate(config, *args, **kwargs):
+    """Hydra's instantiate; a component's own refusal of its config (a UserError) is raised as itself, not inside
+    Hydra's InstantiationException, so the user reads that one sentence."""
+    try:
+        return hydra_instantiate(config, *args, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, UserError):
+            raise e.__cause__ from None
+        raise
 
 
 def build(cfg: DictConfig, device: torch.device, data=None):
