@@ -500,3 +500,12 @@ def test_readme_command_works_as_written(newcomer, line):
     failure = newcomer.outcome(line)
     if failure is not None:
         pytest.fail(f"{line}\n{failure}", pytrace=False)
+
+
+def test_the_readme_tables_list_every_option_of_every_config_group():
+    """The `group | options` table names each group's options exactly as conf/<group>/ holds them."""
+    rows = {match[1]: set(re.findall(r"`([a-z0-9_]+)`", match[2]))
+            for match in re.finditer(r"^\| `([a-z/_]+)` \| (.*) \|$", README.read_text(), re.M)}
+    groups = sorted(d.name for d in (REPO / "conf").iterdir() if d.is_dir() and d.name != "hydra")
+    assert {group: rows.get(group) for group in groups} == \
+        {group: {f.stem for f in (REPO / "conf" / group).glob("*.yaml")} for group in groups}
