@@ -92,7 +92,9 @@ def test_ctrl_c_in_a_sweep_prints_the_tally_and_the_command_that_relaunches_it(l
     assert proc.returncode == 128 + signal.SIGINT, output
     tally = "1 completed, 1 interrupted" if launcher == "basic" else "2 interrupted"
     relaunch = shlex.join(["losslab-train", *args, f"hydra.sweep.dir={sweep_dir}"])
-    assert f"losslab sweep {sweep_dir} stopped by signal 2: {tally}; run the rest with: {relaunch}\n" in output
+    report = f"; report: {sweep_dir / 'report.md'}" if launcher == "basic" else ""  # after a finished job only
+    assert f"losslab sweep {sweep_dir} stopped by signal 2: {tally}{report}; run the rest with: {relaunch}\n" in output
+    assert (sweep_dir / "report.md").exists() == (launcher == "basic")
 
 
 def test_a_submitit_sweep_says_where_the_jobs_output_goes_and_when_each_job_finishes(tmp_path, losslab):

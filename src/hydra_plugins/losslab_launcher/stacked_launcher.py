@@ -102,7 +102,7 @@ class StackedLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from losslab.errors import Interrupted
-        from losslab.records.sweep_state import print_stopped
+        from losslab.sweeps.sweep import report_stopped
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -118,7 +118,7 @@ class StackedLauncher(Launcher):
         try:
             return [member.ret for member in self.train(jobs)]
         except Interrupted as e:
-            print_stopped(sweep_dir, e.signum)
+            report_stopped(sweep_dir, e.signum)
             raise
 
     def set_up(self, number: int, overrides: list[str], job_id: str | None = None) -> Member:

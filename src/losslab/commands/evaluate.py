@@ -25,10 +25,10 @@ from omegaconf import OmegaConf
 
 from losslab.config import check
 from losslab.errors import UserError
-from losslab.records.lock import busy, locked_by
 from losslab.evaluation.calibration import calibrate
 from losslab.evaluation.evaluate import evaluate, split_logits
 from losslab.fileio import write_json
+from losslab.records.lock import busy, locked_by
 from losslab.records.run_dir import CALIBRATION, final_checkpoint
 from losslab.reporting.drawing import draw_plots
 from losslab.reporting.run_figures import is_linear, read_rows, split_plots, weight_vectors, write_figures

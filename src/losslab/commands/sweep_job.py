@@ -19,8 +19,7 @@ def run_sweep_job(cfg: DictConfig, hc, run_dir: Path, overrides: list[str]) -> f
     from losslab.records.lock import wait_for_lock
     from losslab.records.provenance import provenance
     from losslab.records.summary import can_resume, objective, previous_result, record_failure
-    from losslab.records.sweep_state import print_stopped
-    from losslab.sweeps.sweep import share_resources
+    from losslab.sweeps.sweep import report_stopped, share_resources
     from losslab.training.loop import fit
     from losslab.training.run_logger import hparams_of
 
@@ -39,7 +38,7 @@ def run_sweep_job(cfg: DictConfig, hc, run_dir: Path, overrides: list[str]) -> f
         log.error("job %s skipped: %s", hc.job.num, e)
         return math.inf
     except Interrupted as e:
-        print_stopped(Path(hc.sweep.dir), e.signum)
+        report_stopped(Path(hc.sweep.dir), e.signum)
         raise
     except Exception as e:  # a user mistake or a bug in one job must not cost the other jobs
         record_failure(run_dir, cfg, overrides, e, provenance())

@@ -61,11 +61,3 @@ def continue_command(sweep_dir: Path) -> str:
     kept = [str(a) for a in arguments if a not in ("-m", "--multirun") and not str(a).startswith(pinned)]
     return shlex.join(["losslab-train", "-m", *kept, *filter(None, [memory]),
                        f"hydra.sweep.dir={os.path.abspath(sweep_dir)}"])
-
-
-def print_stopped(sweep_dir: Path, signum: int) -> None:
-    """A stop signal in a multirun: print the tally of the jobs started so far and the command that relaunches the
-    sweep into its dir."""
-    counts = tally_text(tally(sweep_dir), causes(sweep_dir))
-    print(f"losslab sweep {sweep_dir} stopped by signal {signum}: {counts}; run the rest "
-          f"with: {continue_command(sweep_dir)}", flush=True)

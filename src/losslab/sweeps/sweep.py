@@ -155,6 +155,18 @@ class SweepCallback(Callback):
             raise SystemExit(1)
 
 
+def report_stopped(sweep_dir: Path, signum: int) -> None:
+    """A stop signal in a multirun: the report of the jobs finished so far, and a line with the tally and the
+    command that relaunches the sweep into its dir."""
+    from losslab.reporting.report import write_report
+
+    counts = tally(sweep_dir)
+    report = write_report(sweep_dir) if counts.get("completed", 0) + counts.get("early_stopped", 0) else None
+    print(f"losslab sweep {sweep_dir} stopped by signal {signum}: {tally_text(counts, causes(sweep_dir))}"
+          + (f"; report: {sweep_dir / 'report.md'}" if report else "")
+          + f"; run the rest with: {continue_command(sweep_dir)}", flush=True)
+
+
 def release_idle_workers() -> None:
     """joblib's worker processes (hydra/launcher=joblib) wait 300 s for more work after the sweep, holding the
     command's output open and its process alive: the sweep's jobs are done, so they are shut down now."""
