@@ -165,3 +165,20 @@ def test_a_missing_data_root_and_a_train_size_beyond_the_source_are_refused_and_
     assert ("dataset.train_size=100000 is more than the 55000 training images mnist has after the 5000 of "
             "dataset.val_size; make it at most 55000") in line
     assert not (tmp_path / "b").exists()
+
+
+def test_two_launches_of_one_sweep_share_its_jobs_and_both_end_with_the_true_tally(tmp_path):
+    """The second launch starts while the first trains job 0 (each step sleeps 0.2 s): it waits for the job, takes
+    its result, and each job is trained once, by one of them."""
+    from helpers.slurm import finish, launch, wait_until
+
+    sweep_dir = tmp_path / "s"
+    args = [*FAST, "trainer.max_steps=10", "seed=0,1", f"hydra.sweep.dir={sweep_dir}"]
+    first = launch(args, tmp_path, stop_at="sleep=0.2 step any")
+    wait_until(lambda: (sweep_dir / "0_seed=0" / ".lock").exists(), proc=first)
+    second = launch(args, tmp_path, stop_at="sleep=0.2 step any")
+    outputs = finish(first), finish(second)
+    for proc, output in zip((first, second), outputs):
+        assert proc.returncode == 0 and f"losslab sweep {sweep_dir}: 2 completed; report: " in output, output
+    assert "waiting for it to end" in outputs[1]
+    assert [len(list(d.glob("events.out.tfevents.*"))) for d in job_dirs(sweep_dir)] == [1, 1]  # trained once

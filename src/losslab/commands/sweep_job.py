@@ -23,24 +23,24 @@ def run_sweep_job(cfg: DictConfig, hc, run_dir: Path, overrides: list[str]) -> f
     from losslab.training.loop import fit
     from losslab.training.run_logger import hparams_of
 
-    if "slurm" in str(hc.launcher.get("_target_", "")):  # a relaunch while an earlier launch's task trains here
-        wait_for_lock(run_dir)
-    done = previous_result(run_dir, overrides)
-    if done is not None:
-        log.info("job %s already %s in %s: skipped", hc.job.num, done["status"], run_dir)
-        return objective(done)
     share_resources(cfg, hc.launcher, hc.job.num)
-    (run_dir / "error.txt").unlink(missing_ok=True)  # an earlier attempt's
-    try:
-        summary = fit(cfg, run_dir, hparams_of(cfg, dict(hc.runtime.choices), overrides),
-                      resume=can_resume(run_dir, overrides), overrides=overrides, number=hc.job.num)
-    except RunDirBusy as e:  # its files belong to the process training there
-        log.error("job %s skipped: %s", hc.job.num, e)
-        return math.inf
-    except Interrupted as e:
-        report_stopped(Path(hc.sweep.dir), e.signum)
-        raise
-    except Exception as e:  # a user mistake or a bug in one job must not cost the other jobs
-        record_failure(run_dir, cfg, overrides, e, provenance())
-        return math.inf
+    while True:  # another launch of this sweep may train the job: wait for it, then take its result or go on
+        wait_for_lock(run_dir, poll_s=1.0)
+        done = previous_result(run_dir, overrides)
+        if done is not None:
+            log.info("job %s already %s in %s: skipped", hc.job.num, done["status"], run_dir)
+            return objective(done)
+        (run_dir / "error.txt").unlink(missing_ok=True)  # an earlier attempt's
+        try:
+            summary = fit(cfg, run_dir, hparams_of(cfg, dict(hc.runtime.choices), overrides),
+                          resume=can_resume(run_dir, overrides), overrides=overrides, number=hc.job.num)
+            break
+        except RunDirBusy:  # the other launch took it between the wait and here
+            continue
+        except Interrupted as e:
+            report_stopped(Path(hc.sweep.dir), e.signum)
+            raise
+        except Exception as e:  # a user mistake or a bug in one job must not cost the other jobs
+            record_failure(run_dir, cfg, overrides, e, provenance())
+            return math.inf
     return objective(summary)
