@@ -85,6 +85,7 @@ def test_a_single_run_shows_its_hparams(tmp_path, losslab):
     assert {"optimizer.lr", "loss", "model", "seed", "trainer.max_steps"} <= {info["name"] for info in infos}
     assert not any(info.get("differs") for info in infos)
     assert (group["hparams"]["optimizer.lr"], group["hparams"]["model"]) == (0.3, "linear")
+    assert (group["hparams"]["name"], group["hparams"]["experiment"]) == ("synthetic-linear-ce", "none")
 
 
 def test_event_records_carry_tensorboards_own_checksums(tmp_path):

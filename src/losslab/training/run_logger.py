@@ -30,9 +30,11 @@ CORE_HPARAMS = ("seed", "optimizer.lr", "optimizer.weight_decay", "trainer.l2", 
 
 
 def hparams_of(cfg: DictConfig, choices: dict[str, str | None], overrides: list[str]) -> dict:
-    """HParams with the same key set for every job of a sweep: the group choices, the usual numeric
-    knobs, and every key the command line overrides (values that are not scalars become strings)."""
-    hp: dict[str, Any] = {g: str(choices.get(g)) for g in GROUPS}
+    """HParams with the same key set for every job of a sweep: the run's name, the group choices (`none` for a
+    group left unset, as `experiment` usually is), the usual numeric knobs, and every key the command line
+    overrides (values that are not scalars become strings)."""
+    hp: dict[str, Any] = {"name": str(OmegaConf.select(cfg, "name", default="") or "")}
+    hp |= {g: str(choices.get(g) or "none") for g in GROUPS}
     for key in (*CORE_HPARAMS, *(o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o)):
         if key not in hp:
             value = OmegaConf.select(cfg, key, default=None)
