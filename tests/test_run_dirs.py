@@ -182,3 +182,12 @@ def test_two_launches_of_one_sweep_share_its_jobs_and_both_end_with_the_true_tal
         assert proc.returncode == 0 and f"losslab sweep {sweep_dir}: 2 completed; report: " in output, output
     assert "waiting for it to end" in outputs[1]
     assert [len(list(d.glob("events.out.tfevents.*"))) for d in job_dirs(sweep_dir)] == [1, 1]  # trained once
+
+
+@pytest.mark.parametrize("grid", [["optimizer.lr=0.1,-1", "seed=0,1"], ["sweep=seeds", "trainer.precision=fp32,fp16"]])
+def test_a_bad_value_anywhere_in_a_grid_is_refused_before_any_job_trains_or_anything_is_written(grid, tmp_path,
+                                                                                              losslab):
+    line = one_error_line(losslab.train("-m", *FAST, *grid, cwd=tmp_path))
+    bad = "optimizer.lr=-1" if "seed=0,1" in grid else "trainer.precision=fp16"
+    assert f"the sweep's {bad} is refused before any job trains: " in line
+    assert list(tmp_path.iterdir()) == []

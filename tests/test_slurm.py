@@ -159,7 +159,7 @@ def test_without_accounting_a_cancelled_job_still_ends_the_sweep(tmp_path, no_ac
 
 
 def test_jobs_are_named_by_sweep_and_number_and_a_failed_job_is_failed_in_slurm(tmp_path):
-    proc = launch([*SLURM, *RUN[:-1], "trainer.epochs=1", "optimizer.lr=0.5,-1"], tmp_path)
+    proc = launch([*SLURM, *RUN[:-1], "trainer.epochs=1", "dataset.train_size=1000,100000"], tmp_path)
     output = finish(proc)
     assert proc.returncode == 1 and "1 completed, 1 failed" in output, output
     tasks = [p.name for p in the_sweep_dir(tmp_path).glob(".submitit/*") if re.fullmatch(r"\d+_\d+", p.name)]

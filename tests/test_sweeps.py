@@ -87,16 +87,21 @@ def test_a_presets_grid_names_the_job_dirs_and_an_unsafe_value_is_made_safe(tmp_
 
 
 def test_a_failing_and_a_diverging_job_do_not_stop_the_others(tmp_path, losslab):
-    # lr=-1 fails its range check inside the job; lr=1e6 with an L2 term diverges
+    # train_size=100000 fails inside the job (the synthetic set has fewer images: found when its data is read);
+    # lr=1e6 with an L2 term diverges
     proc = losslab.sweep("dataset=synthetic", "trainer.epochs=1", "trainer.progress=log", "trainer.l2=1",
-                         "optimizer.lr=0.5,-1,1e6,0.05", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+                         "optimizer.lr=0.5,1e6", "dataset.train_size=1000,100000",
+                         f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
     assert proc.returncode == 1, proc.output  # a job failed
-    assert "2 completed, 1 diverged, 1 failed" in proc.output
+    assert "1 completed, 1 diverged, 2 failed" in proc.output
     runs = summaries(tmp_path / "s")
-    assert [runs[i]["status"] for i in range(4)] == ["completed", "failed", "diverged", "completed"]
-    assert "optimizer.lr must be > 0" in runs[1]["error"] and (job_dir(tmp_path / "s", 1) / "error.txt").exists()
+    assert [runs[i]["status"] for i in range(4)] == ["completed", "failed", "diverged", "failed"]
+    assert "dataset.train_size=100000 is more than" in runs[1]["error"]
+    assert (job_dir(tmp_path / "s", 1) / "error.txt").exists()
     listed = {r["jobs"]: r["status"] for r in report_rows(tmp_path / "s") if r["status"] != "aggregate"}
-    assert listed == {"1_optimizer.lr=-1": "failed", "2_optimizer.lr=1000000.0": "diverged"}
+    assert listed == {"1_dataset.train_size=100000,optimizer.lr=0.5": "failed",
+                      "2_dataset.train_size=1000,optimizer.lr=1000000.0": "diverged",
+                      "3_dataset.train_size=100000,optimizer.lr=1000000.0": "failed"}
 
 
 def test_relaunching_a_killed_sweep_runs_only_the_unfinished_jobs(tmp_path, losslab):

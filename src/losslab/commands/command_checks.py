@@ -64,6 +64,10 @@ def check_command(argv: list[str]) -> list[str]:
         state = run_state(Path(run_dir))
         raise UserError(f"hydra.run.dir={run_dir} already holds a run (status {state}) and is never overwritten; "
                         f"continue an unfinished run with trainer.resume={run_dir}, or give a fresh hydra.run.dir.")
+    if {"-m", "--multirun"} & set(argv):
+        from losslab.sweeps.sweep import check_grid
+
+        check_grid([a for a in argv if "=" in a and not a.startswith("-")])
     if "hydra.sweep.dir" in given:
         check_relaunch(Path(given["hydra.sweep.dir"]), [a for a in argv if "=" in a and not a.startswith("-")
                                                          and not override_key(a).startswith(("hydra.", "hydra/"))])

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 import threading
@@ -67,6 +68,51 @@ def varies(override) -> bool:
     if override.value_type in DISCRETE_SWEEPS:
         return len(set(override.sweep_string_iterator())) > 1
     return True  # a glob of config options or an interval (Optuna)
+
+
+def check_grid(task_overrides: list[str]) -> None:
+    """Every value a multirun's grid gives its jobs, checked before Hydra starts (so before the first job trains and
+    before anything is written): each value of each swept key (a list, a range, a config group's options, from the
+    command line or a `sweep=` preset's hydra.sweeper.params) is set in the config of the other keys' first values
+    (a config group's option composed) and checked as a job's start checks its config (losslab.config.check). A
+    refused value is one sentence naming it. Values a sweeper draws (Optuna's intervals) are checked by each job."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from losslab.config import CONF_DIR, check
+    from losslab.errors import UserError
+
+    def values_of(override) -> list[tuple[str, Any]] | None:  # (as written, as parsed); None: a sweeper draws them
+        if not override.is_sweep_override():
+            return [(override.get_value_element_as_str(), override.value())]
+        if override.value_type not in DISCRETE_SWEEPS:
+            return None
+        return list(zip(override.sweep_string_iterator(), override.sweep_iterator()))
+
+    def parsed(lines: list[str]) -> dict:
+        return {o.get_key_element(): values_of(o) for o in OverridesParser.create().parse_overrides(lines)}
+
+    given = parsed(task_overrides)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        composed = compose("train", [f"{k}={v[0][0]}" for k, v in given.items() if v], return_hydra_config=True)
+        params = OmegaConf.select(composed, "hydra.sweeper.params") or {}
+        grid = {k: v for k, v in {**parsed([f"{k}={v}" for k, v in params.items()]), **given}.items() if v}
+        first = {key: values[0][0] for key, values in grid.items()}
+        plain = compose("train", [f"{k}={v}" for k, v in first.items()])
+        for key, values in grid.items():
+            for written, value in values if len(values) > 1 else []:
+                if key.lstrip("+~").split("@")[0] in composed.hydra.runtime.choices:  # a config group's option
+                    job = compose("train", [f"{k}={v}" for k, v in {**first, key: written}.items()])
+                else:
+                    job = copy.deepcopy(plain)
+                    OmegaConf.update(job, key.lstrip("+~"), value, force_add=key.startswith("+"))
+                try:
+                    check(job)
+                except UserError as e:
+                    raise UserError(f"the sweep's {key}={written} is refused before any job trains: {e}") from None
+    GlobalHydra.instance().clear()
 
 
 def pin_sweep_dir(config: DictConfig) -> None:
