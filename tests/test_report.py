@@ -171,11 +171,12 @@ def test_plots_are_pngs_with_one_figure_per_numeric_parameter(reported):
 @pytest.mark.parametrize("key, values, scale", [
     ("optimizer.lr", ("0.1", "0.01"), "log"),  # a learning rate: log however few decades
     ("optimizer.weight_decay", ("0.001", "0.0005"), "log"),
-    ("trainer.l2", ("0", "0.1", "1"), "linear"),  # 0 has no place on a log axis
+    ("trainer.l2", ("0", "0.1", "1"), "symlog"),  # 0 has no place on a log axis: linear up to 0.1, log above
+    ("dataset.crop_padding", ("0", "2", "4"), "linear"),
     ("trainer.batch_size", ("32", "64"), "linear"),
     ("trainer.batch_size", ("8", "1024"), "log"),  # any parameter spanning two decades
 ])
-def test_learning_rates_and_parameters_spanning_decades_are_plotted_on_a_log_axis(key, values, scale):
+def test_learning_rates_and_parameters_spanning_decades_are_plotted_on_a_log_or_symlog_axis(key, values, scale):
     run = RunResult("0", {key: values[0]}, "completed", {"final": {"val/acc": 0.5}}, "")
     configs = [Config({key: value}, [run]) for value in values]
     fig = parameter_figure(configs, key, ["val/acc"])

@@ -290,6 +290,19 @@ def test_learned_values_get_a_table_and_a_trajectory_figure_with_the_mean_over_s
     assert "| fixed | 3 | " in section and "| 2 ± 0 [2, 2] |" in section
 
 
+def test_loss_values_that_are_constants_get_no_learned_table_or_figure(tmp_path):
+    sweep = tmp_path / "sweep"
+    for job, seed in enumerate((0, 1)):  # fixed coefficient and basis: the same in every run
+        points = [(10, 0.839, 2.0), (20, 0.839, 2.0)]
+        write_job(sweep, job, ["loss=min_ent", f"seed={seed}"],
+                  {"status": "completed", "seed": seed,
+                   "final": {"test/acc": 0.9 + job / 100, "loss/beta1": 0.839, "loss/base1": 2.0}},
+                  learned_csv(points))
+    report = write_report(sweep, ["test/acc"])
+    assert report.learned == [] and not (sweep / "learned_values.png").exists()
+    assert "## Learned loss values" not in (sweep / "report.md").read_text()
+
+
 def report_configs(sweep):
     from losslab.reporting.sweep_data import group_by_config, read_runs, varying_keys
 
@@ -301,3 +314,19 @@ def test_no_learned_values_no_trajectory_figure(five_seeds):
     sweep, report = five_seeds
     assert not (sweep / "learned_values.png").exists() and report.learned == []
     assert "Learned loss values" not in (sweep / "report.md").read_text()
+
+
+def test_the_curves_are_of_the_monitored_metric_which_compares_losses(tmp_path, monkeypatch):
+    from losslab.reporting import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "save", lambda fig, path: drawn.append((path.name, fig)) or path)
+    sweep = tmp_path / "sweep"
+    for job, loss in enumerate(("ce", "mbce")):
+        write_job(sweep, job, [f"loss={loss}", "seed=0"],
+                  {"status": "completed", "seed": 0, "monitor": {"metric": "val/nll", "mode": "min"},
+                   "final": {"test/acc": 0.9, "val/nll": 0.3}},
+                  "step,val/loss,val/acc,val/nll,test/acc\n10,0.5,0.8,0.4,\n20,0.4,0.85,0.3,\n20,0.4,0.85,0.3,0.9\n")
+    write_report(sweep, ["test/acc"])
+    curves = dict(drawn)["val_curves.png"]
+    assert [ax.get_ylabel() for ax in curves.axes if ax.get_ylabel()] == ["val/nll", "val/acc"]

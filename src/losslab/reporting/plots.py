@@ -11,7 +11,7 @@ from losslab.fileio import atomic_write
 from losslab.reporting.statistics import mean_std
 from losslab.reporting.sweep_data import LEARNED, WEIGHT_NORM, Config, RunResult, finite, read_curves, to_float
 
-CURVE_METRICS = ("val/loss", "val/acc")
+CURVE_METRICS = ("val/loss", "val/acc")  # the curves of runs that record no trainer.monitor
 
 
 LOG_SCALE_KEYS = ("lr", "weight_decay", "l2", "eps")
@@ -66,8 +66,11 @@ def save(fig, path: Path) -> Path:
     return path
 
 
-def plot_curves(sweep_dir: Path, configs: list[Config], runs: list[RunResult]) -> list[Path]:
-    """val/loss and val/acc against step, one line per run coloured by config; dashed: not aggregated."""
+def plot_curves(sweep_dir: Path, configs: list[Config], runs: list[RunResult], monitored: str | None = None
+                ) -> list[Path]:
+    """The `monitored` metric (trainer.monitor, comparable across losses, where each loss's own val/loss is not;
+    else val/loss) and val/acc against step, one line per run coloured by config; dashed: not aggregated."""
+    metrics = list(dict.fromkeys([monitored or CURVE_METRICS[0], *CURVE_METRICS[1:]]))
     index_of = {tuple(config.values.items()): i for i, config in enumerate(configs)}
     keys = list(configs[0].values) if configs else []
     curves = [(run, read_curves(sweep_dir / run.job)) for run in runs if run.overrides is not None]
@@ -75,11 +78,11 @@ def plot_curves(sweep_dir: Path, configs: list[Config], runs: list[RunResult]) -
     if not curves:
         return []
     colors = config_colors(len(configs))
-    fig, axes = new_figure(len(CURVE_METRICS))
+    fig, axes = new_figure(len(metrics))
     labelled = set()
     for run, rows in curves:
         index = index_of[tuple((key, run.overrides.get(key)) for key in keys)]
-        for ax, metric in zip(axes, CURVE_METRICS):
+        for ax, metric in zip(axes, metrics):
             points = [(row["step"], row[metric]) for row in rows if finite(row.get("step")) and finite(row.get(metric))]
             if not points:
                 continue
@@ -88,7 +91,7 @@ def plot_curves(sweep_dir: Path, configs: list[Config], runs: list[RunResult]) -
             ax.plot(*zip(*points), color=colors(index % colors.N), label=label,
                     linestyle="-" if run.aggregated else "--", marker="." if len(points) < 20 else None)
     dashed = " (dashed: not aggregated)" if any(not run.aggregated for run, _ in curves) else ""
-    for ax, metric in zip(axes, CURVE_METRICS):
+    for ax, metric in zip(axes, metrics):
         ax.set(xlabel="step", ylabel=metric)
         ax.set_title(metric + dashed, y=1.0)  # y given: no search for room above the ticks
         ax.grid(alpha=0.3)
@@ -125,11 +128,12 @@ def mean_trajectory(lines: list[list[tuple[float, float]]]) -> list[tuple[float,
     return [(step, statistics.fmean(values)) for step, values in sorted(at.items())]
 
 
-def plot_learned(sweep_dir: Path, configs: list[Config]) -> list[Path]:
-    """learned_values.png: one panel per loss/* value against step, a thin line per aggregated run and a thick one
-    for the config's mean over seeds (`mean_trajectory`), coloured by config; none when no run logged one."""
+def plot_learned(sweep_dir: Path, configs: list[Config], learned: list[str]) -> list[Path]:
+    """learned_values.png: one panel per `learned` loss/* value (losslab.reporting.sweep_data.learned_keys) against
+    step, a thin line per aggregated run and a thick one for the config's mean over seeds (`mean_trajectory`),
+    coloured by config; none when no run logged one."""
     curves = [learned_curves(sweep_dir, config) for config in configs]
-    keys = list(dict.fromkeys(key for runs in curves for run in runs for key in run))
+    keys = [key for key in dict.fromkeys(key for runs in curves for run in runs for key in run) if key in learned]
     if not keys:
         return []
     colors = config_colors(len(configs))
@@ -178,8 +182,12 @@ def parameter_figure(configs: list[Config], key: str, plotted: list[str]):
             points = sorted(point for config in line if (point := mean_point(config, key, metric)))
             if points:
                 ax.errorbar(*zip(*points), marker="o", capsize=3, label=others or None)
-        if log_axis(key, xs):
+        scale = axis_scale(key, xs)
+        if scale == "symlog":  # linear below the smallest positive value, so 0 has its place
+            ax.set_xscale("symlog", linthresh=min(x for x in xs if x > 0))
+        elif scale == "log":
             ax.set_xscale("log")
+        if scale != "linear":
             ax.minorticks_off()  # the swept values are the points; unlabelled minor ticks only cost drawing time
         ax.set(xlabel=key, ylabel=metric)
         ax.set_title(f"{metric} vs {key}", y=1.0)
@@ -195,9 +203,13 @@ def mean_point(config: Config, key: str, metric: str) -> tuple[float, float, flo
     return None if mean is None else (float(config.values[key]), mean, std or 0.0)
 
 
-def log_axis(key: str, xs: list[float]) -> bool:
-    """Whether `key`'s values `xs` go on a log axis: all positive, and either a scale parameter (a learning rate,
-    weight decay, L2 coefficient or epsilon, swept by factors however few) or spanning at least two decades."""
-    if min(xs) <= 0:
-        return False
-    return key.rsplit(".", 1)[-1] in LOG_SCALE_KEYS or max(xs) >= 100 * min(xs)
+def axis_scale(key: str, xs: list[float]) -> str:
+    """The x axis for `key`'s values `xs`: `log` where all are positive and `key` is a scale parameter (a learning
+    rate, weight decay, L2 coefficient or epsilon, swept by factors however few) or they span two decades; `symlog`
+    for a scale parameter swept from 0 (trainer.l2=0,0.01,0.1); else `linear`."""
+    scale_parameter = key.rsplit(".", 1)[-1] in LOG_SCALE_KEYS
+    if min(xs) > 0 and (scale_parameter or max(xs) >= 100 * min(xs)):
+        return "log"
+    if min(xs) == 0 and scale_parameter and max(xs) > 0:
+        return "symlog"
+    return "linear"

@@ -74,9 +74,9 @@ def write_report(sweep_dir: Path, metrics: list[str] | None = None,
     report = Report(sweep_dir, keys, metrics, best_by, monitor is not None, rows, not_aggregated, files=[],
                     reference=reference, learned=learned, learned_rows=learned_rows, unrecorded=list(unrecorded))
 
-    report.files += plot_curves(sweep_dir, configs, runs)
+    report.files += plot_curves(sweep_dir, configs, runs, (monitor_of(runs) or (None,))[0])
     report.files += plot_against_parameters(sweep_dir, configs, keys, metrics)
-    report.files += plot_learned(sweep_dir, configs)
+    report.files += plot_learned(sweep_dir, configs, learned)
     atomic_write(sweep_dir / "report.csv", lambda tmp: tmp.write_text(csv_text(report)))
     atomic_write(sweep_dir / "report.md", lambda tmp: tmp.write_text(markdown(report)))
     report.files += [sweep_dir / "report.csv", sweep_dir / "report.md"]

@@ -237,9 +237,11 @@ def lower_is_better(metric: str) -> bool:
 
 
 def learned_keys(runs: list[RunResult]) -> list[str]:
-    """The loss/* values in the aggregated runs' summary.json `final`, in the order logged."""
+    """The loss/* values in the aggregated runs' summary.json `final`, in the order logged, without those that
+    are one value in every run (a fixed coefficient or basis: a constant, not something learned)."""
     finals = [run.summary.get("final") or {} for run in runs if run.aggregated]
-    return list(dict.fromkeys(key for final in finals for key in final if key.startswith(LEARNED)))
+    keys = dict.fromkeys(key for final in finals for key in final if key.startswith(LEARNED))
+    return [key for key in keys if len(finals) == 1 or len({final.get(key) for final in finals}) > 1]
 
 
 def finite(value: float | None) -> bool:
