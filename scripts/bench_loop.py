@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -129,6 +130,10 @@ def main() -> None:
             ref = reference_samples_per_s(name, steps, device, precision)
             print(f"{name:8} {precision:4} {ours:18,.0f} {ref:21,.0f} {ours / ref:6.2f}x {flops / 1e6:13.2f} "
                   f"{ours * flops / 1e9:9.2f} {ours * flops / peak:8.1%}", flush=True)
+            if ours * flops > peak:
+                print(f"warning: {name} above the measured peak is a measurement error: the machine was busy while "
+                      f"the peak was measured (load average {os.getloadavg()[0]:.1f}); rerun on a quiet machine",
+                      flush=True)
 
 
 if __name__ == "__main__":
