@@ -4,6 +4,9 @@ release each range allows. A bound raised in one file and not the other fails he
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -89,3 +92,22 @@ dev = ["losslab[sweep]", "pytest>=7.4"]
         "pytest>=7.4 has no pin (add pytest==7.4)",
         "ruff==0.4.0 is pinned but pyproject.toml does not ask for it",
     ]
+
+
+def test_the_installed_pytest_and_xdist_run_a_group_in_one_worker(tmp_path):
+    """CI runs the tests marked `slurm`, which share one cluster, in one xdist group (`--dist loadgroup`): with the
+    installed pytest and pytest-xdist, every test of a group must run in one worker (pytest 9 with xdist 3.8 spreads
+    them over all workers silently, hence pytest<9)."""
+    (tmp_path / "test_grouped.py").write_text(
+        "import os, pytest\n"
+        "pytestmark = pytest.mark.xdist_group('cluster')\n"
+        "@pytest.mark.parametrize('i', range(6))\n"
+        "def test_member(i):\n"
+        "    with open(f'worker_{i}', 'w') as f:\n"
+        "        f.write(os.environ['PYTEST_XDIST_WORKER'])\n")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "--dist",
+                           "loadgroup", "test_grouped.py"], cwd=tmp_path, capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    workers = {(tmp_path / f"worker_{i}").read_text() for i in range(6)}
+    assert len(workers) == 1, f"one xdist group ran in workers {sorted(workers)}"
