@@ -30,8 +30,9 @@ def check_command(argv: list[str]) -> list[str]:
     from losslab.records.summary import HAS_RESULT
 
     given = given_overrides(argv)
-    share_with_group(Path(given.get("hydra.sweep.dir" if {"-m", "--multirun"} & set(argv) else "hydra.run.dir",
-                                    "outputs")))
+    multirun = bool({"-m", "--multirun"} & set(argv))
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    share_with_group(Path(given.get("hydra.sweep.dir" if multirun else "hydra.run.dir", "outputs")))
     launcher = given.get("hydra/launcher")
     if launcher == "submitit_slurm":
         raise UserError("hydra/launcher=submitit_slurm is Hydra's Slurm launcher without losslab's handling of "
@@ -64,13 +65,13 @@ def check_command(argv: list[str]) -> list[str]:
         state = run_state(Path(run_dir))
         raise UserError(f"hydra.run.dir={run_dir} already holds a run (status {state}) and is never overwritten; "
                         f"continue an unfinished run with trainer.resume={run_dir}, or give a fresh hydra.run.dir.")
-    if {"-m", "--multirun"} & set(argv):
+    if multirun:
         from losslab.sweeps.sweep import check_grid
 
-        check_grid([a for a in argv if "=" in a and not a.startswith("-")])
+        check_grid(overrides)
     if "hydra.sweep.dir" in given:
-        check_relaunch(Path(given["hydra.sweep.dir"]), [a for a in argv if "=" in a and not a.startswith("-")
-                                                         and not override_key(a).startswith(("hydra.", "hydra/"))])
+        check_relaunch(Path(given["hydra.sweep.dir"]),
+                       [a for a in overrides if not override_key(a).startswith(("hydra.", "hydra/"))])
     return []
 
 

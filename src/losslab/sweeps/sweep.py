@@ -178,8 +178,6 @@ class SweepCallback(Callback):
             ANNOUNCERS[str(config.hydra.sweep.dir)] = JobEndAnnouncer(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from losslab.reporting.report import write_report
-
         release_idle_workers()
         sweep_dir = Path(config.hydra.sweep.dir)
         if str(config.hydra.sweep.dir) in ANNOUNCERS:
@@ -189,8 +187,7 @@ class SweepCallback(Callback):
             print(f"losslab sweep {sweep_dir}: {sentence}", flush=True)
         with missing_figures_drawn(sweep_dir):
             counts = tally(sweep_dir)
-            report = (write_report(sweep_dir, unrecorded=unrecorded)
-                      if counts.get("completed", 0) + counts.get("early_stopped", 0) else None)
+            report = report_of_finished(sweep_dir, counts, unrecorded)
         left = max(sum(counts.get(state, 0) for state in LEFT), len(unrecorded))
         memory = "" if more_memory(sweep_dir) is None else " (asking for twice the memory)"
         print(f"losslab sweep {sweep_dir}: {tally_text(counts, causes(sweep_dir))}"
@@ -204,13 +201,21 @@ class SweepCallback(Callback):
 def report_stopped(sweep_dir: Path, signum: int) -> None:
     """A stop signal in a multirun: the report of the jobs finished so far, and a line with the tally and the
     command that relaunches the sweep into its dir."""
-    from losslab.reporting.report import write_report
-
     counts = tally(sweep_dir)
-    report = write_report(sweep_dir) if counts.get("completed", 0) + counts.get("early_stopped", 0) else None
+    report = report_of_finished(sweep_dir, counts)
     print(f"losslab sweep {sweep_dir} stopped by signal {signum}: {tally_text(counts, causes(sweep_dir))}"
           + (f"; report: {sweep_dir / 'report.md'}" if report else "")
           + f"; run the rest with: {continue_command(sweep_dir)}", flush=True)
+
+
+def report_of_finished(sweep_dir: Path, counts: dict[str, int], unrecorded: list[str] = ()):
+    """The sweep's report (losslab.reporting.report.write_report) when a job has completed or stopped early (the
+    tally `counts` says), else None."""
+    from losslab.reporting.report import write_report
+
+    if not counts.get("completed", 0) + counts.get("early_stopped", 0):
+        return None
+    return write_report(sweep_dir, unrecorded=unrecorded)
 
 
 def release_idle_workers() -> None:
