@@ -4,14 +4,9 @@ kept at the end; without one, lines within long epochs; a stacked sweep like sin
 import csv
 import json
 import re
-import shlex
-import signal
-import time
 from pathlib import Path
 
-import pytest
-
-from losslab.records.job_dirs import job_dirs, job_number
+from losslab.records.job_dirs import job_dirs
 
 SHORT = ["dataset.train_size=2000", "trainer.epochs=2", "trainer.figures=false"]  # 16 steps of 128 per epoch
 
@@ -65,36 +60,6 @@ def test_a_stacked_sweep_logs_each_jobs_evaluations_and_its_progress(tmp_path, l
     for job in job_dirs(sweep_dir):
         assert evaluation_lines(result.stdout, f"job {job.name} ") == evaluated_steps(job) == [16, 32]
     assert progress_lines(result.stdout, "2 jobs running, ") == [2, 4, 6, 8, 10, 12, 14, 18, 20, 22, 24, 26, 28, 30]
-
-
-def evaluated(sweep_dir: Path, num: int) -> bool:
-    """Whether job `num` of the sweep has logged an evaluation (its metrics.csv has a row)."""
-    metrics = [d / "metrics.csv" for d in job_dirs(sweep_dir) if job_number(d) == num] if sweep_dir.is_dir() else []
-    return bool(metrics) and metrics[0].exists() and len(metrics[0].read_text().splitlines()) > 1
-
-
-@pytest.mark.parametrize("launcher", ["basic", "stacked"])
-def test_ctrl_c_in_a_sweep_prints_the_tally_and_the_command_that_relaunches_it(launcher, tmp_path, losslab):
-    """Job 0 of the basic sweep finishes in 3 steps; SIGINT comes once the long job has logged an evaluation (its
-    loop is running: the signal stops it at its next step)."""
-    steps = "trainer.max_steps=3,100000" if launcher == "basic" else "trainer.max_steps=100000"
-    args = ["-m", f"hydra/launcher={launcher}", "dataset.train_size=2000", "trainer.epochs=1000",
-            "trainer.eval_every=0.5", "trainer.figures=false", steps, "seed=0,1" if launcher == "stacked" else "seed=0"]
-    sweep_dir = tmp_path / "s"
-    proc = losslab.start(*args, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
-    long_job = 1 if launcher == "basic" else 0
-    deadline = time.monotonic() + 300
-    while not evaluated(sweep_dir, long_job):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
-    output = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 128 + signal.SIGINT, output
-    tally = "1 completed, 1 interrupted" if launcher == "basic" else "2 interrupted"
-    relaunch = shlex.join(["losslab-train", *args, f"hydra.sweep.dir={sweep_dir}"])
-    report = f"; report: {sweep_dir / 'report.md'}" if launcher == "basic" else ""  # after a finished job only
-    assert f"losslab sweep {sweep_dir} stopped by signal 2: {tally}{report}; run the rest with: {relaunch}\n" in output
-    assert (sweep_dir / "report.md").exists() == (launcher == "basic")
 
 
 def test_a_submitit_sweep_says_where_the_jobs_output_goes_and_when_each_job_finishes(tmp_path, losslab):

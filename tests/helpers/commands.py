@@ -56,10 +56,12 @@ def losslab_train(*args: str, cwd: Path, stop_at: str | None = None,
     return run("losslab-train", *args, cwd=cwd, env=user_env(stop_at), timeout=timeout)
 
 
-def start(*args: str, cwd: Path) -> subprocess.Popen:
-    """`losslab-train *args` started in `cwd` with `user_env()`; stdout and stderr together in one text pipe."""
-    return subprocess.Popen(["losslab-train", *args], cwd=cwd, env=user_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+def start(*args: str, cwd: Path, stop_at: str | None = None, own_group: bool = False) -> subprocess.Popen:
+    """`losslab-train *args` started in `cwd` with `user_env(stop_at)`; stdout and stderr together in one text pipe.
+    With `own_group`, in a process group (a session) of its own, as a terminal starts a command: a signal to the
+    group reaches it and every process it starts, and no test process."""
+    return subprocess.Popen(["losslab-train", *args], cwd=cwd, env=user_env(stop_at), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=own_group)
 
 
 def sweep(*args: str, cwd: Path, wait: bool = True) -> subprocess.Popen:

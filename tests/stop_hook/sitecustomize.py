@@ -6,7 +6,8 @@ subscribes `stop_at` to the loop's hooks (losslab.training.hooks). Any other sit
 after it.
 
 $LOSSLAB_TEST_STOP_AT holds "<action> <point> <step|any> [job=<n>]", several separated by `;`. `SIGKILL eval 8`
-sends the process SIGKILL when step 8's evaluation has been written; `sleep=0.5 step any` sleeps half a second
+sends the process SIGKILL when step 8's evaluation has been written (`SIGINT@group eval 8` sends SIGINT to its
+process group, as Ctrl-C in a terminal does); `sleep=0.5 step any` sleeps half a second
 after every step (a run that takes long on any machine); `hold_mb=800 eval 7` allocates and writes 800 MB there and
 keeps it (a process over its memory limit); `wait eval 8` naps there until a stop signal has been
 caught (a cancel's SIGTERM, a preemption's USR2: unlike SIGSTOP then SIGCONT, whose order of handling against the
@@ -34,7 +35,7 @@ def parse(text: str) -> list[tuple[str, str, str, int | None]]:
         words = spec.split()
         action, point, when, job = (*words, None)[:4] if len(words) in (3, 4) else ("", "", "", None)
         if not (action == "wait" or re.fullmatch(r"(sleep|hold_mb)=\d+(\.\d*)?", action)
-                or (action.startswith("SIG") and hasattr(signal, action))) \
+                or re.fullmatch(r"SIG[A-Z0-9]+(@group)?", action) and hasattr(signal, action.removesuffix("@group"))) \
                 or point not in POINTS or not (when == "any" or when.isdigit()) \
                 or (job is not None and not re.fullmatch(r"job=\d+", job)):
             raise ValueError(f"{VARIABLE}: {spec.strip()!r} is not {SYNTAX!r} with an action SIG<NAME>, sleep=<s>, "
@@ -59,6 +60,8 @@ def stop_at_hook(specs: list[tuple[str, str, str, int | None]]):
 
                 while not stop_requested():  # the main thread runs the handler between naps, whichever thread took it
                     time.sleep(0.01)
+            elif action.endswith("@group"):
+                os.killpg(os.getpgid(0), getattr(signal, action.removesuffix("@group")))
             else:
                 os.kill(os.getpid(), getattr(signal, action))
 

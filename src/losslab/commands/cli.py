@@ -17,6 +17,7 @@ from losslab.commands.resume import resume_run
 from losslab.commands.sweep_job import run_sweep_job
 from losslab.config import CONF_DIR, register
 from losslab.errors import Interrupted, UserError, unwritable
+from losslab.records.run_dir import remove_unstarted_run
 from losslab.records.summary import objective
 
 _FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
@@ -42,29 +43,13 @@ def _train(cfg: DictConfig) -> float | None:
     except UserError as e:
         if _FULL_ERROR:
             raise
-        if cfg.trainer.resume in (None, False):
-            discard_refused_run(run_dir)
+        if cfg.trainer.resume in (None, False):  # nothing trained: the refusal is on the screen, no dir left
+            remove_unstarted_run(run_dir)
         fail("losslab-train", str(e))
     from losslab.reporting.run_figures import draw_run_figures
 
     draw_run_figures(run_dir)
     return objective(summary)
-
-
-def discard_refused_run(run_dir: Path) -> None:
-    """A run refused before it trained (a value check, missing data) leaves no run dir behind: what Hydra wrote
-    is removed, its log file closed first. The refusal is on the screen."""
-    import logging
-
-    from losslab.records.run_dir import remove_unstarted_run
-
-    root = logging.getLogger()
-    handlers = [h for h in root.handlers if isinstance(h, logging.FileHandler)
-                and Path(h.baseFilename).parent == run_dir.resolve()]
-    for handler in handlers:
-        root.removeHandler(handler)
-        handler.close()
-    remove_unstarted_run(run_dir.resolve(), [Path(h.baseFilename) for h in handlers])
 
 
 def train_command() -> None:

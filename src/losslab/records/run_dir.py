@@ -8,6 +8,7 @@ without one (killed, or a config that failed before training), or `running` whil
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -37,9 +38,18 @@ def run_state(run_dir: Path) -> str:
     return (read_summary(run_dir) or {}).get("status", "unfinished")
 
 
-def remove_unstarted_run(run_dir: Path, log_files: list[Path]) -> None:
-    """Undo what Hydra wrote for a run refused before it trained (`.hydra/` and the job's log files), so that the
-    corrected command can use the same dir; a dir holding anything else is left as it is."""
+def remove_unstarted_run(run_dir: Path) -> None:
+    """Undo what Hydra wrote for a run that did not train (refused by a check, or a sweep's job that came after a
+    stop signal): `.hydra/` and the job's log files, their handlers closed first, so that the corrected command or
+    the sweep's relaunch can use the same dir; a dir holding anything else is left as it is."""
+    run_dir = run_dir.resolve()
+    root = logging.getLogger()
+    handlers = [h for h in root.handlers if isinstance(h, logging.FileHandler)
+                and Path(h.baseFilename).parent == run_dir]
+    for handler in handlers:
+        root.removeHandler(handler)
+        handler.close()
+    log_files = [Path(h.baseFilename) for h in handlers]
     if not run_dir.is_dir() or not set(run_dir.iterdir()) <= {run_dir / ".hydra", *log_files}:
         return
     shutil.rmtree(run_dir / ".hydra", ignore_errors=True)

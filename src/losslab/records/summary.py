@@ -3,7 +3,8 @@
 Its writers are here, and only here: `write_summary` (a run that trained: finished, diverged or interrupted, the
 dict built by losslab.training.finish.summary_of), `record_failure` (a job whose config or training raised) and
 `record_slurm_end` (a Slurm task that ended without writing its own). Every summary holds `format`
-(FORMAT_VERSION), `status`, `run_dir`, `overrides`, `best` and `final`.
+(FORMAT_VERSION), `status`, `run_dir`, `overrides`, `best` and `final`; an interrupted run's also `resume` (the
+command that resumes it) and `signal` (the stop signal's number).
 
 A status and what a relaunch of the sweep does with the job:
 

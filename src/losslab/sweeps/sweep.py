@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -176,12 +177,19 @@ class SweepCallback(Callback):
             print(f"losslab sweep {config.hydra.sweep.dir}: the jobs' output (stdout, stderr) goes to "
                   f"{str(folder).replace('%j', '<job id>')}/, each job's log to <its run dir>/cli.log", flush=True)
             ANNOUNCERS[str(config.hydra.sweep.dir)] = JobEndAnnouncer(Path(config.hydra.sweep.dir))
+        if jobs_in_other_processes(config.hydra.launcher):
+            HELD_STOPS[str(config.hydra.sweep.dir)] = StopsHeld()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         release_idle_workers()
         sweep_dir = Path(config.hydra.sweep.dir)
         if str(config.hydra.sweep.dir) in ANNOUNCERS:
             ANNOUNCERS.pop(str(config.hydra.sweep.dir)).stop()
+        held = HELD_STOPS.pop(str(config.hydra.sweep.dir), None)
+        signum = held.release() if held else None
+        if signum is not None:
+            report_stopped(sweep_dir, signum)
+            raise SystemExit(128 + signum)
         unrecorded = UNRECORDED.pop(str(config.hydra.sweep.dir), [])
         for sentence in unrecorded:
             print(f"losslab sweep {sweep_dir}: {sentence}", flush=True)
@@ -216,6 +224,45 @@ def report_of_finished(sweep_dir: Path, counts: dict[str, int], unrecorded: list
     if not counts.get("completed", 0) + counts.get("early_stopped", 0):
         return None
     return write_report(sweep_dir, unrecorded=unrecorded)
+
+
+def jobs_in_other_processes(launcher: DictConfig) -> bool:
+    """Whether the launcher runs the jobs in processes of their own on this machine (hydra/launcher=joblib's
+    workers, submitit_local's jobs) rather than in its own (basic, stacked) or on a cluster (slurm)."""
+    target = str(launcher.get("_target_", ""))
+    return "hydra_joblib_launcher" in target or target.endswith(".LocalLauncher")
+
+
+HELD_STOPS = {}  # sweep dir -> its StopsHeld, while its jobs run in processes of their own
+
+
+class StopsHeld:
+    """While a sweep's jobs run in processes of their own on this machine, its launcher's process blocks Ctrl-C,
+    SIGTERM and SIGHUP, and so do the processes it starts (joblib's workers, submitit's controllers and jobs inherit
+    the block): none of the launchers' machinery dies of a signal and kills a job that is writing its last.pt. A
+    signal sent to the process group (Ctrl-C in a terminal) waits in each job until its start takes it
+    (losslab.training.runtime.keep_stop_signals): a running job stops at its next step and writes last.pt and an
+    `interrupted` summary, a later one does not start. The launcher's own signal is caught (or left pending), and
+    `release` says which it was once every job has returned."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self):
+        self.received = []
+        self.previous = {signum: signal.signal(signum, lambda n, _frame: self.received.append(n))
+                         for signum in self.SIGNALS}  # for a thread that does not block them (one started before)
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+
+    def release(self) -> int | None:
+        """The first stop signal the launcher's process got, if any (a pending one is taken, not acted on); the
+        signals' handling as it was before."""
+        pending = sorted(signal.sigpending() & set(self.SIGNALS), key=self.SIGNALS.index)
+        for signum in self.SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)  # a pending signal is discarded as it is unblocked
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        return (self.received + pending + [None])[0]
 
 
 def release_idle_workers() -> None:

@@ -94,8 +94,9 @@ def record_interruption(group: Group, signum: int) -> None:
         run = group.runs[k]
         save_last(group, k)
         run.logger.close()
+        resume = f"losslab-train trainer.resume={run.job.run_dir}"
         write_summary(run.job.run_dir, summary_of(group, run, "interrupted", dict(run.progress.last_row),
-                                                  resume=f"losslab-train trainer.resume={run.job.run_dir}"))
+                                                  resume=resume, signal=signum))
     if len(group.runs) == 1:
         log.warning("interrupted by signal %d at step %d; resume with: losslab-train trainer.resume=%s", signum,
                     group.position.step, group.runs[0].job.run_dir)

@@ -75,6 +75,12 @@ def preemption_signal() -> int:
 
 
 RECEIVED: list[int] = []  # the stop signals caught while catch_stop_signals holds
+KEPT: list[int] = []  # every stop signal caught since keep_stop_signals, in a run or between runs
+
+
+def record_stop(signum: int, _frame=None) -> None:
+    RECEIVED.append(signum)
+    KEPT.append(signum)
 
 
 @contextlib.contextmanager
@@ -84,7 +90,7 @@ def catch_stop_signals():
     previous = {}
     try:
         for signum in stop_signals():
-            previous[signum] = signal.signal(signum, lambda n, _frame: RECEIVED.append(n))
+            previous[signum] = signal.signal(signum, record_stop)
     except ValueError:  # not the main thread: leave signals alone
         pass
     try:
@@ -92,6 +98,18 @@ def catch_stop_signals():
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def keep_stop_signals() -> list[int]:
+    """For a process that runs jobs of a sweep one after another (a worker of hydra/launcher=joblib, a job of
+    submitit_local): Ctrl-C and SIGTERM are caught from now on, in a run (which stops at its next step) and between
+    runs, and kept in the list returned, so that a job that comes after a stop does not start. The launcher's
+    process blocked these signals before it started this one (losslab.sweeps.sweep.StopsHeld): one that came
+    meanwhile is taken now. Main thread only."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, record_stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM))
+    return KEPT
 
 
 def stop_requested() -> bool:
