@@ -1,15 +1,18 @@
-"""Temperature scaling (losslab.evaluation.calibration): the fit recovers a known temperature, leaves every prediction
-as it
-was, and `losslab-eval <run dir> --calibrate` writes eval/calibration.json, which losslab-report reads."""
+"""Temperature scaling (losslab.evaluation.calibration): the fit recovers a known temperature, minimises the exact NLL
+(against scipy's minimum of a float64 one), leaves every prediction as it was, and `losslab-eval <run dir>
+--calibrate` writes eval/calibration.json, which losslab-report reads."""
 
 import json
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from helpers.commands import summary
 from omegaconf import OmegaConf
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax
 
 from losslab.evaluation.calibration import T_MAX, T_MIN, calibrate, fit_temperature, metrics_of
 from losslab.losses import BinaryCrossEntropy, CrossEntropy, MinEntropy, MultiBinaryCrossEntropy
@@ -37,9 +40,9 @@ def test_the_fit_recovers_a_known_temperature_and_lowers_the_ece(loss, t_true):
     z_true = true_logits(loss, seed=0)
     y = labels_drawn_from(loss, z_true, seed=1)
     logits = z_true * t_true  # over-confident for T > 1: dividing by the fitted T must give z_true back
-    temperature = fit_temperature(logits, y, loss.scaled_probs)
+    temperature = fit_temperature(logits, y, loss)
     assert temperature == pytest.approx(t_true, rel=0.02)
-    before, after = metrics_of(loss.probs(logits), y), metrics_of(loss.scaled_probs(logits, temperature), y)
+    before, after = metrics_of(loss, logits, y), metrics_of(loss, logits, y, temperature)
     assert after["ece"] < before["ece"] and after["nll"] < before["nll"]
     assert after["acc"] == before["acc"]
 
@@ -50,22 +53,40 @@ def test_calibrate_keeps_every_prediction_and_lowers_the_val_nll():
     y = labels_drawn_from(loss, z_true, seed=3)
     logits = (3 * z_true).float()
     half = N // 2
-    result = calibrate((logits[:half], y[:half]), (logits[half:], y[half:]), loss.scaled_probs)
+    result = calibrate((logits[:half], y[:half]), (logits[half:], y[half:]), loss)
     temperature = result["calibration/temperature"]
     assert temperature == pytest.approx(3, rel=0.03)
-    scaled = loss.scaled_probs(logits[half:], temperature)
+    scaled = loss.log_probs(logits[half:] / temperature)
     assert torch.equal(scaled.argmax(-1), logits[half:].argmax(-1))
     assert result["calibrated/test/acc"] == result["test/acc"]
     assert result["calibrated/val/nll"] < result["val/nll"]
     for metric in ("nll", "ece", "brier"):
         assert result[f"calibrated/test/{metric}"] < result[f"test/{metric}"], metric
-    assert result["test/nll"] == pytest.approx(metrics_of(loss.probs(logits[half:]), y[half:])["nll"], rel=1e-12)
+    assert result["test/nll"] == pytest.approx(metrics_of(loss, logits[half:], y[half:])["nll"], rel=1e-12)
 
 
 def test_the_temperature_stays_within_its_bounds_on_a_split_the_model_separates():
     z = torch.tensor([[5.0, 0.0], [0.0, 5.0]]).repeat(50, 1)
     y = z.argmax(-1)
-    assert T_MIN <= fit_temperature(z, y, CrossEntropy().scaled_probs) < 1 <= T_MAX
+    assert T_MIN <= fit_temperature(z, y, CrossEntropy()) < 1 <= T_MAX
+
+
+def test_the_fit_minimises_the_exact_nll_of_confident_mistakes():
+    """One mistake at logit margin 40 (NLL 40/T, past any probability floor: 1e-12 is margin 27.6) among 100
+    examples at margin 3, 5 of them wrong: the fitted T is where scipy finds the minimum of the float64 NLL
+    -mean ln softmax(z/T)_y (about 2.0; a floored NLL has its minimum near 1.0)."""
+    z = torch.tensor([[3.0, 0.0]] * 100 + [[40.0, 0.0]])
+    y = torch.tensor([0] * 95 + [1] * 6)
+
+    def reference_nll(log_t: float) -> float:
+        log_p = log_softmax(z.double().numpy() / np.exp(log_t), axis=1)
+        return -log_p[np.arange(len(y)), y.numpy()].mean()
+
+    reference = minimize_scalar(reference_nll, bounds=(math.log(T_MIN), math.log(T_MAX)), method="bounded",
+                                options={"xatol": 1e-9})
+    assert fit_temperature(z, y, CrossEntropy()) == pytest.approx(math.exp(reference.x), rel=1e-4)
+    assert math.exp(reference.x) == pytest.approx(2.0, abs=0.1)
+    assert metrics_of(CrossEntropy(), z, y)["nll"] == pytest.approx(reference_nll(0.0), rel=1e-12)
 
 
 def test_the_report_reads_the_calibrated_metrics(tmp_path):

@@ -224,8 +224,8 @@ def test_reliability_title_holds_the_ece_of_split_metrics():
     probs = torch.from_numpy(rng.dirichlet(np.full(10, 0.2), size=2000)).float()
     y = torch.from_numpy(np.where(rng.random(2000) < 0.6, probs.argmax(1).numpy(), rng.integers(0, 10, 2000)))
     metrics = SplitMetrics(torch.device("cpu"))
-    metrics.update(probs, y, torch.tensor(0.0))
     confidence, prediction = probs.max(1)
+    metrics.update(probs.log(), prediction, y, torch.tensor(0.0))
     fig = reliability_figure(confidence.numpy(), (prediction == y).numpy(), "val", ECE_BINS)
     title = fig.axes[0].get_title()
     assert title.startswith("Reliability on val") and "15 bins" in title

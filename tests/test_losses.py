@@ -90,6 +90,9 @@ def test_heads_and_prediction_rules():
     s = torch.tensor([[-2.0], [0.5]])
     np.testing.assert_allclose(BinaryCrossEntropy().probs(s)[:, 1], np_sigmoid(np.array([-2.0, 0.5])), rtol=1e-6)
     assert BinaryCrossEntropy().probs(s).argmax(-1).tolist() == [0, 1]
+    # class 1 iff σ(s) ≥ 0.5 (the course's rule): at s = 0, and where float32 rounds σ(±1e-8) to 0.5
+    for single_logit in (BinaryCrossEntropy(), EntropyGradient()):
+        assert single_logit.predict(torch.tensor([[0.0], [1e-8], [-1e-8], [-2.0]])).tolist() == [1, 1, 0, 0]
     z = torch.tensor([[1.0, 3.0, -1.0]])
     p = MultiBinaryCrossEntropy().probs(z)
     np.testing.assert_allclose(p[0], np_sigmoid(z[0].numpy()) / np_sigmoid(z[0].numpy()).sum(), rtol=1e-6)
@@ -120,7 +123,7 @@ def test_every_configured_loss_is_listed():
 def test_every_configured_loss_implements_the_interface(name):
     cls = loss_class(name)
     assert issubclass(cls, Loss) and not cls.__abstractmethods__
-    for method in ("head_size", "forward", "probs"):
+    for method in ("head_size", "forward", "log_probs"):
         assert defined_below(cls, Loss, method), method
     assert cls.binary_only == (name in BINARY_ONLY)
     assert cls.scales_steps == (name in SCALES_STEPS) == defined_below(cls, Loss, "step_scale")
@@ -131,14 +134,14 @@ def test_every_configured_loss_implements_the_interface(name):
     probs = loss.probs(logits)
     assert probs.shape == (4, k)
     torch.testing.assert_close(probs.sum(-1), torch.ones(4))
+    torch.testing.assert_close(loss.log_probs(logits), probs.log())
     assert all(tag.startswith("loss/") and v.ndim == 0 for tag, v in loss.logged().items())
     assert (loss.param_lr is None) == (name not in ("min_ent", "mix_ent"))
     assert isinstance(cls.scaled_probs_formula, str)
-    torch.testing.assert_close(loss.scaled_probs(logits, 1.0), probs)
     for temperature in (0.3, 4.0):  # a temperature moves the confidences, never the prediction
-        assert torch.equal(loss.scaled_probs(logits, temperature).argmax(-1), probs.argmax(-1))
+        assert torch.equal(loss.predict(logits / temperature), loss.predict(logits))
     many = torch.randn(3, 500, loss.head_size(k)) * 4  # predict takes leading dims, as a stack's (M, N, K)
-    assert torch.equal(loss.predict(many), loss.probs(many).argmax(-1))
+    assert torch.equal(loss.predict(many), loss.log_probs(many).argmax(-1))
 
 
 MEMBER_HYPERPARAMETERS = {  # a loss's own numbers for each of three stack members (defaults where none)
@@ -181,8 +184,8 @@ class Identity(Loss):
     def forward(self, logits, y):
         return logits.mean()
 
-    def probs(self, logits):
-        return logits.softmax(-1)
+    def log_probs(self, logits):
+        return logits.log_softmax(-1)
 
 
 def test_loss_defaults():
@@ -194,16 +197,16 @@ def test_loss_defaults():
 
 
 def test_a_loss_without_its_prediction_rule_cannot_be_built():
-    class NoProbs(Loss):
+    class NoLogProbs(Loss):
         def head_size(self, num_classes):
             return num_classes
 
         def forward(self, logits, y):
             return logits.mean()
 
-    with pytest.raises(TypeError, match="probs"):
-        NoProbs()
-    with pytest.raises(TypeError, match="forward, head_size, probs"):
+    with pytest.raises(TypeError, match="log_probs"):
+        NoLogProbs()
+    with pytest.raises(TypeError, match="forward, head_size, log_probs"):
         Loss()
 
 

@@ -1,12 +1,26 @@
-"""SplitMetrics against an independent numpy computation on fixed inputs."""
+"""SplitMetrics against an independent numpy computation on fixed inputs; the metrics of a split's logits
+(evaluate_logits) at extreme logits against a high-precision decimal computation of each loss's probabilities."""
 
+import functools
+import itertools
 import math
+from decimal import Decimal, localcontext
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from losslab.evaluation.evaluate import evaluate_logits
 from losslab.evaluation.metrics import SplitMetrics
+from losslab.losses import (
+    BinaryCrossEntropy,
+    CrossEntropy,
+    EntropyGradient,
+    MinEntropy,
+    MixEntropy,
+    MultiBinaryCrossEntropy,
+)
 
 BINS = 15
 
@@ -35,13 +49,18 @@ def numpy_metrics(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
     }
 
 
+def update(metrics: SplitMetrics, probs: torch.Tensor, y: torch.Tensor, loss: torch.Tensor):
+    """SplitMetrics.update with the log-probabilities of `probs` and their argmax as the prediction."""
+    return metrics.update(probs.log(), probs.argmax(-1), y, loss)
+
+
 def split_metrics(probs: np.ndarray, y: np.ndarray, *batches: int) -> dict[str, float]:
     """SplitMetrics over `probs` fed in batches of the given sizes (one batch if none), loss = 0.5 per example."""
     metrics = SplitMetrics(torch.device("cpu"))
     probs_t, y_t = torch.from_numpy(probs), torch.from_numpy(y)
     start = 0
     for size in batches or (len(y),):
-        metrics.update(probs_t[start:start + size], y_t[start:start + size], torch.tensor(0.5, dtype=torch.float64))
+        update(metrics, probs_t[start:start + size], y_t[start:start + size], torch.tensor(0.5, dtype=torch.float64))
         start += size
     assert start == len(y)
     return metrics.result()
@@ -105,14 +124,28 @@ def test_over_confident_predictions():
         assert result[key] == pytest.approx(value, rel=1e-10, abs=1e-12), key
 
 
-def test_one_hot_probabilities_have_zero_entropy_and_finite_nll():
-    probs = np.eye(3)[[0, 1, 2, 0]]
-    result = split_metrics(probs, np.array([0, 1, 2, 1]))
+def test_confident_predictions_have_zero_entropy_and_their_exact_nll():
+    """Log-probabilities 0 and -1000 (a probability that is 0 in float64): the NLL is the log-probability
+    itself, never clamped."""
+    log_probs = torch.tensor([[0.0, -1000.0, -1000.0]]).repeat(4, 1).double()
+    y = torch.tensor([0, 0, 0, 1])
+    metrics = SplitMetrics(torch.device("cpu"))
+    metrics.update(log_probs, torch.zeros(4, dtype=torch.long), y, torch.tensor(0.0))
+    result = metrics.result()
+    assert result["nll"] == 1000 / 4
     assert result["entropy"] == 0
     assert result["acc"] == pytest.approx(0.75)
     assert result["brier"] == pytest.approx(2 / 4)
-    assert math.isfinite(result["nll"]) and result["nll"] > 0
     assert result["ece"] == pytest.approx(0.25)  # one bin (1.0): confidence 1, accuracy 0.75
+
+
+def test_the_confidence_is_that_of_the_predicted_class():
+    """A prediction that is not the argmax (bce's tie at σ = 0.5 goes to class 1) is the one scored."""
+    log_probs = torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.9, 0.1]]).log()
+    metrics = SplitMetrics(torch.device("cpu"))
+    confidence, hits = metrics.update(log_probs, torch.tensor([1, 1, 0]), torch.tensor([1, 0, 1]), torch.tensor(0.0))
+    torch.testing.assert_close(confidence, torch.tensor([0.5, 0.5, 0.9], dtype=torch.float64))
+    assert hits.tolist() == [1, 0, 0] and metrics.result()["acc"] == pytest.approx(1 / 3)
 
 
 def test_batches_add_up_to_one_update():
@@ -127,8 +160,8 @@ def test_batches_add_up_to_one_update():
 def test_the_loss_is_weighted_by_batch_size():
     metrics = SplitMetrics(torch.device("cpu"))
     probs = torch.full((4, 2), 0.5)
-    metrics.update(probs[:1], torch.tensor([0]), torch.tensor(1.0))
-    metrics.update(probs[1:], torch.tensor([0, 1, 1]), torch.tensor(3.0))
+    update(metrics, probs[:1], torch.tensor([0]), torch.tensor(1.0))
+    update(metrics, probs[1:], torch.tensor([0, 1, 1]), torch.tensor(3.0))
     assert metrics.result()["loss"] == pytest.approx((1 * 1.0 + 3 * 3.0) / 4)
 
 
@@ -140,7 +173,7 @@ def test_the_metrics_of_stacked_members_are_each_members_own():
     metrics = SplitMetrics(torch.device("cpu"), members=3)
     probs_t, y_t = torch.from_numpy(probs), torch.from_numpy(y)
     for batch in (slice(0, 40), slice(40, 90)):
-        confidence, hits = metrics.update(probs_t[:, batch], y_t[:, batch], torch.tensor([0.5, 1.0, 2.0]).double())
+        confidence, hits = update(metrics, probs_t[:, batch], y_t[:, batch], torch.tensor([0.5, 1.0, 2.0]).double())
         assert confidence.shape == hits.shape == (3, batch.stop - batch.start)
     results = metrics.results()
     assert len(results) == 3
@@ -148,3 +181,66 @@ def test_the_metrics_of_stacked_members_are_each_members_own():
         expected = numpy_metrics(probs[m], y[m]) | {"loss": [0.5, 1.0, 2.0][m]}
         assert result == pytest.approx(expected, rel=1e-12)
     assert len({result["ece"] for result in results}) == 3
+
+
+# ---------------------------------------------------------------- a split's logits: the NLL is exact at any logit
+LOSSES = {"ce": CrossEntropy, "min_ent": MinEntropy, "mix_ent": MixEntropy, "mbce": MultiBinaryCrossEntropy,
+          "bce": BinaryCrossEntropy, "entropy_gradient": EntropyGradient}
+SINGLE_LOGIT = {"bce", "entropy_gradient"}
+SETTINGS = SimpleNamespace(eval_batch_size=10)
+
+
+DIGITS = 1000  # where 1 - σ(1000) still holds e^-1000 to 500 digits
+
+
+@functools.cache
+def exp(x: float) -> Decimal:
+    with localcontext(prec=DIGITS):
+        return Decimal(x).exp()
+
+
+def decimal_nll(name: str, row: list[float], y: int) -> float:
+    """-ln p_y, each loss's probabilities p written as its docstring writes them, in DIGITS-digit decimals."""
+    with localcontext(prec=DIGITS):
+        if name in SINGLE_LOGIT:
+            (s,) = row
+            probabilities = [1 - 1 / (1 + exp(-s)), 1 / (1 + exp(-s))]
+        elif name == "mbce":
+            sigmoids = [1 / (1 + exp(-z)) for z in row]
+            probabilities = [p / sum(sigmoids) for p in sigmoids]
+        else:
+            probabilities = [exp(z) / sum(map(exp, row)) for z in row]
+    with localcontext(prec=30):  # the logarithm needs no more: it cancels nothing
+        return float(-probabilities[y].ln())
+
+
+def extreme_split(name: str, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every row of logits from {-scale, 0, scale} (3 classes; one logit for bce), with every label: confident right
+    and wrong predictions, and ties."""
+    width, classes = (1, 2) if name in SINGLE_LOGIT else (3, 3)
+    rows = list(itertools.product((-scale, 0.0, scale), repeat=width))
+    logits = torch.tensor([row for row in rows for _ in range(classes)])  # float32, as split_logits gives them
+    return logits, torch.arange(classes).repeat(len(rows))
+
+
+@pytest.mark.parametrize("scale", [40.0, 1e3])
+@pytest.mark.parametrize("name", LOSSES)
+def test_the_nll_of_extreme_logits_is_exact(name, scale):
+    loss, (logits, y) = LOSSES[name](), extreme_split(name, scale)
+    references = [decimal_nll(name, row, label) for row, label in zip(logits.tolist(), y.tolist())]
+    for i, reference in enumerate(references):  # each example alone: right ones hold NLLs like e^-40
+        (evaluation,) = evaluate_logits(loss, logits[i:i + 1], y[i:i + 1], SETTINGS)
+        assert evaluation.metrics["nll"] == pytest.approx(reference, rel=1e-6, abs=1e-15), (logits[i], y[i])
+    (evaluation,) = evaluate_logits(loss, logits, y, SETTINGS)
+    assert evaluation.metrics["nll"] == pytest.approx(math.fsum(references) / len(y), rel=1e-6)
+    if name in ("ce", "bce"):
+        assert evaluation.metrics["nll"] == pytest.approx(evaluation.metrics["loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(SINGLE_LOGIT))
+def test_one_logit_predicts_class_1_from_probability_one_half(name):
+    """The course's rule: ŷ = σ(s) ≥ 0.5 predicts class 1, at s = 0 too, and where float32 rounds σ(s) to 0.5."""
+    logits = torch.tensor([[0.0], [-0.0], [1e-8], [-1e-8]])
+    (evaluation,) = evaluate_logits(LOSSES[name](), logits, torch.tensor([1, 1, 1, 0]), SETTINGS)
+    assert evaluation.correct.tolist() == [True] * 4 and evaluation.metrics["acc"] == 1
+    torch.testing.assert_close(evaluation.confidence, torch.tensor([0.5, 0.5, 0.5, 0.5], dtype=torch.float64))

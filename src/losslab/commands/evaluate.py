@@ -93,7 +93,7 @@ def calibrate_run(model, loss_fn, data, settings, run_dir: Path, checkpoint: Pat
     """T fitted on the val split, the test metrics before and after it; written to <run dir>/eval/calibration.json
     and printed."""
     val, test = (split_logits(model, *data.split(split), settings) for split in ("val", "test"))
-    result = calibrate(val, test, loss_fn.scaled_probs)
+    result = calibrate(val, test, loss_fn)
     result |= {"calibration/probs": loss_fn.scaled_probs_formula, "checkpoint": str(checkpoint)}
     write_json(run_dir / CALIBRATION, result)
     print(f"temperature {result['calibration/temperature']:.4g}, fitted on val by NLL; probabilities "

@@ -17,8 +17,8 @@ from losslab.fileio import atomic_write
 @dataclass
 class Evaluation:
     metrics: dict[str, float]
-    confidence: torch.Tensor  # (N,) the top value of the loss's probs
-    correct: torch.Tensor  # (N,) bool: its argmax is the label
+    confidence: torch.Tensor  # (N,) the loss's probability of its predicted class
+    correct: torch.Tensor  # (N,) bool: the loss's prediction is the label
 
 
 @torch.no_grad()
@@ -47,16 +47,16 @@ def evaluate(model, loss_fn, x, y, settings) -> Evaluation:
 
 @torch.no_grad()
 def evaluate_logits(loss_fn, logits, y, settings) -> list[Evaluation]:
-    """The metrics of a split's logits and its (N,) labels, the loss batch by batch, as training sees it: of one
-    model's (N, K) logits, or of M stacked members' (M, N, K) with the stack's loss
-    (losslab.stacking.steppers.stacked_loss),
-    each member's from its own slice; one Evaluation per model."""
+    """The metrics of a split's logits and its (N,) labels, the loss batch by batch, as training sees it, the
+    others from the loss's log-probabilities of the logits in float64: of one model's (N, K) logits, or of M
+    stacked members' (M, N, K) with the stack's loss (losslab.stacking.steppers.stacked_loss), each member's from
+    its own slice; one Evaluation per model."""
     members, batch_size = logits.shape[0] if logits.ndim == 3 else None, settings.eval_batch_size
     labels = y.expand(logits.shape[:-1])
     metrics, confidence, correct = SplitMetrics(logits.device, members=members), [], []
     for start in range(0, labels.shape[-1], batch_size):
         zb, yb = logits[..., start:start + batch_size, :], labels[..., start:start + batch_size]
-        top, hits = metrics.update(loss_fn.probs(zb), yb, loss_fn(zb, yb))
+        top, hits = metrics.update(loss_fn.log_probs(zb.double()), loss_fn.predict(zb), yb, loss_fn(zb, yb))
         confidence.append(top)
         correct.append(hits.bool())
     confidence, correct = torch.cat(confidence, -1), torch.cat(correct, -1)

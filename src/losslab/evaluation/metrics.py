@@ -1,13 +1,14 @@
 """Metrics of one split, accumulated on the device batch by batch and read once at the end.
 
-All of them use the loss's own probabilities p (its `probs`: softmax for ce/min_ent/mix_ent,
-(1 - σ, σ) for bce, normalised per-class sigmoids for mbce) and its prediction argmax p:
+All of them use the loss's own log-probabilities ln p (its `log_probs`: log_softmax for ce/min_ent/mix_ent,
+(ln σ(-s), ln σ(s)) for bce, normalised per-class sigmoids for mbce), p = exp(ln p), and its prediction ŷ (its
+`predict`: argmax p; bce: class 1 iff σ(s) ≥ 0.5), in float64:
 
-    acc      mean [argmax p = y]
-    nll      mean -ln p_y
+    acc      mean [ŷ = y]
+    nll      mean -ln p_y                              (exact at any logit: no probability is clamped)
     brier    mean Σ_k (p_k - e_{y,k})²
     entropy  mean -Σ_k p_k ln p_k                      (nats)
-    ece      Σ_b (n_b / N) |acc_b - conf_b|, top-label confidence max_k p_k in 15 equal-width bins
+    ece      Σ_b (n_b / N) |acc_b - conf_b|, top-label confidence p_ŷ in 15 equal-width bins
     loss     the training loss itself (batch-size weighted mean)
 """
 
@@ -16,12 +17,16 @@ from __future__ import annotations
 import torch
 
 ECE_BINS = 15
-TINY = 1e-12
+
+
+def at(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """values[..., n, index[..., n]]: each example's value at its own class."""
+    return values.gather(-1, index.unsqueeze(-1)).squeeze(-1)
 
 
 class SplitMetrics:
-    """The metrics of one model, or of M stacked members at once (`members=M`: probabilities (M, N, K), labels
-    (M, N), losses (M,))."""
+    """The metrics of one model, or of M stacked members at once (`members=M`: log-probabilities (M, N, K),
+    predictions and labels (M, N), losses (M,))."""
 
     def __init__(self, device: torch.device, bins: int = ECE_BINS, members: int | None = None):
         self.bins, lead = bins, () if members is None else (members,)
@@ -29,20 +34,22 @@ class SplitMetrics:
         self.per_bin = torch.zeros(*lead, 2, bins, dtype=torch.float64, device=device)  # confidence, hits
         self.count = 0
 
-    def update(self, probs: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add a batch: probabilities (N, K), labels (N,), and the batch-mean loss (each with the member dim first
-        for members); returns each example's top-label confidence and hit (1.0 where the argmax is the label)."""
+    def update(self, log_probs: torch.Tensor, prediction: torch.Tensor, y: torch.Tensor,
+               loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add a batch: log-probabilities (N, K), predicted classes and labels (N,), and the batch-mean loss (each
+        with the member dim first for members); returns each example's top-label confidence and hit (1.0 where the
+        prediction is the label)."""
         n = y.shape[-1]
-        confidence, prediction = probs.max(-1)
-        hits = (prediction == y).to(probs.dtype)
-        p_y = probs.gather(-1, y.unsqueeze(-1)).squeeze(-1)
-        brier = (probs.square().sum(-1) - 2 * p_y + 1).sum(-1)  # Σ_k (p_k - e_yk)² without the one-hot
-        entropy = -(probs * probs.clamp_min(TINY).log()).sum((-2, -1))
-        batch = torch.stack([loss * n, hits.sum(-1), -p_y.clamp_min(TINY).log().sum(-1), brier, entropy], -1)
-        self.sums += batch.to(torch.float64)
+        log_probs = log_probs.to(torch.float64)
+        probs = log_probs.exp()
+        confidence, hits = at(probs, prediction), (prediction == y).to(torch.float64)
+        nll = -at(log_probs, y).sum(-1)
+        brier = (probs.square().sum(-1) - 2 * at(probs, y) + 1).sum(-1)  # Σ_k (p_k - e_yk)² without the one-hot
+        entropy = torch.special.entr(probs).sum((-2, -1))  # -p ln p, 0 at p = 0
+        self.sums += torch.stack([loss.to(torch.float64) * n, hits.sum(-1), nll, brier, entropy], -1)
         bin_index = (confidence * self.bins).ceil().long().clamp(1, self.bins) - 1  # (0, 1/15] is the first bin
         for row, values in enumerate((confidence, hits)):
-            self.per_bin[..., row, :].scatter_add_(-1, bin_index, values.to(torch.float64))
+            self.per_bin[..., row, :].scatter_add_(-1, bin_index, values)
         self.count += n
         return confidence, hits
 

@@ -1,7 +1,7 @@
 """Losses: each implements `Loss` (losslab.losses.base): its head size (`head_size(K)`), its value, its
-prediction rule (`probs`, argmax), and what the training loop asks of it. Each loss module holds its config schema
-(`@schema("loss", <option>)`) beside its class; `losslab.losses.<Class>` finds the class in whichever module holds
-it.
+log-probabilities (`log_probs`) and prediction rule (`predict`), and what the training loop asks of it. Each loss
+module holds its config schema (`@schema("loss", <option>)`) beside its class; `losslab.losses.<Class>` finds the
+class in whichever module holds it.
 
 May import: losslab.config, losslab.records and the bottom layer; not another component package."""
 

@@ -22,14 +22,17 @@ class Loss(nn.Module, metaclass=abc.ABCMeta):
       loss also computes over leading member dims: (M, N, K) logits and (M, N) labels give the (M,) members'
       losses, each with its own hyperparameter buffers stacked to (M, ...) (a stack's loss,
       losslab.stacking.steppers.stacked_loss), so every ``forward`` reduces over dims counted from the end.
-    - ``probs(logits)``: the (N, K) class probabilities; the prediction is their argmax.
-    - ``predict(logits)``: that argmax, the (N,) predicted classes; a loss whose probabilities increase with
-      each logit (softmax, σ) may return the logits' argmax instead, which skips computing them.
-    - ``scaled_probs(logits, temperature)``: the probabilities of the logits divided by one temperature T > 0,
-      ``probs(logits / T)`` (post-hoc temperature scaling, ``losslab.evaluation.calibration``). Every loss here predicts
-      argmax_k z_k (one logit: its sign), which dividing by T keeps: T moves only the confidences.
-    - ``scaled_probs_formula`` (class attribute, no default): that function written out, e.g. ``softmax(z/T)``;
-      calibration reports it.
+    - ``log_probs(logits)``: the (N, K) log-probabilities ln p̂ of the classes, computed from the logits without
+      forming p̂ (log_softmax, logsigmoid), so they stay exact where p̂ rounds to 0 or 1: every metric is taken
+      from them (losslab.evaluation.metrics).
+    - ``probs(logits)``: the probabilities, exp of ``log_probs``.
+    - ``predict(logits)``: the (N,) predicted classes; by default the argmax of the log-probabilities, the first
+      of equal maxima. Every loss here predicts without computing them: argmax_k z_k, or for one logit s class 1
+      iff s ≥ 0 (``sign_class``). Dividing the logits by one temperature T > 0 keeps either, so post-hoc
+      temperature scaling (``losslab.evaluation.calibration``: ``log_probs(logits / T)``) moves only the
+      confidences.
+    - ``scaled_probs_formula`` (class attribute, no default): the probabilities of the logits divided by T
+      written out, e.g. ``softmax(z/T)``; calibration reports it.
     - ``logged()``: values to log every step, 0-dim tensors on the loss's device keyed by tag (``loss/beta1``);
       by default none.
     - ``step_scale(logits_before, logits_after, epoch)``: only for ``scales_steps`` losses. Given the batch's
@@ -38,7 +41,7 @@ class Loss(nn.Module, metaclass=abc.ABCMeta):
       record statistics of the step for ``epoch_stats``.
     - ``epoch_stats(epoch)``: values to log at the end of ``epoch``, keyed by tag; resets them. By default none.
 
-    ``head_size``, ``forward`` and ``probs`` are abstract: a loss that lacks one cannot be instantiated.
+    ``head_size``, ``forward`` and ``log_probs`` are abstract: a loss that lacks one cannot be instantiated.
     """
 
     binary_only: bool = False
@@ -53,13 +56,13 @@ class Loss(nn.Module, metaclass=abc.ABCMeta):
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
 
     @abc.abstractmethod
-    def probs(self, logits: torch.Tensor) -> torch.Tensor: ...
+    def log_probs(self, logits: torch.Tensor) -> torch.Tensor: ...
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.log_probs(logits).exp()
 
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
-        return top_class(self.probs(logits))
-
-    def scaled_probs(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
-        return self.probs(logits / temperature)
+        return top_class(self.log_probs(logits))
 
     def logged(self) -> dict[str, torch.Tensor]:
         return {}
@@ -114,6 +117,19 @@ def mean_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if logits.ndim == 3 and over_rows(logits):
         return F.cross_entropy(logits.movedim(-1, 1), y, reduction="none").mean(-1)
     return mean_nll(log_softmax(logits), y)
+
+
+def sigmoid_log_probs(logit: torch.Tensor) -> torch.Tensor:
+    """(ln(1 - σ(s)), ln σ(s)) = (ln σ(-s), ln σ(s)) of one logit s: (..., N, 1) gives (..., N, 2). In float32,
+    1 - σ(s) is exactly 0 past s ≈ 16.6; logsigmoid stays exact at any s."""
+    s = logit.squeeze(-1)
+    return torch.stack((F.logsigmoid(-s), F.logsigmoid(s)), dim=-1)
+
+
+def sign_class(logit: torch.Tensor) -> torch.Tensor:
+    """Class 1 where σ(s) ≥ 0.5, i.e. s ≥ 0, else class 0: (..., N, 1) gives (..., N). The course's rule
+    (TDT4265: ŷ ≥ 0.5 predicts 1) puts the tie s = 0 in class 1, where an argmax of (1 - σ, σ) picks class 0."""
+    return (logit.squeeze(-1) >= 0).long()
 
 
 def top_class(values: torch.Tensor) -> torch.Tensor:

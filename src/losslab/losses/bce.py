@@ -2,7 +2,8 @@
 
     L = -[t log σ(s) + (1 - t) log(1 - σ(s))]    (batch mean), t ∈ {0, 1} the class index
 
-Head: 1 output. Prediction: class 1 iff σ(s) > 0.5; confidences: (1 - σ(s), σ(s)).
+Head: 1 output. Prediction: class 1 iff σ(s) ≥ 0.5 (s ≥ 0); confidences: (1 - σ(s), σ(s)), whose logarithms
+(ln σ(-s), ln σ(s)) are the log-probabilities, so val/nll is the loss itself.
 """
 
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from losslab.config.registry import schema
-from losslab.losses.base import Loss
+from losslab.losses.base import Loss, sigmoid_log_probs, sign_class
 
 
 @schema("loss", "bce")
@@ -35,6 +36,8 @@ class BinaryCrossEntropy(Loss):
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return binary_cross_entropy(logits, y)
 
-    def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        p1 = torch.sigmoid(logits.squeeze(-1))
-        return torch.stack((1 - p1, p1), dim=-1)
+    def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return sigmoid_log_probs(logits)
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        return sign_class(logits)

@@ -14,7 +14,7 @@ import torch
 
 from losslab.config.registry import schema
 from losslab.errors import require
-from losslab.losses.base import Loss, log_softmax, mean_cross_entropy, mean_nll, softmax, top_class
+from losslab.losses.base import Loss, log_softmax, mean_cross_entropy, mean_nll, top_class
 
 
 @schema("loss", "ce")
@@ -57,8 +57,8 @@ class CrossEntropy(Loss):
             self.smoothing_read_from, self.any_smoothing = self.label_smoothing, bool(self.label_smoothing.any())
         return self.any_smoothing
 
-    def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        return softmax(logits)
+    def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return log_softmax(logits)
 
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         return top_class(logits)  # the probabilities increase with each logit

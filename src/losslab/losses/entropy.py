@@ -147,8 +147,8 @@ class EntropyLoss(Loss):
         second = self.second_term(softmax(logits), y).mean(-1)
         return beta[..., 0] * first / log_base[..., 0] + beta[..., 1] * second / log_base[..., 1]
 
-    def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        return softmax(logits)
+    def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return log_softmax(logits)
 
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         return top_class(logits)  # the probabilities increase with each logit

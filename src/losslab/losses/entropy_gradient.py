@@ -9,6 +9,7 @@ z-constraint: after the tentative step, z is recomputed on the same batch; if ma
 step is scaled by δ_e / max|Δz| (exact for the linear model: Δz is linear in the step), with
 δ_e = max(δ_min, δ_0 · γ^epoch). The loss returns that factor from `step_scale`; the training loop scales
 the step (`losslab.losses.base.scale_step`). The rule uses no label, so chance accuracy is the expected outcome.
+Prediction, as bce's: class 1 iff D ≥ 0.5 (z ≥ 0); confidences (1 - D, D).
 """
 
 import math
@@ -19,7 +20,7 @@ from torch import nn
 
 from losslab.config.registry import schema
 from losslab.errors import ConfigError
-from losslab.losses.base import Loss
+from losslab.losses.base import Loss, sigmoid_log_probs, sign_class
 
 
 @schema("loss", "entropy_gradient")
@@ -74,9 +75,11 @@ class EntropyGradient(Loss):
         surrogate = (z * entropy_gradient(z).detach()).mean(-1)  # d/dz = ∂H/∂z / N
         return value.detach() + surrogate - surrogate.detach()
 
-    def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        d = torch.sigmoid(logits.squeeze(-1))
-        return torch.stack((1 - d, d), dim=-1)
+    def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return sigmoid_log_probs(logits)
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        return sign_class(logits)
 
     @torch.no_grad()
     def step_scale(self, logits_before: torch.Tensor, logits_after: torch.Tensor, epoch: int) -> torch.Tensor:
