@@ -1,7 +1,11 @@
-"""A sweep report's figures: validation curves, learned loss values, and each metric against each swept number."""
+"""A sweep report's figures: validation curves, learned loss values, and each metric against each swept number.
+
+Constrained layout places each figure's axes with room for their titles, labels and tick labels, and the legend
+right of them; the figures are laid out at the PNG's resolution, so what the layout measures is what is saved."""
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import statistics
@@ -14,42 +18,59 @@ from losslab.reporting.sweep_data import LEARNED, WEIGHT_NORM, Config, RunResult
 CURVE_METRICS = ("val/loss", "val/acc")  # the curves of runs that record no trainer.monitor
 
 
+CURVES_FIGURE = "val_curves.png"
+
+
 LOG_SCALE_KEYS = ("lr", "weight_decay", "l2", "eps")
 
 
 LEARNED_FIGURE = "learned_values.png"
 
 
+DPI = 80
+
+
+PANEL_INCHES = (4.5, 3.5)  # width, height of one axes with its titles and labels
+
+
+LEGEND_HEIGHT_SHARE = 0.95  # of the figure's height; the rest is constrained layout's padding
+
+
+NO_CONFIG = "its .hydra/overrides.yaml is missing or unreadable, so its config is unknown"
+
+
 def new_figure(n_axes: int, columns: int = 3):
-    """An Agg figure with `n_axes` axes, at most `columns` to a row, each 4.5 x 3.5 inches with its margins fixed
-    (no layout engine: measuring every tick label to place the axes costs as much as drawing them)."""
+    """An Agg figure with `n_axes` axes, at most `columns` to a row, PANEL_INCHES each, placed by constrained
+    layout. Tick labels have no offset (+8.39e-1 above the axis), so each shows the value it marks."""
+    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     n_rows, n_cols = math.ceil(n_axes / columns), min(n_axes, columns)
-    width, height = 4.5 * n_cols, 3.5 * n_rows + 0.4
-    fig = Figure(figsize=(width, height))
+    fig = Figure(figsize=(PANEL_INCHES[0] * n_cols, PANEL_INCHES[1] * n_rows), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
-    fig.subplots_adjust(left=0.9 / width, right=1 - 0.2 / width, bottom=0.6 / height, top=1 - 0.8 / height,
-                        wspace=0.35, hspace=0.9 / 3.5)
+    with matplotlib.rc_context({"axes.formatter.useoffset": False}):
+        axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
     for ax in axes[n_axes:]:
         ax.set_axis_off()
     return fig, axes[:n_axes]
 
 
-def legend_outside(fig, handles: list, labels: list[str]) -> None:
-    """The legend right of the axes: the figure widens by the legend's width, estimated from its longest label
-    at the small font size."""
+def legend_outside(fig, handles: list, labels: list[str], title: str | None = None) -> None:
+    """The legend right of the axes, in as many columns as the figure's height needs; the figure widens by the
+    legend's measured width, so that the axes keep theirs."""
     if not labels:
         return
+    place = functools.partial(fig.legend, handles, labels, loc="outside right upper", fontsize="small",
+                              title=title, title_fontsize="small", frameon=False)
+    renderer = fig.canvas.get_renderer()
+    legend = place()
+    columns = math.ceil(legend.get_window_extent(renderer).height / (LEGEND_HEIGHT_SHARE * fig.bbox.height))
+    if columns > 1:
+        legend.remove()
+        legend = place(ncols=columns)
     width, height = fig.get_size_inches()
-    extra = 0.4 + 0.065 * max(map(len, labels))
-    fig.set_size_inches(width + extra, height)
-    params = fig.subplotpars
-    fig.subplots_adjust(left=params.left * width / (width + extra), right=params.right * width / (width + extra))
-    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(width / (width + extra), 1 - 0.8 / height),
-               fontsize="small", frameon=False)
+    fig.set_size_inches(width + legend.get_window_extent(renderer).width / fig.dpi, height)
 
 
 def figure_legend_entries(fig) -> tuple[list, list[str]]:
@@ -62,21 +83,67 @@ def figure_legend_entries(fig) -> tuple[list, list[str]]:
 
 
 def save(fig, path: Path) -> Path:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
     return path
 
 
-def plot_curves(sweep_dir: Path, configs: list[Config], runs: list[RunResult], monitored: str | None = None
-                ) -> list[Path]:
-    """The `monitored` metric (trainer.monitor, comparable across losses, where each loss's own val/loss is not;
-    else val/loss) and val/acc against step, one line per run coloured by config; dashed: not aggregated."""
-    metrics = list(dict.fromkeys([monitored or CURVE_METRICS[0], *CURVE_METRICS[1:]]))
+def write_figures(sweep_dir: Path, figures: dict[str, object]) -> list[Path]:
+    """Each figure saved as its file name in `sweep_dir`."""
+    return [save(fig, sweep_dir / name) for name, fig in figures.items()]
+
+
+def report_figures(sweep_dir: Path, configs: list[Config], runs: list[RunResult], keys: list[str],
+                   metrics: list[str], learned: list[str], monitored: str | None = None
+                   ) -> tuple[dict[str, object], list[tuple[str, str]]]:
+    """The report's figures by file name, and (job dir, why) for each job whose curve is missing from
+    CURVES_FIGURE. `monitored`: trainer.monitor's metric (comparable across losses, where each loss's own val/loss
+    is not), curved beside val/acc; without one, val/loss."""
+    curve_metrics = list(dict.fromkeys([monitored or CURVE_METRICS[0], *CURVE_METRICS[1:]]))
+    curves, missing = run_curves(sweep_dir, runs, curve_metrics)
+    figures = {CURVES_FIGURE: curves_figure(configs, curves, curve_metrics)} if curves else {}
+    figures |= parameter_figures(configs, keys, metrics)
+    if (learned_trajectories := learned_figure(sweep_dir, configs, learned)) is not None:
+        figures[LEARNED_FIGURE] = learned_trajectories
+    return figures, missing
+
+
+def run_curves(sweep_dir: Path, runs: list[RunResult], metrics: list[str]
+               ) -> tuple[list[tuple[RunResult, list[dict]]], list[tuple[str, str]]]:
+    """(run, its metrics.csv rows) of each job with a point of `metrics`, and (job dir, why) of each without."""
+    curves, missing = [], []
+    for run in runs:
+        rows = read_curves(sweep_dir / run.job)
+        why = NO_CONFIG if run.overrides is None else why_no_curve(sweep_dir / run.job, rows, metrics)
+        if why:
+            missing.append((run.job, why))
+        else:
+            curves.append((run, rows))
+    return curves, missing
+
+
+def why_no_curve(job_dir: Path, rows: list[dict], metrics: list[str]) -> str | None:
+    """Why a job's curve rows (`read_curves`) give no finite point of any of `metrics`; None where they give one."""
+    if any(finite(row.get("step")) and finite(row.get(metric)) for row in rows for metric in metrics):
+        return None
+    if rows:
+        return f"its metrics.csv has no finite {' or '.join(metrics)}"
+    try:
+        text = (job_dir / "metrics.csv").read_text()
+    except FileNotFoundError:
+        return "it has no metrics.csv"
+    except OSError as e:
+        return f"its metrics.csv cannot be read ({e.strerror})"
+    if not text.strip():
+        return "its metrics.csv is empty"
+    if text.count("\n") < 2:  # the header and a complete row
+        return "its metrics.csv has no rows"
+    return "its metrics.csv has no evaluation before the final one"
+
+
+def curves_figure(configs: list[Config], curves: list[tuple[RunResult, list[dict]]], metrics: list[str]):
+    """`metrics` against step, one line per run coloured by its config; dashed: not aggregated."""
     index_of = {tuple(config.values.items()): i for i, config in enumerate(configs)}
-    keys = list(configs[0].values) if configs else []
-    curves = [(run, read_curves(sweep_dir / run.job)) for run in runs if run.overrides is not None]
-    curves = [(run, rows) for run, rows in curves if rows]
-    if not curves:
-        return []
+    keys = list(configs[0].values)
     colors = config_colors(len(configs))
     fig, axes = new_figure(len(metrics))
     labelled = set()
@@ -93,10 +160,10 @@ def plot_curves(sweep_dir: Path, configs: list[Config], runs: list[RunResult], m
     dashed = " (dashed: not aggregated)" if any(not run.aggregated for run, _ in curves) else ""
     for ax, metric in zip(axes, metrics):
         ax.set(xlabel="step", ylabel=metric)
-        ax.set_title(metric + dashed, y=1.0)  # y given: no search for room above the ticks
+        ax.set_title(metric + dashed)
         ax.grid(alpha=0.3)
     legend_outside(fig, *figure_legend_entries(fig))
-    return [save(fig, sweep_dir / "val_curves.png")]
+    return fig
 
 
 def config_colors(n_configs: int):
@@ -128,14 +195,14 @@ def mean_trajectory(lines: list[list[tuple[float, float]]]) -> list[tuple[float,
     return [(step, statistics.fmean(values)) for step, values in sorted(at.items())]
 
 
-def plot_learned(sweep_dir: Path, configs: list[Config], learned: list[str]) -> list[Path]:
-    """learned_values.png: one panel per `learned` loss/* value (losslab.reporting.sweep_data.learned_keys) against
-    step, a thin line per aggregated run and a thick one for the config's mean over seeds (`mean_trajectory`),
-    coloured by config; none when no run logged one."""
+def learned_figure(sweep_dir: Path, configs: list[Config], learned: list[str]):
+    """One panel per `learned` loss/* value (losslab.reporting.sweep_data.learned_keys) against step, a thin line
+    per aggregated run and a thick one for the config's mean over seeds (`mean_trajectory`), coloured by config;
+    None when no run logged one."""
     curves = [learned_curves(sweep_dir, config) for config in configs]
     keys = [key for key in dict.fromkeys(key for runs in curves for run in runs for key in run) if key in learned]
     if not keys:
-        return []
+        return None
     colors = config_colors(len(configs))
     fig, axes = new_figure(len(keys), columns=2)
     for index, (config, runs) in enumerate(zip(configs, curves)):
@@ -149,23 +216,23 @@ def plot_learned(sweep_dir: Path, configs: list[Config], learned: list[str]) -> 
                 label = None  # one legend entry per config
     for ax, key in zip(axes, keys):
         ax.set(xlabel="step", ylabel=key)
-        ax.set_title(key, y=1.0)
+        ax.set_title(f"learned {key} at each evaluation")
         ax.grid(alpha=0.3)
-    fig.suptitle("Learned loss values at each evaluation (thin: one run; thick: mean over seeds)")
-    legend_outside(fig, *figure_legend_entries(fig))
-    return [save(fig, sweep_dir / LEARNED_FIGURE)]
+    # the key to the lines is the legend's title: a suptitle would span the legend's column, where the legend starts
+    legend_outside(fig, *figure_legend_entries(fig), title="thin: one run\nthick: mean over seeds")
+    return fig
 
 
-def plot_against_parameters(sweep_dir: Path, configs: list[Config], keys: list[str], metrics: list[str]) -> list[Path]:
-    """Per numeric swept parameter: each metric (and weights/sq_norm) against it, mean ± std over seeds, one line
-    per combination of the other swept values."""
+def parameter_figures(configs: list[Config], keys: list[str], metrics: list[str]) -> dict[str, object]:
+    """Per numeric swept parameter, vs_<parameter>.png: each metric (and weights/sq_norm) against it, mean ± std
+    over seeds, one line per combination of the other swept values."""
     aggregated = [config for config in configs if config.runs]
     plotted = list(metrics)
     if WEIGHT_NORM not in plotted and any(run.value(WEIGHT_NORM) is not None for c in aggregated for run in c.runs):
         plotted.append(WEIGHT_NORM)
     numeric = [key for key in keys if all(to_float(config.values[key]) is not None for config in configs)]
-    return [save(parameter_figure(configs, key, plotted), sweep_dir / ("vs_" + re.sub(r"[^\w.=-]", "_", key) + ".png"))
-            for key in (numeric if aggregated else [])]
+    return {"vs_" + re.sub(r"[^\w.=-]", "_", key) + ".png": parameter_figure(configs, key, plotted)
+            for key in (numeric if aggregated else [])}
 
 
 def parameter_figure(configs: list[Config], key: str, plotted: list[str]):
@@ -190,7 +257,7 @@ def parameter_figure(configs: list[Config], key: str, plotted: list[str]):
         if scale != "linear":
             ax.minorticks_off()  # the swept values are the points; unlabelled minor ticks only cost drawing time
         ax.set(xlabel=key, ylabel=metric)
-        ax.set_title(f"{metric} vs {key}", y=1.0)
+        ax.set_title(f"{metric} vs {key}")
         ax.grid(alpha=0.3)
     if len(lines) > 1:
         legend_outside(fig, *axes[0].get_legend_handles_labels())

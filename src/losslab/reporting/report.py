@@ -32,7 +32,7 @@ from pathlib import Path
 
 from losslab.errors import UserError, unwritable
 from losslab.fileio import atomic_write
-from losslab.reporting.plots import plot_against_parameters, plot_curves, plot_learned
+from losslab.reporting.plots import report_figures, write_figures
 from losslab.reporting.statistics import add_comparisons, choose_reference, config_row, mark_best, run_row
 from losslab.reporting.sweep_data import (
     DEFAULT_IF_PRESENT,
@@ -74,9 +74,9 @@ def write_report(sweep_dir: Path, metrics: list[str] | None = None,
     report = Report(sweep_dir, keys, metrics, best_by, monitor is not None, rows, not_aggregated, files=[],
                     reference=reference, learned=learned, learned_rows=learned_rows, unrecorded=list(unrecorded))
 
-    report.files += plot_curves(sweep_dir, configs, runs, (monitor_of(runs) or (None,))[0])
-    report.files += plot_against_parameters(sweep_dir, configs, keys, metrics)
-    report.files += plot_learned(sweep_dir, configs, learned)
+    figures, report.missing_curves = report_figures(sweep_dir, configs, runs, keys, metrics, learned,
+                                                    (monitor_of(runs) or (None,))[0])
+    report.files += write_figures(sweep_dir, figures)
     atomic_write(sweep_dir / "report.csv", lambda tmp: tmp.write_text(csv_text(report)))
     atomic_write(sweep_dir / "report.md", lambda tmp: tmp.write_text(markdown(report)))
     report.files += [sweep_dir / "report.csv", sweep_dir / "report.md"]

@@ -96,6 +96,7 @@ class Report:
     rows: list[dict]
     not_aggregated: list[dict]
     files: list[Path]
+    missing_curves: list[tuple[str, str]] = field(default_factory=list)  # (job dir, why) of jobs not in the curves
     reference: dict[str, str | None] = field(default_factory=dict)  # the reference values; {} for none
     learned: list[str] = field(default_factory=list)
     learned_rows: list[dict] = field(default_factory=list)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
-from losslab.reporting.plots import LEARNED_FIGURE
+from losslab.reporting.plots import CURVES_FIGURE, LEARNED_FIGURE
 from losslab.reporting.statistics import COMPARED, reference_name
 from losslab.reporting.sweep_data import LOWER_IS_BETTER, Report
 
@@ -79,9 +79,18 @@ def markdown(report: Report) -> str:
     else:
         lines.append("None: every job completed or stopped early.")
     plots = [path for path in report.files if path.suffix == ".png"]
-    if plots:
-        lines += ["", "## Plots", "", *(f"![{path.stem}]({path.name})" for path in plots)]
+    if plots or report.missing_curves:
+        lines += ["", "## Plots", "", *(f"![{path.stem}]({path.name})" for path in plots),
+                  *missing_curve_lines(report)]
     return "\n".join(lines) + "\n"
+
+
+def missing_curve_lines(report: Report) -> list[str]:
+    """A line per job whose curve is not in CURVES_FIGURE: its number, its dir and why."""
+    if not report.missing_curves:
+        return []
+    return ["", f"Jobs without a curve in {CURVES_FIGURE}:", "",
+            *(f"- job {job.split('_', 1)[0]} (`{job}/`): {why}." for job, why in report.missing_curves)]
 
 
 def continue_line(report: Report) -> list[str]:
