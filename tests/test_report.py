@@ -136,7 +136,8 @@ def test_report_md_marks_the_best_row_and_states_the_spread(reported):
     best_lines = [line for line in md.splitlines() if "**best**" in line and line.startswith("|")]
     assert len(best_lines) == 1
     best = report.best
-    assert best_lines[0].startswith(f"| {best['loss']} | {best['trainer.l2']} | 2 | {best['val/acc mean']:.4g} ± ")
+    assert best['diverged'] == 1  # its third seed diverged: counted, not averaged
+    assert best_lines[0].startswith(f"| {best['loss']} | {best['trainer.l2']} | 2 | 1 | {best['val/acc mean']:.4g} ± ")
 
 
 def test_report_csv_has_config_rows_and_the_runs_left_out(reported):
@@ -218,7 +219,7 @@ def test_chosen_metrics_a_loss_picks_the_lowest_and_one_seed_has_no_std(sweep, t
     assert report.metrics == ["val/acc", "test/acc", "test/nll"]  # no val/ece in these summaries
     assert [row["n"] for row in report.rows] == [1, 1] and report.rows[0]["val/acc std"] is None
     assert report.best["optimizer.lr"] == "0.01"
-    assert "| 0.01 | 1 | 0.6 ± – |" in (single / "report.md").read_text()
+    assert "| 0.01 | 1 | 0 | 0.6 ± – |" in (single / "report.md").read_text()
     with open(single / "report.csv", newline="") as f:
         assert next(csv.DictReader(f))["val/acc std"] == ""
 
@@ -273,7 +274,7 @@ def test_real_sweep(tmp_path, capsys, losslab):
     assert done.returncode == 0, done.stderr
     main([str(sweep)])
     printed = capsys.readouterr().out
-    rows = [line for line in printed.splitlines() if line.startswith("| 0.")]
+    rows = [line for line in printed.split("\n## ")[0].splitlines() if line.startswith("| 0.")]
     assert [line.split(" | ")[:2] for line in rows] == [["| 0.1", "2"], ["| 0.01", "2"]]
     assert sum("**best**" in line for line in rows) == 1
     assert [d.name for d in job_dirs(sweep)] == ["0_optimizer.lr=0.1,seed=0", "1_optimizer.lr=0.1,seed=1",

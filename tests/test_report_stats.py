@@ -7,6 +7,7 @@ import math
 import re
 import statistics
 
+import numpy as np
 import pytest
 from helpers.report import PNG_SIGNATURE, write_job
 from scipy import stats
@@ -69,14 +70,33 @@ def test_the_interval_of_each_mean_is_scipys_student_t(five_seeds):
     assert float(record["test/acc ci low"]) == bce["test/acc ci low"]
     cell = f"{bce['test/acc mean']:.4g} ± {bce['test/acc std']:.2g} [{bce['test/acc ci low']:.4g}, " \
            f"{bce['test/acc ci high']:.4g}]"
-    assert f"| bce | 4 | {cell} |" in (sweep / "report.md").read_text()
+    assert f"| bce | 4 | 0 | {cell} |" in (sweep / "report.md").read_text()
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p values, by its definition: the i-th smallest p times (m − i + 1), made
+    non-decreasing in that order, at most 1."""
+    order = sorted(range(len(p_values)), key=p_values.__getitem__)
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, k in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[k]))
+        adjusted[k] = running
+    return adjusted
+
+
+def paired_p(loss: str, metric: str) -> float:
+    values = finals()
+    seeds = list(values[loss])
+    return stats.ttest_rel([values[loss][s][metric] for s in seeds], [values["ce"][s][metric] for s in seeds]).pvalue
 
 
 @pytest.mark.parametrize("loss, words", [
     ("mbce", {"test/acc": "better than ce", "test/nll": "worse than ce"}),  # nll: lower is better
-    ("bce", {"test/acc": "not distinguishable from ce", "test/nll": "better than ce"}),
+    ("bce", {"test/acc": "inconclusive against ce", "test/nll": "better than ce"}),
 ])
 def test_each_config_is_compared_with_ce_over_matched_seeds_by_scipys_paired_t_test(five_seeds, loss, words):
+    """p from scipy's ttest_rel; Holm's correction over the metric's two comparisons (mbce and bce against ce)
+    by its definition; the smallest difference detectable at 80 % power from scipy's noncentral t."""
     sweep, report = five_seeds
     values = finals()
     row = next(row for row in report.rows if row["loss"] == loss)
@@ -95,11 +115,62 @@ def test_each_config_is_compared_with_ce_over_matched_seeds_by_scipys_paired_t_t
         assert (row[f"{metric} diff low"], row[f"{metric} diff high"]) == pytest.approx((low, high), rel=1e-12)
         assert row[f"{metric} p"] == pytest.approx(expected.pvalue, rel=1e-9)
         assert float(record[f"{metric} p"]) == row[f"{metric} p"]
-        assert (expected.pvalue < 0.05) == (not words[metric].startswith("not"))
-        said = f"{words[metric]} ({p_text(expected.pvalue)})"
+        corrected = holm([paired_p("mbce", metric), paired_p("bce", metric)])[0 if loss == "mbce" else 1]
+        assert row[f"{metric} p corrected"] == pytest.approx(corrected, rel=1e-9)
+        assert (corrected < 0.05) == (not words[metric].startswith("inconclusive"))
+        said = f"{words[metric]} ({p_text(expected.pvalue)}, Holm {p_text(corrected)})"
         assert row[f"{metric} vs reference"] == said == record[f"{metric} vs reference"]
         assert said in md.split("## Compared with ce")[1]
+        std = statistics.stdev(a - b for a, b in zip(own, ce))
+        assert row[f"{metric} mde"] == pytest.approx(detectable(len(seeds)) * std, rel=1e-4)
+        assert f"; MDE ±{row[f'{metric} mde']:.2g}" in md
     assert f"| {loss} | loss=ce | {len(seeds)} | " in md
+
+
+def detectable(n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The effect (mean difference / its std) that a two-sided one-sample t-test of n values detects with
+    `power`, from scipy's noncentral t distribution."""
+    from scipy.optimize import brentq
+
+    critical = stats.t.ppf(1 - alpha / 2, n - 1)
+
+    def power_at(effect: float) -> float:
+        shift = effect * math.sqrt(n)
+        other_tail = np.nan_to_num(stats.nct.cdf(-critical, n - 1, shift))  # NaN where it underflows
+        return stats.nct.sf(critical, n - 1, shift) + other_tail - power
+
+    return brentq(power_at, 1e-6, 100)
+
+
+def test_equivalence_and_the_seeds_an_effect_needs_follow_scipy(tmp_path):
+    """ce and two losses over 6 seeds: `near` differs from ce by ±0.001 around +0.0002, `far` by about +0.01.
+    With --equivalence acc=0.005 (half a point), near is equivalent (TOST: the larger p of the two one-sided
+    t-tests against ±0.005, from scipy) and far is better; --power acc=0.002 gives the seeds whose power to detect
+    0.002 first reaches 80 % (scipy's noncentral t)."""
+    sweep = tmp_path / "sweep"
+    base = [0.90, 0.91, 0.905, 0.895, 0.902, 0.899]
+    shifts = {"ce": [0] * 6, "near": [0.0012, -0.0008, 0.0011, -0.0009, 0.0010, -0.0004],
+              "far": [0.011, 0.009, 0.010, 0.012, 0.008, 0.010]}
+    job = 0
+    for loss, shift in shifts.items():
+        for seed in range(6):
+            write_job(sweep, job, [f"loss={loss}", f"seed={seed}"],
+                      {"status": "completed", "seed": seed, "final": {"test/acc": base[seed] + shift[seed]}})
+            job += 1
+    main([str(sweep), "--metrics", "test/acc", "--equivalence", "acc=0.005", "--power", "acc=0.002"])
+    with open(sweep / "report.csv", newline="") as f:
+        rows = {r["loss"]: r for r in csv.DictReader(f)}
+    for loss in ("near", "far"):
+        diffs = [(base[s] + shifts[loss][s]) - base[s] for s in range(6)]
+        above = stats.ttest_1samp(diffs, -0.005, alternative="greater").pvalue
+        below = stats.ttest_1samp(diffs, 0.005, alternative="less").pvalue
+        assert float(rows[loss]["test/acc tost p"]) == pytest.approx(max(above, below), rel=1e-9)
+        std = statistics.stdev(diffs)
+        needed = next(n for n in range(2, 10_000) if detectable(n) * std <= 0.002)
+        assert int(rows[loss]["test/acc seeds needed"]) == needed
+    assert rows["near"]["test/acc vs reference"].startswith("equivalent to ce within ±0.005 (TOST p ")
+    assert rows["far"]["test/acc vs reference"].startswith("better than ce (p ")
+    assert "seeds for the effect" in (sweep / "report.md").read_text()
 
 
 def test_the_reference_itself_is_not_compared(five_seeds):
@@ -140,7 +211,7 @@ def test_one_and_two_seeds_in_a_grid_are_compared_with_ce_at_the_same_learning_r
     assert one["test/acc diff low"] is None and one["test/acc vs reference"] == "–"
     assert one["test/acc std"] is None and one["test/acc ci low"] is None
     md = (sweep / "report.md").read_text()
-    assert "| mbce | 0.01 | 1 | 0.85 ± – |" in md  # no interval for one value
+    assert "| mbce | 0.01 | 1 | 0 | 0.85 ± – |" in md  # no interval for one value
     assert "| mbce | 0.01 | loss=ce optimizer.lr=0.01 | 1 | – |" in md
     assert "– with 1 pair: one difference has no spread, so no interval and no test." in md
     with open(sweep / "report.csv", newline="") as f:
@@ -172,16 +243,16 @@ def test_differences_without_spread_and_runs_without_seeds(tmp_path):
 
 
 @pytest.mark.parametrize("diff, metric, p, words", [
-    (0.01, "test/acc", 0.003, "better than ce (p = 0.003)"),
-    (-0.01, "test/acc", 0.003, "worse than ce (p = 0.003)"),
-    (0.01, "test/nll", 0.003, "worse than ce (p = 0.003)"),  # lower is better
-    (-0.01, "val/ece", 0.0004, "better than ce (p < 0.001)"),
-    (0.01, "test/acc", 0.41, "not distinguishable from ce (p = 0.41)"),
-    (-0.01, "test/nll", 0.05, "not distinguishable from ce (p = 0.05)"),  # α = 0.05: p < α rejects
-    (0.01, "test/acc", 0.0496, "better than ce (p = 0.0496)"),  # not "p = 0.05" beside "better"
+    (0.01, "test/acc", 0.003, "better than ce (p = 0.003, Holm p = 0.006)"),
+    (-0.01, "test/acc", 0.003, "worse than ce (p = 0.003, Holm p = 0.006)"),
+    (0.01, "test/nll", 0.003, "worse than ce (p = 0.003, Holm p = 0.006)"),  # lower is better
+    (-0.01, "val/ece", 0.0004, "better than ce (p < 0.001, Holm p < 0.001)"),
+    (0.01, "test/acc", 0.41, "inconclusive against ce (p = 0.41, Holm p = 0.82)"),
+    (-0.01, "test/nll", 0.025, "inconclusive against ce (p = 0.025, Holm p = 0.05)"),  # α = 0.05: p < α rejects
+    (0.01, "test/acc", 0.0248, "better than ce (p = 0.025, Holm p = 0.0496)"),  # not "p = 0.05" beside "better"
 ])
-def test_the_words_follow_p_the_sign_and_whether_lower_is_better(diff, metric, p, words):
-    assert verdict(Paired(5, diff, diff - 0.01, diff + 0.01, p), metric, "ce") == words
+def test_the_words_follow_the_corrected_p_the_sign_and_whether_lower_is_better(diff, metric, p, words):
+    assert verdict(Paired(5, diff, diff - 0.01, diff + 0.01, p, p_corrected=2 * p), metric, "ce") == words
 
 
 def test_a_chosen_reference_and_one_that_does_not_set_a_key(tmp_path, capsys):

@@ -378,9 +378,10 @@ def comparison_section(result: Result) -> list[str]:
     values = ", ".join(f"{key}={value}" for key, value in tab.reference.items())
     intro = (f"Each config against {name} ({values}) over matched seeds (a seed is the same initialisation and data "
              f"order for every loss): the mean difference config − {name} [its 95 % interval] and the paired "
-             f"t-test's two-sided p (losslab-report's comparison). At α = 0.05 the words say better or worse (lower "
-             f"is better for {', '.join(LOWER_IS_BETTER)}), else not distinguishable, which is no proof of equality; "
-             "p is not corrected for the number of comparisons.")
+             f"t-test's two-sided p with that p Holm-corrected over the table's comparisons of the metric "
+             f"(losslab-report's comparison). Where the corrected p is below 0.05 the words say better or worse "
+             f"(lower is better for {', '.join(LOWER_IS_BETTER)}), else inconclusive, which is no proof of equality; "
+             "MDE is the smallest difference these seeds detect at 80 % power.")
     header_cells = [*result.keys, "pairs", *(f"{m} (points)" if percent(m) else m for m in tab.compared)]
     return [f"### {tab.title}: compared with {name}", "", intro, "", table(header_cells, cells),
             *(["", *notes] if notes else []), ""]
@@ -390,7 +391,8 @@ def compared_cell(row: dict, metric: str, most: int) -> str:
     """losslab.reporting.report's comparison cell, with an accuracy's difference in percentage points."""
     if not percent(metric) or row[f"{metric} diff low"] is None:
         return comparison_cell(row, metric, most)
-    scaled = {**row, **{f"{metric} {s}": 100 * row[f"{metric} {s}"] for s in ("diff", "diff low", "diff high")}}
+    scaled = {**row, **{f"{metric} {s}": 100 * row[f"{metric} {s}"] for s in ("diff", "diff low", "diff high", "mde")
+                        if row[f"{metric} {s}"] is not None}}
     return comparison_cell(scaled, metric, most)
 
 

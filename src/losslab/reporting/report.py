@@ -17,7 +17,13 @@ Each config is compared with a reference config over matched seeds (see `paired_
 (`--reference loss=ce`; by default loss=ce when the sweep varies the loss and ce is one of its values, else no
 comparison) pick the reference configs, and a config is compared with the one that shares most of its other swept
 values. The same seed gives the same initialisation and data order in every config, so runs pair by seed; a config
-lacking a seed the reference has is compared over the seeds both have, and the number of pairs is shown.
+lacking a seed the reference has is compared over the seeds both have, and the number of pairs is shown. The p
+values of one metric's comparisons are corrected together (Holm; `--correction fdr_bh` for Benjamini–Hochberg),
+and a difference is called better or worse only when its corrected p is below 0.05; otherwise it is "equivalent"
+within a margin given with `--equivalence` (TOST) or "inconclusive", with the smallest difference the seeds
+detect at 80 % power (`--power` adds the seeds a given effect needs). `losslab-report` adds the test set's own
+variance (losslab.reporting.test_set: McNemar's test per seed pair, bootstrap intervals over test examples, ECE
+with equal-mass bins); the report a sweep writes at its end leaves it out (it reads every run's predictions).
 
 The losses with learnable coefficients and log bases (min_ent, mix_ent) log them as loss/* columns of metrics.csv:
 their final values get a table (mean ± std over seeds) and their trajectories a figure, learned_values.png.
@@ -33,7 +39,15 @@ from pathlib import Path
 from losslab.errors import UserError, unwritable
 from losslab.fileio import atomic_write
 from losslab.reporting.plots import report_figures, write_figures
-from losslab.reporting.statistics import add_comparisons, choose_reference, config_row, mark_best, run_row
+from losslab.reporting.statistics import (
+    CORRECTIONS,
+    add_comparisons,
+    choose_reference,
+    config_row,
+    mark_best,
+    reference_config,
+    run_row,
+)
 from losslab.reporting.sweep_data import (
     DEFAULT_IF_PRESENT,
     DEFAULT_METRICS,
@@ -44,6 +58,7 @@ from losslab.reporting.sweep_data import (
     lower_is_better,
     monitor_of,
     read_runs,
+    to_float,
     varying_keys,
 )
 from losslab.reporting.tables import csv_text, markdown
@@ -52,10 +67,13 @@ PROG = "losslab-report"
 
 
 def write_report(sweep_dir: Path, metrics: list[str] | None = None,
-                 reference: dict[str, str | None] | None = None, unrecorded: list[str] = ()) -> Report:
+                 reference: dict[str, str | None] | None = None, unrecorded: list[str] = (),
+                 margins: dict[str, float] | None = None, effects: dict[str, float] | None = None,
+                 correction: str = "holm", test_set: bool = False) -> Report:
     """Write report.csv, report.md and the plots into `sweep_dir` and return what they hold. `reference`: the
     values that pick the reference configs (see `choose_reference`; None: the default). `unrecorded`: the ends of
-    jobs that the launcher could not write into their run dirs, one sentence each."""
+    jobs that the launcher could not write into their run dirs, one sentence each. `margins`, `effects` and
+    `correction`: see losslab.reporting.statistics.add_comparisons; `test_set`: add the test set's variance."""
     sweep_dir = Path(sweep_dir)
     runs = read_runs(sweep_dir)
     keys = varying_keys(runs)
@@ -66,13 +84,19 @@ def write_report(sweep_dir: Path, metrics: list[str] | None = None,
     rows = [config_row(config, metrics) for config in configs]
     mark_best(rows, *best_by)
     reference = choose_reference(configs, keys, reference)
-    add_comparisons(rows, configs, metrics, reference)
+    add_comparisons(rows, configs, metrics, reference, margins=margins, effects=effects, correction=correction)
+    if test_set:
+        from losslab.reporting.test_set import add_test_set
+
+        add_test_set(rows, configs, [reference_config(c, configs, reference) for c in configs], sweep_dir)
     not_aggregated = [run_row(run) for run in runs if not run.aggregated]
     learned = learned_keys(runs)
     learned_rows = [config_row(config, learned) for config in configs
                     if any(run.value(key) is not None for run in config.runs for key in learned)]
     report = Report(sweep_dir, keys, metrics, best_by, monitor is not None, rows, not_aggregated, files=[],
-                    reference=reference, learned=learned, learned_rows=learned_rows, unrecorded=list(unrecorded))
+                    reference=reference, learned=learned, learned_rows=learned_rows, unrecorded=list(unrecorded),
+                    margins=dict(margins or {}), effects=dict(effects or {}), correction=correction,
+                    test_set=test_set)
 
     figures, report.missing_curves = report_figures(sweep_dir, configs, runs, keys, metrics, learned,
                                                     (monitor_of(runs) or (None,))[0])
@@ -91,6 +115,19 @@ def reference_values(text: str) -> dict[str, str | None]:
     return {key: value or None for key, value in pairs}
 
 
+def metric_values(text: str) -> dict[str, float]:
+    """`METRIC=NUMBER[,METRIC=NUMBER]` as a dict of positive numbers, e.g. `acc=0.002,test/nll=0.01`."""
+    values = {}
+    for item in text.split(","):
+        key, _, number = item.partition("=")
+        value = to_float(number)
+        if not key or value is None or not value > 0 or key in values:
+            raise argparse.ArgumentTypeError(f"{text!r} is not METRIC=NUMBER[,METRIC=NUMBER] with positive numbers, "
+                                             "e.g. acc=0.002 (accuracy is a fraction: 0.002 is 0.2 points)")
+        values[key] = value
+    return values
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="the sweep dir of a `losslab-train -m` run")
@@ -107,9 +144,22 @@ def main(argv: list[str] | None = None) -> None:
                              "loss=ce; KEY= for a key the reference does not set); each config is compared with the "
                              "one having these values that shares most of its other values (default: loss=ce when "
                              "the sweep varies the loss and ce is one of its values, else no comparison)")
+    parser.add_argument("--equivalence", type=metric_values, metavar="METRIC=MARGIN[,...]", default={},
+                        help="the smallest difference of interest per metric, in the metric's units (acc for every "
+                             "split's accuracy, or test/acc; accuracy is a fraction: acc=0.002 is 0.2 points): a "
+                             "comparison not found better or worse is tested for equivalence within ±MARGIN (TOST) "
+                             "and reads 'equivalent' or 'inconclusive'")
+    parser.add_argument("--power", type=metric_values, metavar="METRIC=EFFECT[,...]", default={},
+                        help="an effect per metric: each comparison also gives the seeds that detect it at 80 %% "
+                             "power (from the spread of its differences); the smallest difference the sweep's seeds "
+                             "detect is always given")
+    parser.add_argument("--correction", choices=sorted(CORRECTIONS), default="holm",
+                        help="how the p values of one metric's comparisons are corrected for their number: holm "
+                             "(default) or fdr_bh (Benjamini-Hochberg)")
     args = parser.parse_args(argv)
     try:
-        report = write_report(args.sweep_dir, args.metrics, args.reference)
+        report = write_report(args.sweep_dir, args.metrics, args.reference, margins=args.equivalence,
+                              effects=args.power, correction=args.correction, test_set=True)
     except (UserError, OSError) as e:
         refused = e if isinstance(e, UserError) else unwritable(
             e, "copy the sweep dir to a place you can write and report the copy (the report is written into it)")

@@ -1,5 +1,8 @@
 """The numbers of a sweep report: mean, spread and interval over seeds, the best row, and each config's paired
-comparison with its reference config."""
+comparison with its reference config: the paired t-test, its p corrected for the report's number of comparisons
+(Holm, per metric), the equivalence test (TOST) against a stated margin, and the power the seeds give (the smallest
+difference detectable at 80 % power; the seeds an effect needs). statsmodels computes the correction, TOST and
+power."""
 
 from __future__ import annotations
 
@@ -13,8 +16,11 @@ from losslab.reporting.sweep_data import Config, RunResult, lower_is_better, to_
 CONFIDENCE = 0.95  # of the intervals: the mean's, and the mean paired difference's
 
 
-COMPARED = ("pairs", "diff", "diff low", "diff high", "p", "vs reference")  # a row's comparison, per metric
-ALPHA = 0.05  # a paired comparison with p below it reads "better than" or "worse than"
+COMPARED = ("pairs", "diff", "diff low", "diff high", "p", "p corrected", "tost p", "mde", "seeds needed",
+            "vs reference")  # a row's comparison, per metric
+ALPHA = 0.05  # a paired comparison with corrected p below it reads "better than" or "worse than"
+POWER = 0.8  # of the minimum detectable difference and of the seeds an effect needs
+CORRECTIONS = {"holm": "Holm", "fdr_bh": "Benjamini–Hochberg"}  # statsmodels' multipletests methods offered
 
 
 DEFAULT_REFERENCE = {"loss": "ce"}  # where the sweep varies the loss and ce is one of its values
@@ -24,13 +30,21 @@ DEFAULT_REFERENCE = {"loss": "ce"}  # where the sweep varies the loss and ce is 
 class Paired:
     """A metric of a config against its reference config over the seeds both have: `pairs` of them, the mean of
     the differences config − reference, its 95 % interval (low, high) and the paired t-test's two-sided p. Only
-    the mean for one pair or a value not finite; low = high = mean and no p when every difference is the same."""
+    the mean for one pair or a value not finite; low = high = mean and no p when every difference is the same.
+    With a test: `p_corrected` (set by `correct`), `tost_p` (given an equivalence margin: TOST's p that the true
+    difference lies within ±margin), `mde` (the smallest |difference| the pairs detect at 80 % power and α, from
+    the differences' spread) and `seeds_needed` (given an effect: the pairs that detect it at 80 % power)."""
 
     pairs: int
     diff: float | None = None
     low: float | None = None
     high: float | None = None
     p: float | None = None
+    p_corrected: float | None = None
+    tost_p: float | None = None
+    margin: float | None = None
+    mde: float | None = None
+    seeds_needed: int | None = None
 
 
 def mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -66,7 +80,7 @@ def t_interval(mean: float, std: float, n: int) -> tuple[float, float]:
 
 
 def config_row(config: Config, metrics: list[str]) -> dict:
-    row = {**config.values, "n": len(config.runs)}
+    row = {**config.values, "n": len(config.runs), "diverged": config.diverged}
     counts = {}
     for metric in metrics:
         values = [v for run in config.runs if (v := run.value(metric)) is not None]
@@ -143,10 +157,13 @@ def by_seed(config: Config, metric: str) -> dict[str, float]:
     return values
 
 
-def paired_comparison(config: Config, reference: Config, metric: str) -> Paired:
+def paired_comparison(config: Config, reference: Config, metric: str, margin: float | None = None,
+                      effect: float | None = None) -> Paired:
     """`metric` of `config` against `reference` over the seeds both have, by the paired t-test (as scipy's
     ttest_rel computes it): the differences d_i = config_i − reference_i of seed i, their mean d̄, its 95 % interval
-    d̄ ± t(0.975, n − 1)·s_d/√n, and the two-sided p of t = d̄/(s_d/√n) with n − 1 degrees of freedom.
+    d̄ ± t(0.975, n − 1)·s_d/√n, and the two-sided p of t = d̄/(s_d/√n) with n − 1 degrees of freedom; with
+    `margin`, TOST's p for |true difference| < margin; the minimum detectable difference; with `effect`, the
+    seeds needed (`Paired`).
 
     Paired, because a seed fixes the initialisation and the data order in every config: much of a run's luck is
     its seed's, shared by both runs of a pair, and the differences are free of it, where an unpaired test would
@@ -165,13 +182,47 @@ def paired_comparison(config: Config, reference: Config, metric: str) -> Paired:
 
     n, std = len(diffs), statistics.stdev(diffs)
     t = mean / (std / math.sqrt(n))
-    return Paired(n, mean, *t_interval(mean, std, n), float(2 * stdtr(n - 1, -abs(t))))
+    paired = Paired(n, mean, *t_interval(mean, std, n), float(2 * stdtr(n - 1, -abs(t))), margin=margin)
+    paired.mde, paired.seeds_needed = power_of(std, n, effect)
+    if margin is not None:
+        import numpy as np
+        from statsmodels.stats.weightstats import ttost_paired
+
+        pairs = np.array([own[s] for s in seeds]), np.array([theirs[s] for s in seeds])
+        paired.tost_p = float(ttost_paired(*pairs, -margin, margin)[0])
+    return paired
 
 
-def verdict(paired: Paired, metric: str, name: str) -> str:
-    """The comparison in words, at α = 0.05: "better than" or "worse than" `name` (by the sign of the difference
-    and whether lower is better for the metric) when p < α, else "not distinguishable from" (which is no proof of
-    equality); "–" without a test (fewer than two pairs, a value not finite)."""
+def power_of(std: float, pairs: int, effect: float | None) -> tuple[float, int | None]:
+    """For a paired t-test at α (two-sided) and 80 % power, with differences of sample std `std`: the smallest
+    |mean difference| that `pairs` pairs detect, and, given `effect`, the pairs that detect it (at least 2)."""
+    from statsmodels.stats.power import TTestPower
+
+    solver = TTestPower()
+    mde = std * float(solver.solve_power(nobs=pairs, alpha=ALPHA, power=POWER, alternative="two-sided"))
+    if effect is None:
+        return mde, None
+    needed = solver.solve_power(effect_size=abs(effect) / std, alpha=ALPHA, power=POWER, alternative="two-sided")
+    return mde, max(2, math.ceil(float(needed)))
+
+
+def correct(comparisons: list[Paired], method: str = "holm") -> None:
+    """Sets each tested comparison's `p_corrected`, by statsmodels' multipletests (`method`: holm, or fdr_bh for
+    Benjamini–Hochberg) across `comparisons`: a family, e.g. every comparison of one metric in a report."""
+    tested = [paired for paired in comparisons if paired.p is not None]
+    if not tested:
+        return
+    from statsmodels.stats.multitest import multipletests
+
+    for paired, corrected in zip(tested, multipletests([paired.p for paired in tested], method=method)[1]):
+        paired.p_corrected = float(corrected)
+
+
+def verdict(paired: Paired, metric: str, name: str, correction: str = "holm") -> str:
+    """The comparison in words: "better than" or "worse than" `name` (by the sign of the difference and whether
+    lower is better for the metric) when the corrected p is below α = 0.05; else "equivalent to" it within
+    ±margin when TOST's p is below α, else "inconclusive"; "–" without a test (fewer than two pairs, a value not
+    finite)."""
     if paired.pairs < 2 or paired.diff is None or not math.isfinite(paired.diff):
         return "–"
     direction = "worse" if (paired.diff > 0) == lower_is_better(metric) else "better"
@@ -179,9 +230,14 @@ def verdict(paired: Paired, metric: str, name: str) -> str:
         if paired.diff == 0:
             return f"not distinguishable from {name} (identical in all {paired.pairs} pairs)"
         return f"{direction} than {name} by the same amount in all {paired.pairs} pairs (no spread: no test)"
-    if paired.p >= ALPHA:
-        return f"not distinguishable from {name} ({p_text(paired.p)})"
-    return f"{direction} than {name} ({p_text(paired.p)})"
+    corrected = paired.p if paired.p_corrected is None else paired.p_corrected
+    tested = p_text(paired.p) + ("" if paired.p_corrected is None else
+                                 f", {CORRECTIONS[correction]} {p_text(paired.p_corrected)}")
+    if corrected < ALPHA:
+        return f"{direction} than {name} ({tested})"
+    if paired.tost_p is not None and paired.tost_p < ALPHA:
+        return f"equivalent to {name} within ±{paired.margin:.2g} (TOST {p_text(paired.tost_p)}; {tested})"
+    return f"inconclusive against {name} ({tested})"
 
 
 def p_text(p: float) -> str:
@@ -193,19 +249,33 @@ def p_text(p: float) -> str:
 
 
 def add_comparisons(rows: list[dict], configs: list[Config], metrics: list[str],
-                    reference: dict[str, str | None], name: str | None = None) -> None:
+                    reference: dict[str, str | None], name: str | None = None,
+                    margins: dict[str, float] | None = None, effects: dict[str, float] | None = None,
+                    correction: str = "holm") -> None:
     """Adds to each config's row its comparison with its reference config (`reference_config`), per metric; the
-    words name the reference `name` (default: `reference_name`)."""
-    name = name or reference_name(reference)
-    for row, config in zip(rows, configs):
-        against = reference_config(config, configs, reference)
-        row["reference"] = against.label() if against else None
-        for metric in metrics:
+    p values of one metric's comparisons are corrected together (`correct`); `margins` and `effects` by metric
+    (`by_metric`) ask for TOST and the seeds an effect needs; the words name the reference `name` (default:
+    `reference_name`)."""
+    name, margins, effects = name or reference_name(reference), margins or {}, effects or {}
+    against = [reference_config(config, configs, reference) for config in configs]
+    for metric in metrics:
+        compared = {k: paired_comparison(config, other, metric, by_metric(margins, metric), by_metric(effects, metric))
+                    for k, (config, other) in enumerate(zip(configs, against)) if other}
+        correct(list(compared.values()), correction)
+        for k, row in enumerate(rows):
+            row["reference"] = against[k].label() if against[k] else None
             row.update({f"{metric} {column}": None for column in COMPARED})
-            if against:
-                paired = paired_comparison(config, against, metric)
-                values = (paired.pairs, paired.diff, paired.low, paired.high, paired.p, verdict(paired, metric, name))
+            if k in compared:
+                paired = compared[k]
+                values = (paired.pairs, paired.diff, paired.low, paired.high, paired.p, paired.p_corrected,
+                          paired.tost_p, paired.mde, paired.seeds_needed, verdict(paired, metric, name, correction))
                 row.update({f"{metric} {column}": value for column, value in zip(COMPARED, values)})
+
+
+def by_metric(values: dict[str, float], metric: str) -> float | None:
+    """The value given for `metric`: by its full name (test/acc), else by its name after the split (acc: every
+    split's accuracy)."""
+    return values.get(metric, values.get(metric.rsplit("/", 1)[-1]))
 
 
 def run_row(run: RunResult) -> dict:

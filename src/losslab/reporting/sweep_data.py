@@ -70,10 +70,12 @@ class RunResult:
 
 @dataclass
 class Config:
-    """The values of the varying overrides (None where a job does not set one) and the runs aggregated."""
+    """The values of the varying overrides (None where a job does not set one), the runs aggregated, and how many
+    of its runs diverged (a result, but not averaged: its metrics are those before the divergence)."""
 
     values: dict[str, str | None]
     runs: list[RunResult] = field(default_factory=list)
+    diverged: int = 0
 
     def label(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self.values.items()) or "all jobs"
@@ -101,6 +103,10 @@ class Report:
     learned: list[str] = field(default_factory=list)
     learned_rows: list[dict] = field(default_factory=list)
     unrecorded: list[str] = field(default_factory=list)  # ends the launcher could not write into run dirs
+    margins: dict[str, float] = field(default_factory=dict)  # equivalence margins by metric (TOST)
+    effects: dict[str, float] = field(default_factory=dict)  # effects whose seeds needed are asked for
+    correction: str = "holm"  # of the comparisons' p values
+    test_set: bool = False  # rows hold losslab.reporting.test_set's columns
 
     @property
     def best(self) -> dict | None:
@@ -206,6 +212,7 @@ def group_by_config(runs: list[RunResult], keys: list[str]) -> list[Config]:
         config = configs.setdefault(tuple(values.values()), Config(values))
         if run.aggregated:
             config.runs.append(run)
+        config.diverged += run.status == "diverged"
     return list(configs.values())
 
 

@@ -6,8 +6,9 @@ import csv
 import io
 
 from losslab.reporting.plots import CURVES_FIGURE, LEARNED_FIGURE
-from losslab.reporting.statistics import COMPARED, reference_name
+from losslab.reporting.statistics import COMPARED, CORRECTIONS, reference_name
 from losslab.reporting.sweep_data import LOWER_IS_BETTER, Report
+from losslab.reporting.test_set import TEST_SET_COLUMNS
 
 NO_TEST = {0: "– with 0 pairs: no seed in common with the reference (runs pair by seed; a run without one cannot "
               "be paired).",
@@ -20,7 +21,9 @@ def csv_text(report: Report) -> str:
     with and per metric the pairs, the mean difference, its interval (diff low, diff high), p and the words."""
     stats = [f"{m} {s}" for m in report.metrics for s in ("mean", "std", "ci low", "ci high")]
     compared = [f"{m} {s}" for m in report.metrics for s in COMPARED]
-    columns = [*report.keys, "status", "n", *stats, "best", "reference", *compared, "seeds", "jobs", "note"]
+    test_set = list(TEST_SET_COLUMNS) if report.test_set else []
+    columns = [*report.keys, "status", "n", "diverged", *stats, "best", "reference", *compared, *test_set, "seeds",
+               "jobs", "note"]
     records = [{**row, "status": "aggregate", "best": int(row["best"])} for row in report.rows]
     records += [{**run["values"], "status": run["status"], "seeds": [run["seed"]], "jobs": [run["job"]],
                  "note": run["note"]} for run in report.not_aggregated]
@@ -55,13 +58,16 @@ def markdown(report: Report) -> str:
         "One row per config (the overrides that vary across the jobs, seed excluded). Each cell is the mean ± "
         "sample std (ddof=1) over the config's aggregated runs [the 95 % confidence interval of the mean, Student t "
         "with n − 1 degrees of freedom]; – and no interval when n = 1 (one value has no spread), (n=k) when only k "
-        f"of them have the metric. **best**: {direction} mean {metric} ({why}; of equals, the first).",
+        "of them have the metric; diverged: the config's runs that diverged, a result left out of the mean (listed "
+        f"below). **best**: {direction} mean {metric} ({why}; of equals, the first).",
         "",
-        table([*report.keys, "n", *report.metrics, "best"],
-              [[*(row[k] for k in report.keys), row["n"], *(stat_cell(row, m) for m in report.metrics),
-                "**best**" if row["best"] else ""] for row in report.rows]),
+        table([*report.keys, "n", "diverged", *report.metrics, "best"],
+              [[*(row[k] for k in report.keys), row["n"], row["diverged"],
+                *(stat_cell(row, m) for m in report.metrics), "**best**" if row["best"] else ""]
+               for row in report.rows]),
         *best_line(report),
         *comparison_lines(report),
+        *test_set_lines(report),
         *learned_lines(report),
         "",
         "## Runs not aggregated",
@@ -138,10 +144,13 @@ def comparison_lines(report: Report) -> list[str]:
     lines = ["", f"## Compared with {name}", "",
              f"Each config against the config with {name} that shares its other values (the reference column), "
              "over the seeds both have (pairs; a seed is the same initialisation and data order in both): the mean "
-             "difference config − reference [its 95 % interval] and the paired t-test's two-sided p. At α = 0.05 "
-             "the words say better or worse (for the metric: lower is better for names ending in "
-             f"{', '.join(LOWER_IS_BETTER)}), else not distinguishable, which is no proof of equality; p is not "
-             "corrected for the number of comparisons.", ""]
+             "difference config − reference [its 95 % interval], the paired t-test's two-sided p and that p "
+             f"{CORRECTIONS[report.correction]}-corrected over the metric's {len(compared)} comparisons. Where the "
+             "corrected p is below 0.05 the words say better or worse (lower is better for names ending in "
+             f"{', '.join(LOWER_IS_BETTER)}); else equivalent, where an equivalence margin was given "
+             "(`--equivalence`) and TOST's p is below 0.05, or inconclusive. MDE: the smallest difference these "
+             "pairs detect at 80 % power (α = 0.05, from the differences' spread)" + seeds_needed_text(report) + ".",
+             ""]
     cells = []
     for row in compared:
         most = max(row[f"{m} pairs"] for m in report.metrics)
@@ -160,7 +169,53 @@ def comparison_cell(row: dict, metric: str, most: int) -> str:
     fewer = f" (n={pairs})" if pairs < most else ""
     if words == "–" or low is None:
         return words + fewer
-    return f"{diff:+.2g} [{low:+.2g}, {high:+.2g}]: {words}{fewer}"
+    mde, needed = row[f"{metric} mde"], row[f"{metric} seeds needed"]
+    power = "" if mde is None else f"; MDE ±{mde:.2g}" + ("" if needed is None else f", {needed} seeds for the effect")
+    return f"{diff:+.2g} [{low:+.2g}, {high:+.2g}]: {words}{power}{fewer}"
+
+
+def seeds_needed_text(report: Report) -> str:
+    if not report.effects:
+        return ""
+    effects = ", ".join(f"±{value:.2g} in {metric}" for metric, value in report.effects.items())
+    return f"; seeds for the effect: the pairs that detect {effects} at 80 % power (`--power`)"
+
+
+def test_set_lines(report: Report) -> list[str]:
+    """The test set's own variance (losslab.reporting.test_set): per config, McNemar's p per seed pair and the
+    bootstrap interval of the test accuracy difference against its reference, and the two ECEs with theirs."""
+    if not report.test_set:
+        return []
+    rows = [row for row in report.rows if row["ece"] is not None or row["mcnemar p"] is not None]
+    if not rows:
+        return ["", "## The test set's variance", "", "None: no run of the sweep wrote predictions_test.npz."]
+
+    def interval(row: dict, name: str) -> str:
+        value, low, high = row[name], row[f"{name} boot low"], row[f"{name} boot high"]
+        return "" if value is None else f"{value:.3g} [{low:.3g}, {high:.3g}]"
+
+    def mcnemar(row: dict) -> str:
+        found = row["mcnemar p"]
+        if not found:
+            return ""
+        below = sum(p < 0.05 for p in found)
+        return f"{min(found):.2g}–{max(found):.2g} ({below} of {len(found)} below 0.05)"
+
+    return ["", "## The test set's variance", "",
+            "The seeds vary the initialisation and the data order; the test set is one fixed sample of images. "
+            "Per config, from its runs' predictions_test.npz: the test accuracy difference against its reference "
+            "averaged over seed pairs with its 95 % bootstrap interval over test examples (2,000 resamples), "
+            "McNemar's exact p for each seed pair (its range, and how many are below 0.05), and the ECE with 15 "
+            "equal-width bins and with 15 equal-mass bins, mean over seeds [bootstrap interval].", "",
+            table([*report.keys, "test/acc diff [bootstrap]", "McNemar p per seed", "ECE equal-width",
+                   "ECE equal-mass"],
+                  [[*(row[k] for k in report.keys), boot_diff(row), mcnemar(row), interval(row, "ece"),
+                    interval(row, "ece equal-mass")] for row in rows])]
+
+
+def boot_diff(row: dict) -> str:
+    low, high = row["test/acc diff boot low"], row["test/acc diff boot high"]
+    return "" if low is None else f"{row['test/acc diff']:+.2g} [{low:+.2g}, {high:+.2g}]"
 
 
 def learned_lines(report: Report) -> list[str]:
