@@ -1,6 +1,7 @@
 """scripts/reproduce.py: a study runs through the sweep machinery and its page's table is the mean ± std of the
 runs' summary.json files; CIFAR-10 and EMNIST studies run end to end on fixture data; missing data is one sentence."""
 
+import csv
 import json
 import os
 import re
@@ -57,7 +58,7 @@ def reproduce(trains):
     return main
 
 
-def test_course_logistic_page_table_is_the_mean_and_std_of_the_summaries(tmp_path, reproduce):
+def test_course_logistic_page_table_is_the_mean_and_std_of_the_summaries(tmp_path, reproduce, capsys):
     out, docs = tmp_path / "out", tmp_path / "docs"
     args = ["course_mnist", "--only", "logistic", "--out", str(out), "--docs", str(docs),
             "trainer.max_steps=3", "seed=0,1", "trainer.progress=log", "trainer.figures=false"]
@@ -85,6 +86,24 @@ def test_course_logistic_page_table_is_the_mean_and_std_of_the_summaries(tmp_pat
     assert "Not run yet: softmax_l2." in rebuilt
     assert "python scripts/reproduce.py course_mnist --only logistic" in rebuilt  # the command that ran
     assert "losslab-train -m experiment=tdt4265_logistic sweep=course_logistic hydra/launcher=stacked" in rebuilt
+
+    # auditable: the commit that built the page, every run in runs.csv, and notes checked against the tables
+    assert re.search(r"This page was built at commit `[0-9a-f]{12}`", rebuilt)
+    with open(docs / "course_mnist" / "runs.csv", newline="") as f:
+        listed = list(csv.DictReader(f))
+    assert sorted(float(r["test/acc"]) for r in listed) == sorted(s["final"]["test/acc"] for _, s in jobs)
+    assert {r["trainer.shuffle"] for r in listed} == {"True", "False"} and {r["seed"] for r in listed} == {"0", "1"}
+    cited = shuffled["test/acc (%)"].split(" ± ")[0]
+    page.write_text(rebuilt.replace("Hand-written notes.", f"Shuffled: {cited} % on the test set.\n> The course "
+                                                           "reported 97.65 % (a quoted source's number)."))
+    assert reproduce(["course_mnist", "--out", str(out), "--docs", str(docs), "--from-existing"]) == 0
+    stale = f"{float(cited) + 0.01:.2f}"  # a note whose number the tables no longer show
+    page.write_text(page.read_text().replace(f"Shuffled: {cited} %", f"Shuffled: {stale} %"))
+    edited = page.read_text()
+    assert reproduce(["course_mnist", "--out", str(out), "--docs", str(docs), "--from-existing"]) == 2
+    assert f"cite {stale}, which the rebuilt tables no longer show" in capsys.readouterr().err
+    assert page.read_text() == edited  # the page is left as it was
+    page.write_text(rebuilt)
 
     # the same command again: every job is skipped and the table is the same
     assert reproduce(args) == 0

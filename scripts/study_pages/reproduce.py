@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import sys
@@ -616,17 +617,66 @@ def write_page(study: Study, out: Path, docs: Path) -> Path:
             for figure in copy_figures(study, result, out, folder):
                 lines += [figure, ""]
         lines += commentary_section(results)
-    lines += [NOTES[0], kept_notes(page), NOTES[1], ""]
+    notes = kept_notes(page)
+    check_notes(notes, "\n".join(lines), page)
+    lines += [NOTES[0], notes, NOTES[1], ""]
     page.parent.mkdir(parents=True, exist_ok=True)
+    if ran:
+        folder.mkdir(exist_ok=True)
+        atomic_write(folder / RUNS_CSV, lambda tmp: tmp.write_text(runs_csv(results)))
     atomic_write(page, lambda tmp: tmp.write_text("\n".join(lines)))
     return page
+
+
+RUNS_CSV = "runs.csv"  # beside each page, in docs/results/<study>/: one row per run of the study
+
+
+def runs_csv(results: list[Result]) -> str:
+    """Every run of the study's tables: its table, multirun, job, the overrides its sweep varies, seed, status,
+    the commit it trained at (summary.json's git, `+changes` for a dirty checkout) and its final metrics."""
+    import csv
+    import io
+
+    rows = []
+    for result in results:
+        for multirun, runs in result.runs.items():
+            for run in runs:
+                trained = (run.summary.get("git") or {})
+                commit = trained.get("commit", "")[:12] + ("+changes" if trained.get("dirty") else "")
+                rows.append({"table": result.table.title, "multirun": multirun, "job": run.job,
+                             **{k: v for k, v in (run.overrides or {}).items() if k in result.keys},
+                             "seed": run.seed, "status": run.status, "commit": commit,
+                             **{k: v for k, v in (run.summary.get("final") or {}).items()
+                                if isinstance(v, (int, float))}})
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+NUMBER = re.compile(r"(?<![\w.])[-+−]?\d+\.\d+(?![\w.])")
+
+
+def check_notes(notes: str, generated: str, page: Path) -> None:
+    """The hand-written notes' numbers are the tables' numbers: each decimal number in the notes (outside lines
+    quoted with `>`, which cite a source) must appear in the page's generated text, else the rebuild stops with
+    the numbers that no longer do, so a note cannot go stale unnoticed."""
+    found = set(NUMBER.findall(generated.replace("−", "-")))
+    quoted = "\n".join(line for line in notes.splitlines() if not line.lstrip().startswith(">"))
+    stale = [n for n in dict.fromkeys(NUMBER.findall(quoted.replace("−", "-"))) if n not in found]
+    if stale:
+        raise UserError(f"the notes of {display(page)} cite {', '.join(stale)}, which the rebuilt tables no longer "
+                        "show; correct the notes (between the notes markers) to the new numbers, or quote a source's "
+                        "number on a line starting with '>', then rebuild.")
 
 
 def command_section(study: Study, results: list[Result], out: Path, ran: bool) -> list[str]:
     records = {name: record for result in results for name, record in result.records.items()}
     commands = list(dict.fromkeys(portable(record["command"]) for record in records.values())) or [
         f"python scripts/reproduce.py {study.name}"]
-    lines = ["## Command", "", "```bash", *commands, "```", "",
+    lines = ["## Command", "", provenance_line(study, results, ran), "", "```bash", *commands, "```", "",
              "runs these multiruns, one after the other (a second run skips finished jobs; delete a sweep dir to "
              "train it again, or add `--from-existing` to rebuild this page from the sweep dirs without training):",
              "", "```bash"]
@@ -637,6 +687,22 @@ def command_section(study: Study, results: list[Result], out: Path, ran: bool) -
         lines += ["Data it needs (CIFAR-10 and EMNIST are downloaded on first use where there is network):", "",
                   *data_lines(study), ""]
     return lines
+
+
+def provenance_line(study: Study, results: list[Result], ran: bool) -> str:
+    """Which commit built the page and which commits trained its runs (each run's summary.json), and where the
+    per-run results are."""
+    from losslab.records.provenance import provenance
+
+    built = (provenance().get("git") or {})
+    page = f"This page was built at commit `{built.get('commit', 'unknown')[:12]}`" + (
+        " with changes not committed" if built.get("dirty") else "")
+    trained = sorted({(run.summary.get("git") or {}).get("commit", "unknown")[:12]
+                      for result in results for runs in result.runs.values() for run in runs})
+    if not ran:
+        return page + "."
+    return (page + f"; its runs trained at commit {', '.join(f'`{c}`' for c in trained)}; every run's config, "
+            f"seed, status and final metrics are in [{RUNS_CSV}]({study.name}/{RUNS_CSV}).")
 
 
 def environment_section(results: list[Result]) -> list[str]:
