@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers.tb_events import read_events
+from helpers.tb_events import compare_tag_names, read_events, time_series_groups
 from omegaconf import OmegaConf
 
 from losslab.commands.cli import compose
@@ -19,8 +19,10 @@ from losslab.models import DualLinear, Linear
 from losslab.reporting import drawing
 from losslab.reporting.drawing import confidence_figure, curves_figure, reliability_figure, templates_figure
 from losslab.reporting.run_figures import (
+    FIGURE_TAG_PREFIX,
     MIN_RUNS_FOR_POOL,
     draw_run_figures,
+    figure_tag,
     image_shape,
     read_run_plots,
     run_templates,
@@ -90,11 +92,11 @@ def test_a_finished_run_gets_its_four_figures_as_pngs_and_tensorboard_images(tmp
     assert sorted(p.name for p in paths) == sorted(f"{kind}.png" for kind in KINDS)
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == sorted(p.name for p in paths)
     images = read_events(tmp_path)
-    assert sorted(images.Tags()["images"]) == sorted(f"figures/{kind}" for kind in KINDS)
+    assert sorted(images.Tags()["images"]) == sorted(figure_tag(kind) for kind in KINDS)
     for kind in KINDS:
         width, height = png_size(tmp_path / "figures" / f"{kind}.png")
         assert 300 <= width <= 2000 and 150 <= height <= 2000, (kind, width, height)
-        (event,) = images.Images(f"figures/{kind}")
+        (event,) = images.Images(figure_tag(kind))
         assert (event.step, event.width, event.height) == (STEPS, width, height)
         assert event.encoded_image_string == (tmp_path / "figures" / f"{kind}.png").read_bytes()
 
@@ -199,7 +201,7 @@ def test_a_sweeps_figures_drawn_by_worker_processes_equal_those_drawn_here(tmp_p
             assert (job / "figures" / name).read_bytes() == (here / "figures" / name).read_bytes(), (job, name)
         if pngs:
             images = read_events(job)
-            assert sorted(images.Tags()["images"]) == sorted(f"figures/{kind}" for kind in KINDS)
+            assert sorted(images.Tags()["images"]) == sorted(figure_tag(kind) for kind in KINDS)
 
 
 def test_templates_share_one_symmetric_colour_scale():
@@ -287,9 +289,28 @@ def test_the_command_draws_a_runs_figures_after_training(mnist_runs):
     run_dir = mnist_runs[0.0]
     assert sorted(p.name for p in (run_dir / "figures").iterdir()) == sorted(f"{kind}.png" for kind in KINDS)
     images = read_events(run_dir)
-    assert sorted(images.Tags()["images"]) == sorted(f"figures/{kind}" for kind in KINDS)
+    assert sorted(images.Tags()["images"]) == sorted(figure_tag(kind) for kind in KINDS)
     steps = json.loads((run_dir / "summary.json").read_text())["steps"]
-    assert {images.Images(f"figures/{kind}")[0].step for kind in KINDS} == {steps}
+    assert {images.Images(figure_tag(kind))[0].step for kind in KINDS} == {steps}
+
+
+def test_tensorboard_shows_a_runs_scalars_before_its_figures(mnist_runs):
+    """Time Series opens on its first groups: the figures' group comes after every scalar group."""
+    tags = read_events(mnist_runs[0.0]).Tags()
+    scalar_groups = time_series_groups(tags["scalars"])
+    assert {"train", "val", "test"} <= set(scalar_groups)
+    assert time_series_groups(tags["scalars"] + tags["images"]) == [*scalar_groups, FIGURE_TAG_PREFIX]
+
+
+def test_the_tag_order_is_tensorboards_on_its_own_examples():
+    """compare_tag_names against the cases of TensorBoard's sorting tests and its docstring."""
+    ordered = [("B", "a"), ("1", "03"), ("a1", "a03"), ("a03", "b1"), ("x0a1", "x0a03"), ("a/b/1", "a/b/03"),
+               ("a0.01", "a0.1"), ("a9e8", "a1e9"), ("a9e+8", "a1e+9"), ("a2b", "a10b"), ("a/a", "a+/a"),
+               ("weights/sq_norm", figure_tag("curves"))]
+    for first, second in ordered:
+        assert (compare_tag_names(first, second), compare_tag_names(second, first)) == (-1, 1), (first, second)
+    assert compare_tag_names("a/b", "a/b") == 0
+    assert time_series_groups(["val/acc", "lr", "figures/curves", "train/loss"]) == ["figures", "lr", "train", "val"]
 
 
 def test_l2_makes_the_weight_templates_smoother(mnist_runs):

@@ -13,6 +13,7 @@ from helpers.tb_events import read_events
 
 from losslab.commands.cli import compose
 from losslab.records.job_dirs import job_dir
+from losslab.reporting.run_figures import figure_tag
 from losslab.stacking.steppers import group_key
 
 TINY = ["dataset=synthetic", "trainer.progress=log", "trainer.figures=false"]
@@ -72,7 +73,7 @@ def test_stacked_jobs_draw_the_figures_of_separate_runs(tmp_path, losslab):
         figures = [sorted(p.name for p in (run / "figures").iterdir()) for run in runs]
         assert len(figures[0]) == 4 and figures[0] == figures[1]
         tags = [sorted(read_events(run).Tags()["images"]) for run in runs]
-        assert tags[0] == tags[1] == sorted(f"figures/{name.removesuffix('.png')}" for name in figures[0])
+        assert tags[0] == tags[1] == sorted(figure_tag(name.removesuffix(".png")) for name in figures[0])
 
 
 def test_group_key_ignores_only_the_numbers_a_stack_holds():

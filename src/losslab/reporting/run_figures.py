@@ -11,7 +11,7 @@ reliability diagram, training curves.
   histogram and the reliability diagram;
 - the final weights (`checkpoints/best.pt` under early stopping, else `last.pt`): the weight templates.
 
-It writes `<run dir>/figures/<name>.png` and adds each PNG to TensorBoard as the image `figures/<name>` at
+It writes `<run dir>/figures/<name>.png` and adds each PNG to TensorBoard as the image `~figures/<name>` at
 the run's final step; `runs_figures_drawn` does the same for a sweep's runs on every core. losslab-eval draws
 the figures of a split from its own evaluation with `split_plots`.
 """
@@ -42,6 +42,11 @@ log = logging.getLogger("losslab")
 DRAWN_FOR = ("completed", "early_stopped")  # a diverged run's weights and predictions are not finite
 PREDICTIONS = "predictions_test.npz"
 
+
+# TensorBoard's Time Series dashboard sorts its cards by tag (character codes, with digits and "/" first), groups them
+# by the tag's part before the first "/" and opens the first two groups: "~" comes after every letter, digit and "_",
+# so the figures' group follows every scalar group (train/, val/, test/, lr, ...) and the first screen shows scalars.
+FIGURE_TAG_PREFIX = "~figures"
 
 MIN_RUNS_FOR_POOL = 8  # from about this many runs the workers' start-up pays (scripts/bench_figures.py measures it)
 
@@ -132,7 +137,7 @@ def write_run_figures(run_plots: RunPlots, drawn: dict) -> list[Path]:
 
 def write_figures(drawn: dict, out_dir: Path, tensorboard_dir: Path | None = None, step: int = 0) -> list[Path]:
     """Each drawn figure (name -> (PNG, height, width)) written as `out_dir/<name>.png` and, with a
-    `tensorboard_dir`, added there as the TensorBoard image `figures/<name>` at `step`."""
+    `tensorboard_dir`, added there as the TensorBoard image `figure_tag(name)` at `step`."""
     paths = []
     for name, (png, _, _) in drawn.items():
         path = out_dir / f"{name}.png"
@@ -143,9 +148,14 @@ def write_figures(drawn: dict, out_dir: Path, tensorboard_dir: Path | None = Non
 
         writer = import_tensorboard()[0](log_dir=str(tensorboard_dir))
         for name, (png, height, width) in drawn.items():
-            writer.file_writer.add_summary(image_summary(f"figures/{name}", png, height, width), step)
+            writer.file_writer.add_summary(image_summary(figure_tag(name), png, height, width), step)
         writer.close()
     return paths
+
+
+def figure_tag(name: str) -> str:
+    """The TensorBoard tag of the figure `name`."""
+    return f"{FIGURE_TAG_PREFIX}/{name}"
 
 
 def config_drawn(run_dir: Path) -> DictConfig | None:
