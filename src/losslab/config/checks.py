@@ -43,6 +43,12 @@ def check(cfg: DictConfig) -> None:
         "(then both are computed on the train split).",
     )
     require(ds.std is None or all(s > 0 for s in ds.std), f"dataset.std must be > 0, got {ds.std}.")
+    _choice("dataset.label_noise", ds.label_noise, ("none", "symmetric", "asymmetric"))
+    require(0 <= ds.noise_rate < 1, f"dataset.noise_rate must be in [0, 1), got {ds.noise_rate}; it is the "
+                                    f"probability that a label is flipped.")
+    require(ds.label_noise != "none" or ds.noise_rate == 0,
+            f"dataset.noise_rate={ds.noise_rate} flips nothing with dataset.label_noise=none; set "
+            f"dataset.label_noise=symmetric or asymmetric, or leave the rate at 0.")
 
     _choice("model.init", model.init, ("default", "zeros", "normal"))
     require(model.init_std > 0, f"model.init_std must be > 0, got {model.init_std}.")

@@ -8,7 +8,8 @@ course protocols specify: "the first 20,000 training images, filtered to 2s and 
    ones), or taken from the test set (`val_from=test`), never among the first `val_offset` of them;
 3. `train_size`: the first or a seeded random subset of what is left of train;
 4. the task filters and relabels each split (even/odd, 2 vs 3, letters 1..26 -> 0..25);
-5. normalisation with statistics of the train split, then float32 on the device.
+5. normalisation with statistics of the train split, then float32 on the device;
+6. label noise on the train and val labels, never on test (`dataset.label_noise`, losslab.data.label_noise).
 
 May import: losslab.config, losslab.records and the bottom layer; not another component package.
 """
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from losslab.config import data_root
+from losslab.data.label_noise import add_label_noise
 from losslab.data.sources import read_source
 from losslab.data.synthetic import synthetic_source
 from losslab.data.tasks import TASKS
@@ -37,12 +39,17 @@ class Splits:
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
+    train_clean_y: torch.Tensor | None = None  # the training labels before label noise; None without noise
+    label_noise: dict | None = None  # the record of the noise drawn (losslab.data.label_noise); None without noise
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.train_x.shape[1:])
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels of train, val, test or train_clean (the training images with their true labels)."""
+        if name == "train_clean":
+            return self.train_x, self.train_clean_y
         return getattr(self, f"{name}_x"), getattr(self, f"{name}_y")
 
 
@@ -89,7 +96,7 @@ def load_splits(cfg: DictConfig, device: torch.device) -> Splits:
     """Build train/val/test tensors on `device` for the dataset config `cfg`."""
     if cfg.name not in TASKS:
         raise ConfigError(f"dataset.name={cfg.name!r} is unknown; use one of {', '.join(TASKS)}.")
-    source_name, num_classes, derive = TASKS[cfg.name]
+    source_name, num_classes, derive, flips = TASKS[cfg.name]
     if source_name == "synthetic":
         if cfg.num_classes < 2:
             raise ConfigError(f"dataset.num_classes must be >= 2, got {cfg.num_classes}.")
@@ -130,10 +137,16 @@ def load_splits(cfg: DictConfig, device: torch.device) -> Splits:
         if len(x) == 0:
             raise ConfigError(f"the {split} split of {cfg.name} is empty; raise dataset.train_size or val_size.")
     xs = normalize(cfg, *(x for x, _ in splits))
+    ys = dict(zip(("train", "val", "test"), (y for _, y in splits)))
+    clean_train_y, noise = None, None
+    if cfg.label_noise != "none":
+        clean_train_y = ys["train"].to(device)
+        noisy, noise = add_label_noise(cfg, num_classes, flips, ys)
+        ys |= noisy
     tensors = []
-    for x, (_, y) in zip(xs, splits):
+    for x, y in zip(xs, ys.values()):
         tensors += [x.to(device), y.to(device)]
-    return Splits(*tensors, num_classes=num_classes)
+    return Splits(*tensors, num_classes=num_classes, train_clean_y=clean_train_y, label_noise=noise)
 
 
 def augment(x: torch.Tensor, hflip: bool, crop_padding: int, g: torch.Generator) -> torch.Tensor:

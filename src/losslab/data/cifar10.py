@@ -44,6 +44,7 @@ def read_cifar10(root: Path, download: bool) -> Source:
     return Source(*splits)
 
 
-@task("cifar10", source="cifar10", num_classes=10)
+# asymmetric label noise (Patrini et al. 2017): truck -> automobile, bird -> airplane, deer -> horse, cat <-> dog
+@task("cifar10", source="cifar10", num_classes=10, flips={9: 1, 2: 0, 4: 7, 3: 5, 5: 3})
 def classes(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y

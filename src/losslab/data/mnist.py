@@ -32,7 +32,8 @@ def shipped(root: Path) -> bool:
     return root.resolve() == (REPO_ROOT / "data").resolve()
 
 
-@task("mnist", source="mnist", num_classes=10)
+# asymmetric label noise: the flips of Patrini et al. 2017 (also Han et al. 2018), digits that look alike
+@task("mnist", source="mnist", num_classes=10, flips={2: 7, 3: 8, 5: 6, 6: 5, 7: 1})
 def digits(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 

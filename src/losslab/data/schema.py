@@ -30,3 +30,7 @@ class DatasetConf:
     std: list[float] | None = None
     hflip: bool = False  # device-side augmentation of training batches
     crop_padding: int = 0
+    # Label noise on the train and val labels, never on test (losslab.data.label_noise).
+    label_noise: str = "none"  # none | symmetric | asymmetric
+    noise_rate: float = 0.0  # the probability that a label the noise can change is changed, in [0, 1)
+    noise_seed: int = 0  # fixed across training seeds, as split_seed is

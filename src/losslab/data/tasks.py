@@ -15,16 +15,18 @@ class Task(NamedTuple):
     source: str  # the name its reader is registered under (losslab.data.sources.READERS)
     num_classes: int  # 0: the config says (dataset.num_classes)
     derive: Derive  # (images, labels) of one split of the source -> the task's
+    flips: dict[int, int] | None  # asymmetric label noise: class -> the class its labels flip to (None: not defined)
 
 
 TASKS: dict[str, Task] = {}  # dataset.name -> its task
 
 
-def task(name: str, source: str, num_classes: int):
-    """Function decorator: `derive(x, y)` makes task `name` of source `source`."""
+def task(name: str, source: str, num_classes: int, flips: dict[int, int] | None = None):
+    """Function decorator: `derive(x, y)` makes task `name` of source `source`; `flips`, the class-conditional
+    flips of its asymmetric label noise (losslab.data.label_noise), where the literature defines them."""
 
     def add(derive: Derive) -> Derive:
-        TASKS[name] = Task(source, num_classes, derive)
+        TASKS[name] = Task(source, num_classes, derive, flips)
         return derive
 
     return add

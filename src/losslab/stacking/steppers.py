@@ -1,5 +1,6 @@
-"""One training step for a group of runs, as the loop calls it: `step(x, y, shared, epoch)` returns the (M, 2 + L)
-per-run values of that step (loss, hits, then the loss's own logged values) and leaves the weights updated.
+"""One training step for a group of runs, as the loop calls it: `step(x, y, shared, epoch, clean_y)` returns the
+(M, 2 + L) per-run values of that step (loss, hits, then the loss's own logged values; with the true labels
+`clean_y` of a noisy dataset, their hits as one more column) and leaves the weights updated.
 
 - `SingleStepper`: one run, its torch optimizer, `torch.compile` when trainer.compile is on.
 - `StackedStepper`: M runs whose configs differ only in `STACKABLE_KEYS`, trained as one stacked model: every
@@ -66,7 +67,7 @@ class SingleStepper:
         self.weights = [w for w in run.model.parameters() if w.ndim >= 2]  # L2 acts on weight matrices, not biases
         self.l2, self.grad_clip, self.precision = settings.l2, settings.grad_clip, settings.precision
 
-    def step(self, x, y, shared: bool, epoch: int) -> torch.Tensor:
+    def step(self, x, y, shared: bool, epoch: int, clean_y=None) -> torch.Tensor:
         with autocast(x.device, self.precision):
             logits = self.forward(x)
         logits = logits.float()
@@ -83,8 +84,9 @@ class SingleStepper:
             self.scaled_step(x, logits.detach(), epoch)
         else:
             self.optimizer.step()
-        hits = (self.loss_fn.predict(logits.detach()) == y).sum()
-        return torch.stack([loss.detach(), hits.float(), *logged])[None]
+        predicted = self.loss_fn.predict(logits.detach())
+        clean_hits = [] if clean_y is None else [(predicted == clean_y).sum().float()]
+        return torch.stack([loss.detach(), (predicted == y).sum().float(), *logged, *clean_hits])[None]
 
     @torch.no_grad()
     def scaled_step(self, x, logits_before, epoch: int) -> None:
@@ -128,7 +130,7 @@ class StackedStepper:
         at [m // (M/G)] (G = M: one each)."""
         return stacked_forward(self.base, self.layout.views(self.flat), self.buffers, x, shared_input=shared)
 
-    def step(self, x, y, shared: bool, epoch: int) -> torch.Tensor:
+    def step(self, x, y, shared: bool, epoch: int, clean_y=None) -> torch.Tensor:
         with autocast(x.device, self.precision):
             logits = self.forward(x, shared)
         logits = logits.float()
@@ -140,8 +142,11 @@ class StackedStepper:
         if self.clipping:
             grad = clip_per_member(grad, self.grad_clip)
         self.optimizer.step({FLAT: grad})
-        hits = (self.loss_fn.predict(logits.detach()) == y).sum(-1)  # row by row over the class dim
-        return torch.cat([losses.detach()[:, None], hits.float()[:, None], self.loss_values], 1)
+        predicted = self.loss_fn.predict(logits.detach())  # (M, N)
+        columns = [losses.detach()[:, None], (predicted == y).sum(-1).float()[:, None], self.loss_values]
+        if clean_y is not None:
+            columns.append((predicted == clean_y).sum(-1).float()[:, None])
+        return torch.cat(columns, 1)
 
     def evaluate(self, x, y, settings, members: list[int]) -> dict[int, Evaluation]:
         """The split `x, y` evaluated for each of `members`: when there are several, every member's logits from one

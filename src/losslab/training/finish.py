@@ -23,9 +23,10 @@ def finish_runs(group: Group, ks: list[int], status: str) -> None:
     for k in ks:
         restore_final_weights(group.runs[k])
     settings, data = group.runs[0].job.cfg.trainer, group.data
-    splits = {split: group.stepper.evaluate(*data.split(split), settings, ks) for split in SPLITS} if ks else {}
+    splits = {split: group.stepper.evaluate(*data.split(split), settings, ks) for split in final_splits(group)} \
+        if ks else {}
     for k in ks:
-        finish_run(group, k, status, evaluations={split: splits[split][k] for split in SPLITS})
+        finish_run(group, k, status, evaluations={split: evaluations[k] for split, evaluations in splits.items()})
 
 
 def finish_run(group: Group, k: int, status: str, diverged_at: int | None = None,
@@ -67,17 +68,27 @@ def final_evaluation(group: Group, k: int, status: str, diverged_at: int | None,
         return dict(progress.last_row)
     if evaluations is None:
         restore_final_weights(run)
-        evaluations = {split: group.stepper.evaluate(*group.data.split(split), settings, [k])[k] for split in SPLITS}
+        evaluations = {split: group.stepper.evaluate(*group.data.split(split), settings, [k])[k]
+                       for split in final_splits(group)}
     final = position_row(group, run) | loss_values(run)
     for split in SPLITS:
         final.update({f"{split}/{key}": value for key, value in evaluations[split].metrics.items()})
+    if "train_clean" in evaluations:
+        final["train/clean_acc"] = evaluations["train_clean"].metrics["acc"]
     save_predictions(run.job.run_dir / "predictions_test.npz", evaluations["test"])
-    # train/loss and train/acc are per-step tags; the full train split's other metrics are logged once here
-    run.logger.scalars({k: v for k, v in final.items() if k.startswith("test/")
-                        or (k.startswith("train/") and k not in ("train/loss", "train/acc"))}, group.position.step)
+    # train/loss, train/acc and train/clean_acc are per-step tags; the full train split's other metrics are logged
+    # once here
+    run.logger.scalars({k: v for k, v in final.items() if k.startswith("test/") or (
+        k.startswith("train/") and k not in ("train/loss", "train/acc", "train/clean_acc"))}, group.position.step)
     run.logger.row(final)
     emit("finish", group.position.step, group.numbers)
     return final
+
+
+def final_splits(group: Group) -> tuple[str, ...]:
+    """The splits a final evaluation evaluates: train, val, test, and, with label noise, train_clean (the training
+    images against their true labels: `train/clean_acc`)."""
+    return SPLITS + (("train_clean",) if group.data.label_noise is not None else ())
 
 
 def restore_final_weights(run: Run) -> None:
@@ -115,7 +126,8 @@ def summary_of(group: Group, run: Run, status: str, final: dict, **extra) -> dic
             "best": progress.best if progress.best_state is not None else {}, "final": final, "steps": step,
             "epochs": round(step / group.counts[0], 4), "wall_s": time.perf_counter() - group.started,
             "device": str(group.device), "versions": versions(), **provenance(),
-            "images": {split: len(group.data.split(split)[1]) for split in ("train", "val", "test")}, **extra}
+            "images": {split: len(group.data.split(split)[1]) for split in ("train", "val", "test")},
+            "label_noise": group.data.label_noise, **extra}
 
 
 def position_row(group: Group, run: Run) -> dict:
@@ -131,15 +143,20 @@ def loss_values(run: Run) -> dict[str, float]:
     return {k: v.item() for k, v in run.loss_fn.logged().items()}
 
 
-def log_train_steps(run: Run, values: list[list[float]], sizes: list[int], first: int) -> dict:
-    """Log per-step [loss, hits, *loss values] from step `first` on; returns their mean train/loss and train/acc."""
+def log_train_steps(run: Run, values: list[list[float]], sizes: list[int], first: int, noisy: bool) -> dict:
+    """Log per-step [loss, hits, *loss values] (and, for a dataset with label noise (`noisy`), the hits on the true
+    labels last) from step `first` on; returns their mean train/loss, train/acc (and train/clean_acc)."""
     tags = list(run.loss_fn.logged())
     for i, (step_values, n) in enumerate(zip(values, sizes)):
-        run.logger.scalars({"train/loss": step_values[0], "train/acc": step_values[1] / n,
+        clean = {"train/clean_acc": step_values[-1] / n} if noisy else {}
+        run.logger.scalars({"train/loss": step_values[0], "train/acc": step_values[1] / n, **clean,
                             **dict(zip(tags, step_values[2:]))}, first + i)
     seen = sum(sizes)
-    return {"train/loss": sum(v[0] * n for v, n in zip(values, sizes)) / seen,
-            "train/acc": sum(v[1] for v in values) / seen} if seen else {}
+    if not seen:
+        return {}
+    means = {"train/loss": sum(v[0] * n for v, n in zip(values, sizes)) / seen,
+             "train/acc": sum(v[1] for v in values) / seen}
+    return means | ({"train/clean_acc": sum(v[-1] for v in values) / seen} if noisy else {})
 
 
 def save_last(group: Group, k: int, epoch_done: bool = False) -> None:

@@ -96,8 +96,8 @@ def train_group(jobs: list[Job], received: list[int], conv_on_cpu: bool) -> list
             if received:  # every step before this one is done, its evaluation included
                 record_interruption(group, received[0])
                 raise Interrupted(received[0])
-            x, y = batch_at(group, start, batch_size, batches, augmenting)
-            values = group.stepper.step(x, y, batches == 1, position.epoch)  # (M, 2 + L)
+            x, y, clean_y = batch_at(group, start, batch_size, batches, augmenting)
+            values = group.stepper.step(x, y, batches == 1, position.epoch, clean_y)  # (M, 2 + L [+ 1])
             emit("step", position.step + 1, numbers)
             position.pending.append(values)
             position.pending_sizes.append(y.shape[-1])
@@ -159,7 +159,7 @@ def start_group(jobs: list[Job], conv_on_cpu: bool) -> Group:
     for run in runs:
         run.logger = RunLogger(run.job.run_dir, run.job.cfg, run.job.hparams,
                                resume_rows=run.progress.rows if run.job.resume else None, resume_step=first.step,
-                               loss_columns=tuple(run.loss_fn.logged()))
+                               loss_columns=tuple(run.loss_fn.logged()), label_noise=data.label_noise)
     log.info("%s%s: %d train / %d val / %d test images of shape %s, %d classes, on %s; %d steps of batch %d%s",
              f"{len(runs)} jobs stacked on {device}: " if len(runs) > 1 else "", jobs[0].cfg.dataset.name,
              len(data.train_y), len(data.val_y), len(data.test_y), data.shape, data.num_classes, device,
@@ -186,22 +186,31 @@ def distinct_batches(orders: torch.Tensor, augmenting: bool) -> int:
 def batch_at(group: Group, start: int, batch_size: int, batches: int, augmenting: bool):
     """The batch at `start` of every run's data order: (N, ...) images for one run or a batch the runs share,
     else (G, N, ...) with member m's batch at [m // (M/G)] (see distinct_batches); labels (N,) for one run, else
-    (M, N)."""
+    (M, N); the true labels alike where the dataset has label noise, else None."""
     data, dataset, runs = group.data, group.runs[0].job.cfg.dataset, group.runs
     if batches == 1:
         index = group.orders[0, start:start + batch_size]
-        x, y = data.train_x.index_select(0, index), data.train_y[index]
+        x = data.train_x.index_select(0, index)
         if augmenting:  # one run (a stack that augments shares no batch)
             x = augment(x, dataset.hflip, dataset.crop_padding, runs[0].order_gen)
-        return x, y if len(runs) == 1 else y.expand(len(runs), -1)
-    index = group.orders[::len(runs) // batches, start:start + batch_size]
-    # index_select gathers whole images, several times faster than indexing with a 2-d index
-    x = data.train_x.index_select(0, index.flatten()).unflatten(0, index.shape)
-    y = data.train_y[index]
-    if augmenting:
-        x = torch.stack([augment(x[k], dataset.hflip, dataset.crop_padding, run.order_gen)
-                         for k, run in enumerate(runs)])
-    return x, y.repeat_interleave(len(runs) // batches, dim=0)
+    else:
+        index = group.orders[::len(runs) // batches, start:start + batch_size]
+        # index_select gathers whole images, several times faster than indexing with a 2-d index
+        x = data.train_x.index_select(0, index.flatten()).unflatten(0, index.shape)
+        if augmenting:
+            x = torch.stack([augment(x[k], dataset.hflip, dataset.crop_padding, run.order_gen)
+                             for k, run in enumerate(runs)])
+    clean_y = None if data.train_clean_y is None else labels_at(data.train_clean_y, index, len(runs))
+    return x, labels_at(data.train_y, index, len(runs)), clean_y
+
+
+def labels_at(labels: torch.Tensor, index: torch.Tensor, members: int) -> torch.Tensor:
+    """`labels` at a batch's `index` for each of the `members` runs: (N,) for one run; (M, N) from an (N,) index the
+    runs share or a (G, N) one, member m's row [m // (M/G)]."""
+    y = labels[index]
+    if members == 1:
+        return y
+    return y.expand(members, -1) if index.ndim == 1 else y.repeat_interleave(members // len(index), dim=0)
 
 
 def finish_diverged(group: Group, blown: list[bool]) -> None:
@@ -215,7 +224,7 @@ def finish_diverged(group: Group, blown: list[bool]) -> None:
     for k in diverged:
         run, values = group.runs[k], [step_values[k] for step_values in per_step]
         finite = next(i for i, step_values in enumerate(values) if not abs(step_values[0]) <= loss_limit(run))
-        log_train_steps(run, values[:finite], sizes[:finite], first)
+        log_train_steps(run, values[:finite], sizes[:finite], first, group.data.label_noise is not None)
         finish_run(group, k, "diverged", diverged_at=first + finite)
 
 
@@ -230,7 +239,7 @@ def evaluate_running(group: Group) -> None:
     for k in list(group.running):
         run = group.runs[k]
         row = position_row(group, run) | loss_values(run) | log_train_steps(
-            run, [step_values[k] for step_values in per_step], sizes, first)
+            run, [step_values[k] for step_values in per_step], sizes, first, data.label_noise is not None)
         outcome = validate(run, evaluations[k].metrics, row)
         if outcome != "diverged":
             log_evaluation(row, f"job {run.job.run_dir.name} " if len(group.runs) > 1 else "")

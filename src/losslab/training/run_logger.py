@@ -16,6 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from losslab.data.label_noise import as_markdown
 from losslab.fileio import atomic_write
 from losslab.training import tensorboard_adapter
 from losslab.training.event_files import drop_events_after
@@ -46,14 +47,18 @@ def hparams_of(cfg: DictConfig, choices: dict[str, str | None], overrides: list[
 
 class RunLogger:
     def __init__(self, run_dir: Path, cfg: DictConfig, hparams: dict, resume_rows: int | None = None,
-                 resume_step: int = 0, loss_columns: tuple[str, ...] = ()):
+                 resume_step: int = 0, loss_columns: tuple[str, ...] = (), label_noise: dict | None = None):
         """`resume_rows`: continue a run whose checkpoint was written after that many metrics.csv rows, at
         `resume_step`; the rows and TensorBoard events the stopped run wrote after it are dropped, so nothing
-        appears twice. `loss_columns`: the loss's logged values (loss/beta1, ...), metrics.csv's last columns."""
+        appears twice. `loss_columns`: the loss's logged values (loss/beta1, ...), metrics.csv's last columns.
+        `label_noise`: the dataset's record of its label noise (losslab.data.label_noise), written as a text entry,
+        and a train/clean_acc column."""
         SummaryWriter, hparams_summary, self.Summary = import_tensorboard()
         self.run_dir = run_dir
         self.csv_path = run_dir / "metrics.csv"
         self.columns = [*COLUMNS, *loss_columns]
+        if label_noise:
+            self.columns.insert(self.columns.index("train/acc") + 1, "train/clean_acc")
         if resume_rows is not None:
             drop_events_after(run_dir, resume_step)
             self.writer = SummaryWriter(log_dir=str(run_dir), max_queue=1000, purge_step=resume_step + 1)
@@ -66,6 +71,8 @@ class RunLogger:
         self.writer = SummaryWriter(log_dir=str(run_dir), max_queue=1000, purge_step=0 if earlier else None)
         tensorboard_adapter.hold_event_file_open(self.writer)
         self.writer.add_text("config", "```yaml\n" + OmegaConf.to_yaml(cfg, resolve=True) + "```", 0)
+        if label_noise:
+            self.writer.add_text("label_noise", as_markdown(label_noise), 0)
         _, session_start, session_end = hparams_summary(hparams, {})
         for summary in (session_start, session_end):
             self.writer.file_writer.add_summary(summary)
