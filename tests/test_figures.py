@@ -174,15 +174,23 @@ def test_image_shape_from_the_dataset_config():
     assert image_shape(OmegaConf.create({"name": "cifar10"}), 3072) == (3, 32, 32)
 
 
-def test_the_sweep_end_draws_the_jobs_without_figures(tmp_path):
-    for job in ("0_seed=0", "1_seed=1", "2_seed=2"):
-        make_run(tmp_path / job, status="diverged" if job.startswith("2") else "completed")
+def test_the_sweep_end_draws_the_jobs_without_figures_that_asked_for_them(tmp_path):
+    """trainer.figures=true: drawn at the sweep's end; unset (the default): only on demand (losslab-report
+    --figures, missing_figures_drawn's unset_draws); false: never."""
+    settings = {"0_seed=0": ["trainer.figures=true"], "1_seed=1": ["trainer.figures=true"], "2_seed=2": [],
+                "3_seed=3": ["trainer.figures=false"], "4_seed=4": ["trainer.figures=true"]}
+    for job, overrides in settings.items():
+        make_run(tmp_path / job, overrides, status="diverged" if job.startswith("4") else "completed")
     (tmp_path / "1_seed=1" / "figures").mkdir()  # drawn before: a job a relaunch skipped
     with missing_figures_drawn(tmp_path):
         pass
     assert len(list((tmp_path / "0_seed=0" / "figures").iterdir())) == 4
     assert not list((tmp_path / "1_seed=1" / "figures").iterdir())
-    assert not (tmp_path / "2_seed=2" / "figures").exists()
+    assert not any((tmp_path / job / "figures").exists() for job in ("2_seed=2", "3_seed=3", "4_seed=4"))
+    with missing_figures_drawn(tmp_path, unset_draws=True):
+        pass
+    assert len(list((tmp_path / "2_seed=2" / "figures").iterdir())) == 4
+    assert not any((tmp_path / job / "figures").exists() for job in ("3_seed=3", "4_seed=4"))
 
 
 def test_a_sweeps_figures_drawn_by_worker_processes_equal_those_drawn_here(tmp_path, workers):
@@ -319,9 +327,19 @@ def test_l2_makes_the_weight_templates_smoother(mnist_runs):
     assert rough[1.0] < 0.7 * rough[0.0], rough
 
 
-def test_a_multirun_draws_each_finished_jobs_figures_at_its_end(tmp_path, losslab):
+@pytest.mark.parametrize("figures", ["unset", "true"])
+def test_a_multirun_draws_its_jobs_figures_at_its_end_or_on_demand(figures, tmp_path, losslab):
+    """Unset, a sweep's end draws no job's figures and `losslab-report <sweep dir> --figures` draws them;
+    trainer.figures=true draws them at the sweep's end."""
+    setting = [] if figures == "unset" else ["trainer.figures=true"]
+    sweep = tmp_path / "sweep"
     proc = losslab.sweep("dataset=synthetic", "trainer.progress=log", "trainer.epochs=1", "optimizer.lr=0.3,0.1",
-                         f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+                         *setting, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert proc.returncode == 0, proc.output
-    for job in sorted((tmp_path / "sweep").glob("[0-9]*")):
+    jobs = sorted(sweep.glob("[0-9]*"))
+    assert all((job / "figures").exists() == (figures == "true") for job in jobs)
+    if figures == "unset":
+        done = losslab.run("losslab-report", str(sweep), "--figures", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    for job in jobs:
         assert sorted(p.name for p in (job / "figures").iterdir()) == sorted(f"{kind}.png" for kind in KINDS)

@@ -63,7 +63,8 @@ def assert_same_runs(tmp_path: Path, separate: dict, stacked: dict, tol: float =
 def test_stacked_jobs_draw_the_figures_of_separate_runs(tmp_path, losslab):
     """With figures on, the sweep's end draws each member's figures from its run dir: the same PNGs and
     TensorBoard images as separate runs."""
-    grid = ["dataset=synthetic", "trainer.progress=log", "trainer.epochs=1", "optimizer.lr=0.3,0.03"]
+    grid = ["dataset=synthetic", "trainer.progress=log", "trainer.epochs=1", "optimizer.lr=0.3,0.03",
+            "trainer.figures=true"]
     for launcher in ("basic", "stacked"):
         proc = losslab.sweep(*grid, f"hydra/launcher={launcher}", f"hydra.sweep.dir={tmp_path / launcher}",
                              cwd=tmp_path)

@@ -469,6 +469,10 @@ def copy_figure(study: Study, figure: Figure, result: Result, out: Path, target:
             return "no completed or early_stopped run of that config"
         first = min(aggregated, key=lambda run: (seed_order(run.seed), job_number(sweep_dir / run.job)))
         source = sweep_dir / first.job / figure.source
+        if not source.exists():  # a sweep's jobs draw their own figures on demand
+            from losslab.reporting.run_figures import draw_run_figures
+
+            draw_run_figures(sweep_dir / first.job)
     if not source.exists():
         return f"{source.relative_to(sweep_dir)} was not written"
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -112,7 +112,10 @@ class TrainerConf:
     compile: bool = False
     deterministic: bool = False
     checkpoints: bool = True
-    figures: bool = True  # weight templates, confidence histogram, reliability diagram, curves, after training
+    # a run's figures (weight templates, confidence histogram, reliability diagram, curves), drawn after training:
+    # null (default) draws them for a single run, and for a sweep's jobs on demand (losslab-report --figures), so a
+    # grid's time goes to training; true draws them at a sweep's end too; false never
+    figures: bool | None = None
     progress: str = "auto"  # auto (bar on a terminal, log lines otherwise) | bar | log
     resume: Any = None  # null | true (the run dir is the cwd) | <run dir>: continue from checkpoints/last.pt
 

@@ -115,6 +115,20 @@ def reference_values(text: str) -> dict[str, str | None]:
     return {key: value or None for key, value in pairs}
 
 
+def jobs_figures_drawn(sweep_dir: Path, drawn: bool):
+    """With `drawn`, the figures of each finished job of the sweep that has none, drawn on every core while the
+    report is written (losslab.reporting.run_figures.runs_figures_drawn); else nothing."""
+    from contextlib import nullcontext
+
+    from losslab.records.job_dirs import job_dirs
+    from losslab.reporting.run_figures import runs_figures_drawn
+
+    if not drawn or not Path(sweep_dir).is_dir():
+        return nullcontext()
+    jobs = [job for job in job_dirs(Path(sweep_dir)) if not (job / "figures").exists()]
+    return runs_figures_drawn(jobs, len(os.sched_getaffinity(0)))
+
+
 def metric_values(text: str) -> dict[str, float]:
     """`METRIC=NUMBER[,METRIC=NUMBER]` as a dict of positive numbers, e.g. `acc=0.002,test/nll=0.01`."""
     values = {}
@@ -153,13 +167,18 @@ def main(argv: list[str] | None = None) -> None:
                         help="an effect per metric: each comparison also gives the seeds that detect it at 80 %% "
                              "power (from the spread of its differences); the smallest difference the sweep's seeds "
                              "detect is always given")
+    parser.add_argument("--figures", action="store_true",
+                        help="also draw each finished job's own figures (weight templates, confidence histogram, "
+                             "reliability diagram, curves) where it has none: a sweep draws them at its end only "
+                             "with trainer.figures=true")
     parser.add_argument("--correction", choices=sorted(CORRECTIONS), default="holm",
                         help="how the p values of one metric's comparisons are corrected for their number: holm "
                              "(default) or fdr_bh (Benjamini-Hochberg)")
     args = parser.parse_args(argv)
     try:
-        report = write_report(args.sweep_dir, args.metrics, args.reference, margins=args.equivalence,
-                              effects=args.power, correction=args.correction, test_set=True)
+        with jobs_figures_drawn(args.sweep_dir, args.figures):
+            report = write_report(args.sweep_dir, args.metrics, args.reference, margins=args.equivalence,
+                                  effects=args.power, correction=args.correction, test_set=True)
     except (UserError, OSError) as e:
         refused = e if isinstance(e, UserError) else unwritable(
             e, "copy the sweep dir to a place you can write and report the copy (the report is written into it)")

@@ -62,31 +62,33 @@ class RunPlots:
     plots: dict[str, tuple[str, tuple]]
 
 
-def draw_run_figures(run_dir: Path) -> list[Path]:
+def draw_run_figures(run_dir: Path, unset_draws: bool = True) -> list[Path]:
     """Draw a finished run's figures from its files, write them to `<run dir>/figures/` and to TensorBoard,
-    and return the PNG paths; none for a run with trainer.figures=false or a status other than completed or
-    early_stopped. A figure whose file is missing or unreadable is left out with a log line."""
-    run_plots = read_run_plots(Path(run_dir))
+    and return the PNG paths; none for a run with trainer.figures=false (or unset, where `unset_draws` is off: a
+    sweep's end) or a status other than completed or early_stopped. A figure whose file is missing or unreadable
+    is left out with a log line."""
+    run_plots = read_run_plots(Path(run_dir), unset_draws)
     return [] if run_plots is None else write_run_figures(run_plots, draw_plots(run_plots.plots))
 
 
 @contextmanager
-def runs_figures_drawn(run_dirs: list[Path], workers: int):
+def runs_figures_drawn(run_dirs: list[Path], workers: int, unset_draws: bool = True):
     """The figures of several runs (the end of a sweep), drawn while the body runs and written when it ends.
     The files are read here, one run after the other; each figure is drawn by one of `workers` fresh processes
     (spawn: no copy of this process's threads or CUDA state) that import numpy and matplotlib, not torch.
     matplotlib drawing is single-threaded, so the figures are drawn on every core while this process goes on
-    (with the sweep's report). Fewer than MIN_RUNS_FOR_POOL runs, or one core: drawn here, before the body."""
+    (with the sweep's report). Fewer than MIN_RUNS_FOR_POOL runs, or one core: drawn here, before the body.
+    `unset_draws`: as for draw_run_figures."""
     if workers < 2 or len(run_dirs) < MIN_RUNS_FOR_POOL:
         for run_dir in run_dirs:
-            draw_run_figures(run_dir)
+            draw_run_figures(run_dir, unset_draws)
         yield
         return
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(min(workers, len(run_dirs)), mp_context=context) as pool:
         drawing = []
         for run_dir in run_dirs:
-            run_plots = read_run_plots(Path(run_dir))
+            run_plots = read_run_plots(Path(run_dir), unset_draws)
             if run_plots is not None:
                 drawing.append((run_plots, {name: pool.submit(draw_plot, *plot)
                                             for name, plot in run_plots.plots.items()}))
@@ -97,9 +99,9 @@ def runs_figures_drawn(run_dirs: list[Path], workers: int):
                 write_run_figures(run_plots, {name: future.result() for name, future in futures.items()})
 
 
-def read_run_plots(run_dir: Path) -> RunPlots | None:
+def read_run_plots(run_dir: Path, unset_draws: bool = True) -> RunPlots | None:
     """A finished run's plots from its files; None for a run without figures."""
-    cfg = config_drawn(run_dir)  # first: a run with trainer.figures=false needs no word about its status
+    cfg = config_drawn(run_dir, unset_draws)  # first: a run without figures needs no word about its status
     if cfg is None:
         return None
     summary = read_summary(run_dir) or {}
@@ -158,8 +160,9 @@ def figure_tag(name: str) -> str:
     return f"{FIGURE_TAG_PREFIX}/{name}"
 
 
-def config_drawn(run_dir: Path) -> DictConfig | None:
-    """The run's config when it has trainer.figures on; None when off, absent, or unreadable (with a log line).
+def config_drawn(run_dir: Path, unset_draws: bool = True) -> DictConfig | None:
+    """The run's config when its figures are drawn: trainer.figures true, or null (unset) with `unset_draws`;
+    None when not, when the config is absent, or unreadable (with a log line).
     trainer.figures is read from the plain YAML first, so a sweep without figures skips OmegaConf's load of every
     run's whole config."""
     path = run_dir / ".hydra" / "config.yaml"
@@ -168,7 +171,8 @@ def config_drawn(run_dir: Path) -> DictConfig | None:
     try:
         text = path.read_text()
         plain = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-        if not ((plain or {}).get("trainer") or {}).get("figures", True):
+        figures = ((plain or {}).get("trainer") or {}).get("figures")
+        if figures is False or (figures is None and not unset_draws):
             return None
         return OmegaConf.create(text)
     except (OSError, ValueError, yaml.YAMLError, AttributeError) as e:

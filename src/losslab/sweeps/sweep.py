@@ -6,7 +6,8 @@
 - A job that fails writes summary.json with status `failed` and the error, and the sweep goes on.
 - Parallel jobs (joblib) each get their share of the CPU threads and, with several GPUs, one GPU each.
 - At the start (a Hydra callback) the job dirs are set to be named by the keys the sweep varies.
-- At the end (a Hydra callback) every finished job's figures are drawn, the sweep report is written and a
+- At the end (a Hydra callback) the figures of finished jobs with trainer.figures=true are drawn (unset, they are
+  drawn on demand: losslab-report --figures), the sweep report is written and a
   one-line tally printed; the command exits non-zero only if a job failed or was left unfinished, and then
   prints the command that continues the sweep (divergence is a result, not a failure).
 """
@@ -274,16 +275,16 @@ def release_idle_workers() -> None:
         get_reusable_executor().shutdown(wait=True)
 
 
-def missing_figures_drawn(sweep_dir: Path):
+def missing_figures_drawn(sweep_dir: Path, unset_draws: bool = False):
     """The figures of every job that has none yet (a job skipped as finished by a relaunch has its own), drawn
-    after all jobs, whichever launcher ran them, while the caller writes the report; losslab.reporting.run_figures
-    leaves out
-    runs that did not finish."""
+    after all jobs, whichever launcher ran them, while the caller writes the report: at a sweep's end those of
+    jobs with trainer.figures=true only; with `unset_draws` (losslab-report --figures) also those left unset.
+    losslab.reporting.run_figures leaves out runs that did not finish."""
     from losslab.reporting.run_figures import runs_figures_drawn
     from losslab.training.runtime import usable_cores
 
     jobs = job_dirs(sweep_dir) if sweep_dir.is_dir() else []
-    return runs_figures_drawn([job for job in jobs if not (job / "figures").exists()], usable_cores())
+    return runs_figures_drawn([job for job in jobs if not (job / "figures").exists()], usable_cores(), unset_draws)
 
 
 ANNOUNCERS = {}  # sweep dir -> its JobEndAnnouncer (not on the callback, which submitit pickles)
