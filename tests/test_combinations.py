@@ -37,6 +37,12 @@ def test_one_debug_batch(dataset, model, loss, fixture_root, tmp_path):
     one_debug_batch(fit, dataset, model, loss, fixture_root, tmp_path)
 
 
+@pytest.mark.parametrize("loss", ["focal", "gce", "sce", "mae", "confidence_penalty"])
+def test_one_debug_batch_of_each_loss_with_the_head_of_ce(loss, fixture_root, tmp_path):
+    """A loss with ce's K outputs and softmax builds and trains as ce does: one dataset and model each."""
+    one_debug_batch(fit, "synthetic", "fnn", loss, fixture_root, tmp_path)
+
+
 @pytest.mark.parametrize("dataset, model, loss", [c for c in COMBINATIONS if c[1] == "vgg5"])
 def test_one_debug_batch_of_vgg5(dataset, model, loss, fixture_root, tmp_path, trains):
     """VGG-5's one batch on the CPU costs what training a small model for epochs does: `trains` (the slow tier)."""

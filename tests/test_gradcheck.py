@@ -8,7 +8,7 @@ import pytest
 
 from losslab.commands import gradcheck
 
-LOSS_NAMES = ("ce", "bce", "mbce", "min_ent", "mix_ent")
+LOSS_NAMES = ("ce", "bce", "mbce", "min_ent", "mix_ent", "focal", "gce", "sce", "mae", "confidence_penalty")
 
 
 def table_rows(text):

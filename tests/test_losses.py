@@ -116,7 +116,8 @@ def defined_below(cls: type, base: type, name: str) -> bool:
 
 
 def test_every_configured_loss_is_listed():
-    assert LOSS_NAMES == ["bce", "ce", "entropy_gradient", "mbce", "min_ent", "mix_ent"]
+    assert LOSS_NAMES == ["bce", "ce", "confidence_penalty", "entropy_gradient", "focal", "gce", "mae", "mbce",
+                          "min_ent", "mix_ent", "sce"]
 
 
 @pytest.mark.parametrize("name", LOSS_NAMES)
@@ -148,6 +149,10 @@ MEMBER_HYPERPARAMETERS = {  # a loss's own numbers for each of three stack membe
     "ce": [dict(label_smoothing=e) for e in (0.0, 0.1, 0.3)],
     "min_ent": [dict(beta1=1.0, beta2=0.1), dict(beta1=0.5, beta2=0.5, base1=2.0), dict(beta1=0.2, base2=10.0)],
     "mix_ent": [dict(beta1=1.0, beta2=0.1), dict(beta1=0.5, beta2=0.5, base1=2.0), dict(beta1=0.2, base2=10.0)],
+    "focal": [dict(gamma=g) for g in (0.0, 0.5, 2.0)],
+    "gce": [dict(q=q) for q in (0.1, 0.7, 1.0)],
+    "sce": [dict(alpha=0.1), dict(alpha=1.0, beta=0.5), dict(beta=2.0, log_zero=-6.0)],
+    "confidence_penalty": [dict(beta=b) for b in (0.0, 0.1, 2.0)],
 }
 
 

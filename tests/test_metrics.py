@@ -15,11 +15,16 @@ from losslab.evaluation.evaluate import evaluate_logits
 from losslab.evaluation.metrics import SplitMetrics
 from losslab.losses import (
     BinaryCrossEntropy,
+    ConfidencePenalty,
     CrossEntropy,
     EntropyGradient,
+    Focal,
+    GeneralisedCrossEntropy,
+    MeanAbsoluteError,
     MinEntropy,
     MixEntropy,
     MultiBinaryCrossEntropy,
+    SymmetricCrossEntropy,
 )
 
 BINS = 15
@@ -185,7 +190,9 @@ def test_the_metrics_of_stacked_members_are_each_members_own():
 
 # ---------------------------------------------------------------- a split's logits: the NLL is exact at any logit
 LOSSES = {"ce": CrossEntropy, "min_ent": MinEntropy, "mix_ent": MixEntropy, "mbce": MultiBinaryCrossEntropy,
-          "bce": BinaryCrossEntropy, "entropy_gradient": EntropyGradient}
+          "bce": BinaryCrossEntropy, "entropy_gradient": EntropyGradient, "focal": Focal,
+          "gce": GeneralisedCrossEntropy, "sce": SymmetricCrossEntropy, "mae": MeanAbsoluteError,
+          "confidence_penalty": ConfidencePenalty}
 SINGLE_LOGIT = {"bce", "entropy_gradient"}
 SETTINGS = SimpleNamespace(eval_batch_size=10)
 

@@ -105,6 +105,21 @@ def test_label_smoothing_per_member_equals_separate_runs(tmp_path, losslab):
     assert len({s["final"]["val/loss"] for s in stacked.values()}) == 3
 
 
+@pytest.mark.parametrize("loss, numbers", [
+    ("focal", ["loss.gamma=0,0.5,2"]),
+    ("gce", ["loss.q=0.1,0.7,1"]),
+    ("sce", ["loss.alpha=0.1,1", "loss.beta=1,0.5", "loss.log_zero=-4,-6"]),
+    ("mae", ["seed=0,1,2"]),
+    ("confidence_penalty", ["loss.beta=0,0.1,0.5"]),
+])
+def test_loss_numbers_per_member_equal_separate_runs(tmp_path, losslab, loss, numbers):
+    separate, stacked, output = both(losslab, tmp_path, "trainer.epochs=1", f"loss={loss}", *numbers)
+    jobs = len(separate)
+    assert f"{jobs} jobs stacked" in output
+    assert_same_runs(tmp_path, separate, stacked)
+    assert len({s["final"]["val/loss"] for s in stacked.values()}) == jobs
+
+
 def test_lenet_adamw_with_step_schedule_and_early_stopping_equals_separate_runs(tmp_path, losslab):
     # per-member early stopping (different patience) and a step schedule: members stop at different steps
     separate, stacked, output = both(losslab, tmp_path, "model=lenet", "optimizer=adamw", "scheduler=step",

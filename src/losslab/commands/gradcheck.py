@@ -8,8 +8,9 @@ Linear model z = x Wᵀ + b (N samples) under ce, bce, mbce, with and without L2
     ∂L/∂W = (∂L/∂z)ᵀ x + 2λW,   ∂L/∂b = Σ_n ∂L/∂z_n
 
 is compared with autograd through the losslab loss classes and with central differences. Every loss (ce, bce,
-mbce, min_ent and mix_ent with each fixed/learnable combination) is also checked autograd against central
-differences w.r.t. the logits and the loss parameters θ, φ. The exit status is 1 when an analytic gradient is
+mbce, min_ent and mix_ent with each fixed/learnable combination, focal, gce, sce, mae, confidence_penalty at two
+settings of their numbers) is also checked autograd against central differences w.r.t. the logits and the loss
+parameters θ, φ. The exit status is 1 when an analytic gradient is
 off autograd by more than 1e-10, or autograd off central differences by more than 1e-6 (relative errors).
 """
 
@@ -21,7 +22,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from losslab.losses import BinaryCrossEntropy, CrossEntropy, MinEntropy, MixEntropy, MultiBinaryCrossEntropy
+from losslab.losses import (
+    BinaryCrossEntropy,
+    ConfidencePenalty,
+    CrossEntropy,
+    Focal,
+    GeneralisedCrossEntropy,
+    MeanAbsoluteError,
+    MinEntropy,
+    MixEntropy,
+    MultiBinaryCrossEntropy,
+    SymmetricCrossEntropy,
+)
 
 ANALYTIC_TOL = 1e-10
 FD_TOL = 1e-6
@@ -29,6 +41,14 @@ FD_STEP = 1e-6  # truncation error ~h² ≈ 1e-12, rounding ~1e-16/h ≈ 1e-10, 
 N, D, K = 8, 5, 4
 L2 = 0.05
 ENTROPY_LOSS_ARGS = {"beta1": 0.7, "beta2": 0.4, "base1": 2.5, "base2": 8.0}  # bases far from base_min, base_max
+NUMBERED_LOSSES = {  # each at two settings of its numbers
+    "focal": (Focal, [{"gamma": 0.5}, {"gamma": 2.0}]),
+    "gce": (GeneralisedCrossEntropy, [{"q": 0.3}, {"q": 1.0}]),
+    "sce": (SymmetricCrossEntropy, [{"alpha": 0.1, "beta": 1.0, "log_zero": -4.0},
+                                    {"alpha": 1.0, "beta": 0.5, "log_zero": -6.0}]),
+    "mae": (MeanAbsoluteError, [{}]),
+    "confidence_penalty": (ConfidencePenalty, [{"beta": 0.1}, {"beta": 2.0}]),
+}
 
 LogitGradient = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -131,10 +151,9 @@ def baseline_rows(name: str, analytic: LogitGradient, gen: torch.Generator) -> l
     return rows
 
 
-def entropy_rows(cls: type[nn.Module], name: str, coeffs: str, bases: str, gen: torch.Generator) -> list[Row]:
+def loss_rows(label: str, loss_fn: nn.Module, gen: torch.Generator) -> list[Row]:
     """Autograd against central differences w.r.t. the logits and each learnable loss parameter."""
-    loss_fn = cls(**ENTROPY_LOSS_ARGS, coeffs=coeffs, bases=bases).to(torch.float64)
-    label = f"{name} coeffs={coeffs} bases={bases}"
+    loss_fn = loss_fn.to(torch.float64)
     z = (2 * torch.randn(N, K, generator=gen, dtype=torch.float64)).requires_grad_()
     y = torch.randint(0, K, (N,), generator=gen)
     rows = [compare(label, "logits", lambda: loss_fn(z, y), z)]
@@ -155,7 +174,11 @@ def run(seed: int = 0, analytic: dict[str, LogitGradient] = ANALYTIC) -> list[Ro
         for cls, name in ((MinEntropy, "min_ent"), (MixEntropy, "mix_ent")):
             for coeffs in ("fixed", "learnable"):
                 for bases in ("fixed", "learnable"):
-                    rows += entropy_rows(cls, name, coeffs, bases, gen)
+                    loss_fn = cls(**ENTROPY_LOSS_ARGS, coeffs=coeffs, bases=bases)
+                    rows += loss_rows(f"{name} coeffs={coeffs} bases={bases}", loss_fn, gen)
+        for name, (cls, settings) in NUMBERED_LOSSES.items():
+            for numbers in settings:
+                rows += loss_rows(" ".join([name, *(f"{k}={v}" for k, v in numbers.items())]), cls(**numbers), gen)
         return rows
     finally:
         torch.set_num_threads(threads)

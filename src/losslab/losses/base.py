@@ -74,6 +74,30 @@ class Loss(nn.Module, metaclass=abc.ABCMeta):
         return {}
 
 
+class SoftmaxLoss(Loss):
+    """A loss of the softmax p̂ = softmax(z) over K outputs: K-output head, log-probabilities log_softmax(z),
+    prediction argmax_k z_k (the probabilities increase with each logit)."""
+
+    scaled_probs_formula = "softmax(z/T)"
+
+    @staticmethod
+    def head_size(num_classes: int) -> int:
+        return num_classes
+
+    def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return log_softmax(logits)
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        return top_class(logits)
+
+
+def hold_per_member(loss: nn.Module, **numbers: float) -> None:
+    """Register each of a loss's numbers as a float buffer, left out of the state dict (the config gives it): a
+    stack of runs then holds one per member (losslab.stacking.steppers.stacked_loss stacks the buffers to (M,))."""
+    for name, value in numbers.items():
+        loss.register_buffer(name, torch.tensor(float(value)), persistent=False)
+
+
 def over_rows(logits: torch.Tensor) -> bool:
     """Whether softmax over the classes (the last dim) runs faster over the transposed tensor: on the CPU, over
     256 rows or more. The CPU's kernel over a last dim of few classes goes row by row, while over a leading dim it
@@ -99,6 +123,17 @@ def softmax(logits: torch.Tensor) -> torch.Tensor:
 def nll(log_probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """-ln p̂_y per example: (..., N, K) log-probabilities and (..., N) labels give (..., N)."""
     return F.nll_loss(log_probs.movedim(-1, 1), y, reduction="none")
+
+
+def label_log_probs(log_probs: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ln p̂_y, ln(1 - p̂_y)) per example: (..., N, K) log-probabilities (log_softmax) and (..., N) labels give two
+    (..., N). Both come from the label's log-odds t = ln p̂_y - logsumexp_{k≠y} ln p̂_k, as ln σ(t) and ln σ(-t)
+    (logsigmoid, whose gradient is exact too), so they are exact at any logits: also where p̂_y rounds to 1 and
+    1 - p̂_y by subtraction to 0. There log_softmax's ln p̂_y is 0, off by about 1 - p̂_y: nothing beside the
+    -ln(1 - p̂_y) in t."""
+    label = y.unsqueeze(-1)
+    t = log_probs.gather(-1, label).squeeze(-1) - log_probs.scatter(-1, label, float("-inf")).logsumexp(-1)
+    return F.logsigmoid(t), F.logsigmoid(-t)
 
 
 def mean_nll(log_probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

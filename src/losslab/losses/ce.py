@@ -14,7 +14,7 @@ import torch
 
 from losslab.config.registry import schema
 from losslab.errors import require
-from losslab.losses.base import Loss, log_softmax, mean_cross_entropy, mean_nll, top_class
+from losslab.losses.base import SoftmaxLoss, hold_per_member, log_softmax, mean_cross_entropy, mean_nll
 
 
 @schema("loss", "ce")
@@ -30,19 +30,12 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor, label_smoothing: torch.
     return (1 - label_smoothing) * mean_nll(log_p, y) - label_smoothing * log_p.mean((-2, -1))
 
 
-class CrossEntropy(Loss):
-    scaled_probs_formula = "softmax(z/T)"
-
+class CrossEntropy(SoftmaxLoss):
     def __init__(self, label_smoothing: float = 0.0):
         super().__init__()
         require(0 <= label_smoothing < 1, f"loss.label_smoothing must be in [0, 1), got {label_smoothing}.")
-        # a buffer, so a stack of runs holds one ε per member; not in the state dict: it comes from the config
-        self.register_buffer("label_smoothing", torch.tensor(float(label_smoothing)), persistent=False)
+        hold_per_member(self, label_smoothing=label_smoothing)
         self.smoothing_read_from, self.any_smoothing = None, False  # see smooths()
-
-    @staticmethod
-    def head_size(num_classes: int) -> int:
-        return num_classes
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if not self.smooths():
@@ -56,9 +49,3 @@ class CrossEntropy(Loss):
         if self.smoothing_read_from is not self.label_smoothing:
             self.smoothing_read_from, self.any_smoothing = self.label_smoothing, bool(self.label_smoothing.any())
         return self.any_smoothing
-
-    def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        return log_softmax(logits)
-
-    def predict(self, logits: torch.Tensor) -> torch.Tensor:
-        return top_class(logits)  # the probabilities increase with each logit

@@ -23,7 +23,7 @@ from omegaconf import MISSING
 from torch import nn
 
 from losslab.errors import require
-from losslab.losses.base import Loss, log_softmax, nll, softmax, top_class
+from losslab.losses.base import SoftmaxLoss, log_softmax, nll, softmax
 
 
 @dataclass
@@ -100,10 +100,8 @@ def check_entropy_loss_args(
     require(param_lr > 0, f"loss.param_lr must be > 0, got {param_lr}.")
 
 
-class EntropyLoss(Loss):
+class EntropyLoss(SoftmaxLoss):
     """β1·CE_{b1} + β2·T_{b2}; a subclass gives T in nats per sample as `second_term(probs, y)`."""
-
-    scaled_probs_formula = "softmax(z/T)"
 
     def __init__(
         self,
@@ -137,21 +135,11 @@ class EntropyLoss(Loss):
         """The effective (b1, b2)."""
         return self.base0 if self.phi is None else learnable_bases(self.phi, self.base_min, self.base_max)
 
-    @staticmethod
-    def head_size(num_classes: int) -> int:
-        return num_classes
-
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         beta, log_base = self.beta().to(logits.dtype), self.base().log().to(logits.dtype)
         first = cross_entropy_nats(logits, y).mean(-1)
         second = self.second_term(softmax(logits), y).mean(-1)
         return beta[..., 0] * first / log_base[..., 0] + beta[..., 1] * second / log_base[..., 1]
-
-    def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        return log_softmax(logits)
-
-    def predict(self, logits: torch.Tensor) -> torch.Tensor:
-        return top_class(logits)  # the probabilities increase with each logit
 
     def logged(self) -> dict[str, torch.Tensor]:
         beta, base = self.beta().detach(), self.base().detach()

@@ -37,7 +37,8 @@ from losslab.stacking.stacked import StackedAdam, StackedOptimizer, StackedSGD, 
 STACKABLE_KEYS = (
     "seed", "optimizer.lr", "optimizer.momentum", "optimizer.dampening", "optimizer.weight_decay", "optimizer.betas",
     "optimizer.eps", "trainer.l2", "trainer.grad_clip", "trainer.patience", "trainer.divergence_threshold",
-    "loss.beta1", "loss.beta2", "loss.base1", "loss.base2", "loss.label_smoothing",
+    "loss.beta1", "loss.beta2", "loss.base1", "loss.base2", "loss.label_smoothing", "loss.gamma", "loss.q",
+    "loss.alpha", "loss.beta", "loss.log_zero",
 )
 
 
