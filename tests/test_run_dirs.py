@@ -168,16 +168,22 @@ def test_a_missing_data_root_and_a_train_size_beyond_the_source_are_refused_and_
 
 
 def test_two_launches_of_one_sweep_share_its_jobs_and_both_end_with_the_true_tally(tmp_path):
-    """The second launch starts while the first trains job 0 (each step sleeps 0.2 s): it waits for the job, takes
-    its result, and each job is trained once, by one of them."""
+    """The second launch starts while the first trains job 0, which holds at its first step until the second says
+    it waits for the job: it then takes its result, and each job is trained once, by one of them."""
     from helpers.slurm import finish, launch, wait_until
 
-    sweep_dir = tmp_path / "s"
+    sweep_dir, cue = tmp_path / "s", tmp_path / "second_waits"
     args = [*FAST, "trainer.max_steps=10", "seed=0,1", f"hydra.sweep.dir={sweep_dir}"]
-    first = launch(args, tmp_path, stop_at="sleep=0.2 step any")
+    first = launch(args, tmp_path, stop_at=f"until={cue} step 1 job=0")
     wait_until(lambda: (sweep_dir / "0_seed=0" / ".lock").exists(), proc=first)
-    second = launch(args, tmp_path, stop_at="sleep=0.2 step any")
-    outputs = finish(first), finish(second)
+    second = launch(args, tmp_path)
+    said = ""
+    while "waiting for it to end" not in said:
+        line = second.stdout.readline()
+        assert line, said + finish(first)
+        said += line
+    cue.touch()
+    outputs = finish(first), said + finish(second)
     for proc, output in zip((first, second), outputs):
         assert proc.returncode == 0 and f"losslab sweep {sweep_dir}: 2 completed; report: " in output, output
     assert "waiting for it to end" in outputs[1]

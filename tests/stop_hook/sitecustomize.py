@@ -9,9 +9,10 @@ $LOSSLAB_TEST_STOP_AT holds "<action> <point> <step|any> [job=<n>]", several sep
 sends the process SIGKILL when step 8's evaluation has been written (`SIGINT@group eval 8` sends SIGINT to its
 process group, as Ctrl-C in a terminal does); `sleep=0.5 step any` sleeps half a second
 after every step (a run that takes long on any machine); `hold_mb=800 eval 7` allocates and writes 800 MB there and
-keeps it (a process over its memory limit); `wait eval 8` naps there until a stop signal has been
-caught (a cancel's SIGTERM, a preemption's USR2: unlike SIGSTOP then SIGCONT, whose order of handling against the
-other signal depends on which thread takes it, the run stops at this very step); `job=1` restricts a spec to job 1
+keeps it (a process over its memory limit); `until=/tmp/cue step 1` naps there until the file /tmp/cue exists
+(another process's cue); `wait eval 8` naps there until a stop signal has been caught (a cancel's SIGTERM, a
+preemption's USR2: unlike SIGSTOP then SIGCONT, whose order of handling against the other signal depends on which
+thread takes it, the run stops at this very step); `job=1` restricts a spec to job 1
 of a sweep, or to the stack that holds job 1 (the whole stack, and so every member, stops there). The points are
 losslab.training.hooks's: `step`, `eval`, `epoch` (its number is the epochs done), `finish`.
 """
@@ -34,12 +35,12 @@ def parse(text: str) -> list[tuple[str, str, str, int | None]]:
     for spec in filter(str.strip, text.split(";")):
         words = spec.split()
         action, point, when, job = (*words, None)[:4] if len(words) in (3, 4) else ("", "", "", None)
-        if not (action == "wait" or re.fullmatch(r"(sleep|hold_mb)=\d+(\.\d*)?", action)
+        if not (action == "wait" or re.fullmatch(r"(sleep|hold_mb)=\d+(\.\d*)?", action) or action.startswith("until=")
                 or re.fullmatch(r"SIG[A-Z0-9]+(@group)?", action) and hasattr(signal, action.removesuffix("@group"))) \
                 or point not in POINTS or not (when == "any" or when.isdigit()) \
                 or (job is not None and not re.fullmatch(r"job=\d+", job)):
             raise ValueError(f"{VARIABLE}: {spec.strip()!r} is not {SYNTAX!r} with an action SIG<NAME>, sleep=<s>, "
-                             f"hold_mb=<MB> or wait, and a point among {', '.join(POINTS)}.")
+                             f"hold_mb=<MB>, until=<path> or wait, and a point among {', '.join(POINTS)}.")
         specs.append((action, point, when, None if job is None else int(job.removeprefix("job="))))
     return specs
 
@@ -55,6 +56,9 @@ def stop_at_hook(specs: list[tuple[str, str, str, int | None]]):
                 time.sleep(float(action.removeprefix("sleep=")))
             elif action.startswith("hold_mb="):  # memory the process uses from here on (every page written)
                 HELD.append(bytearray(b"\1" * int(float(action.removeprefix("hold_mb=")) * 2**20)))
+            elif action.startswith("until="):
+                while not os.path.exists(action.removeprefix("until=")):
+                    time.sleep(0.05)
             elif action == "wait":
                 from losslab.training.runtime import stop_requested
 
