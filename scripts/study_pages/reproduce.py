@@ -622,7 +622,7 @@ def write_page(study: Study, out: Path, docs: Path) -> Path:
                 lines += [figure, ""]
         lines += commentary_section(results)
     notes = kept_notes(page)
-    check_notes(notes, "\n".join(lines), page)
+    check_notes(notes, "\n".join(lines) + "\n" + " ".join(run_numbers(results)), page)
     lines += [NOTES[0], notes, NOTES[1], ""]
     page.parent.mkdir(parents=True, exist_ok=True)
     if ran:
@@ -660,16 +660,25 @@ def runs_csv(results: list[Result]) -> str:
     return out.getvalue()
 
 
-NUMBER = re.compile(r"(?<![\w.])[-+−]?\d+\.\d+(?![\w.])")
+NUMBER = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.])")  # unsigned: "+9.13 points" is cited as 9.13
+
+
+def run_numbers(results: list[Result]) -> list[str]:
+    """Each run's final metrics as a note may cite them: 4 significant digits, and as a percentage to 1 and 2
+    decimals (one seed's accuracy, from runs.csv)."""
+    values = [v for result in results for runs in result.runs.values() for run in runs
+              for v in (run.summary.get("final") or {}).values() if isinstance(v, (int, float))]
+    return [text for v in values for text in (f"{v:.4g}", f"{100 * v:.1f}", f"{100 * v:.2f}")]
 
 
 def check_notes(notes: str, generated: str, page: Path) -> None:
-    """The hand-written notes' numbers are the tables' numbers: each decimal number in the notes (outside lines
-    quoted with `>`, which cite a source) must appear in the page's generated text, else the rebuild stops with
-    the numbers that no longer do, so a note cannot go stale unnoticed."""
-    found = set(NUMBER.findall(generated.replace("−", "-")))
+    """The hand-written notes' numbers are the page's numbers: each decimal number in the notes (outside lines
+    quoted with `>`, which cite a source) must appear in the page's generated text or be a run's final metric
+    (`run_numbers`), else the rebuild stops with the numbers that no longer do, so a note cannot go stale
+    unnoticed."""
+    found = set(NUMBER.findall(generated))
     quoted = "\n".join(line for line in notes.splitlines() if not line.lstrip().startswith(">"))
-    stale = [n for n in dict.fromkeys(NUMBER.findall(quoted.replace("−", "-"))) if n not in found]
+    stale = [n for n in dict.fromkeys(NUMBER.findall(quoted)) if n not in found]
     if stale:
         raise UserError(f"the notes of {display(page)} cite {', '.join(stale)}, which the rebuilt tables no longer "
                         "show; correct the notes (between the notes markers) to the new numbers, or quote a source's "
