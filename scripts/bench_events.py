@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_common import warn_if_busy  # beside this script
 from omegaconf import OmegaConf
 
 from losslab.training import tensorboard_adapter
@@ -144,6 +145,11 @@ def main() -> None:
     args = parser.parse_args()
     if min(args.runs, args.steps, args.eval_every, args.repeat) < 1:
         parser.error("--runs, --steps, --eval-every and --repeat must each be at least 1")
+    with warn_if_busy():
+        measure(args)
+
+
+def measure(args) -> None:
     import tensorboard
 
     print(f"tensorboard {tensorboard.__version__}, python {sys.version.split()[0]}; {args.runs} runs x "

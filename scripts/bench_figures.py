@@ -28,6 +28,8 @@ import time
 from io import BytesIO
 from pathlib import Path
 
+from bench_common import warn_if_busy  # beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 
 OLD_PATH = """
@@ -139,6 +141,11 @@ def main() -> None:
     parser.add_argument("--old", help="a git commit to time the old figure drawing of, side by side")
     parser.add_argument("--sweep-sizes", type=int, nargs="*", default=[], help="time a sweep's end of N runs")
     args = parser.parse_args()
+    with warn_if_busy():
+        measure(args)
+
+
+def measure(args) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         run_dir = args.run_dir or train(scratch)

@@ -1,14 +1,17 @@
 """losslab's loop vs the common DataLoader loop: samples/s on the same MNIST data, model and steps, and
 the training FLOP/s losslab reaches as a fraction of this machine's dense matmul peak, measured in the same run.
 
-    python scripts/bench_loop.py [--steps 600] [--vgg5-steps 60] [--models linear fnn lenet vgg5]
-                                 [--device cpu|cuda] [--precisions fp32 bf16]
+    python scripts/bench_loop.py [--steps 100] [--vgg5-steps 20] [--models linear fnn lenet vgg5]
+                                 [--device cpu|cuda] [--precisions fp32 bf16] [--full]
+
+`--full` runs 600 steps (vgg5: 60) instead of 100 (vgg5: 20).
 
 The reference loop is the usual tutorial style: torchvision MNIST with ToTensor + Normalize transforms,
 a shuffling DataLoader with batch 64, each batch moved to the device, the same model class, SGD and
 cross-entropy (under the same bf16 autocast when the precision is bf16). losslab's number is the
 `samples_per_s` of a real `losslab-train` run (`fit`) for the same steps, batch size, device and precision:
-training steps on device-resident tensors, including the end-of-run validation pass inside the timed loop.
+training steps on device-resident tensors, including the end-of-run evaluation inside the timed loop (one batch
+of each split, of the training batch's size, so that it weighs little however few the steps).
 Training FLOPs per sample are counted by torch.utils.flop_counter over one forward + backward pass; the
 peak is the best of several n x n matmuls (2·n³ FLOPs each) in the row's precision on the same device
 (n = 2048 on the CPU, 8192 on a GPU; fp32 is IEEE fp32, tf32 allows TF32 on a GPU, as trainer.precision).
@@ -24,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_common import parse_sized, warn_if_busy  # beside this script
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
@@ -100,7 +104,7 @@ def losslab_samples_per_s(model_name: str, steps: int, device: torch.device, pre
         f"model={model_name}", "dataset=mnist", f"trainer.device={device}", f"trainer.precision={precision}",
         f"trainer.batch_size={BATCH}",
         f"trainer.max_steps={steps}", "trainer.epochs=100", "trainer.progress=log", "trainer.checkpoints=false",
-        "trainer.eval_batch_size=1000", "trainer.limit_eval_batches=1", "trainer.figures=false",
+        f"trainer.eval_batch_size={BATCH}", "trainer.limit_eval_batches=1", "trainer.figures=false",
     ])
     with tempfile.TemporaryDirectory() as run_dir:
         return fit(cfg, Path(run_dir))["samples_per_s"]
@@ -108,12 +112,18 @@ def losslab_samples_per_s(model_name: str, steps: int, device: torch.device, pre
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--vgg5-steps", type=int, default=60, help="steps for vgg5, ~100x the FLOPs of lenet")
+    parser.add_argument("--steps", type=int, help="steps of every model but vgg5 (default 100, --full 600)")
+    parser.add_argument("--vgg5-steps", type=int, help="steps for vgg5, ~100x the FLOPs of lenet (default 20, "
+                                                       "--full 60)")
     parser.add_argument("--models", nargs="+", default=["linear", "fnn", "lenet", "vgg5"])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=list(DTYPES))
-    args = parser.parse_args()
+    args = parse_sized(parser, quick={"steps": 100, "vgg5_steps": 20}, full={"steps": 600, "vgg5_steps": 60})
+    with warn_if_busy():
+        measure(args)
+
+
+def measure(args) -> None:
     device = torch.device(args.device)
     losslab_samples_per_s("linear", 20, device, "fp32")  # warm the MNIST cache, the allocator and the device
     peaks = {precision: matmul_peak_flops(device, precision) for precision in args.precisions}

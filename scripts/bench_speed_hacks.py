@@ -3,19 +3,22 @@ sitting (runs alternated, so a change in the machine's speed hits both alike), m
 
 - tensorboard: hiding boto3 and fsspec (None in sys.modules) while torch.utils.tensorboard is imported; TensorBoard
   imports them only for s3:// and gs:// log dirs. losslab imports it as is (the hack paid under 3 %); here the
-  hack is applied before the command. Timed on `losslab-train trainer=debug` and on the import alone.
+  hack is applied before the command. Timed on the import alone, and with `--full` on `losslab-train trainer=debug`.
 - compositions: the stacked launcher takes each job's config from the sweeper's validation pass
   (losslab.sweeps.hydra_adapter.remember_compositions) instead of composing it again, and that pass derives a job
-  that changes only config values from an earlier job's composition (losslab.sweeps.compositions). Timed on a
-  16-job stacked grid. Without the hack, the launcher composes every job with Hydra's load_sweep_config, as the
-  basic launcher does. As whole commands vary by more than the hack saves on a busy machine, one more run without
-  it times each composition and prints what the launcher's compositions (the ones the hack saves) cost of the
-  command.
+  that changes only config values from an earlier job's composition (losslab.sweeps.compositions). Timed on a 16-job
+  stacked grid (`--grid-training`: by default one step and one evaluation batch a split, no figures, so the command
+  is mostly what the hack touches; `--full`: one epoch). Without the hack, the launcher composes every job with
+  Hydra's load_sweep_config, as the basic launcher does. As whole commands vary by more than the hack saves on a
+  busy machine, one more run without it times each composition and prints what the launcher's compositions (the ones
+  the hack saves) cost of the command.
 - validation: the first half of the compositions hack alone, the one that leans on Hydra's inner workings: with
   it as above; without it, the launcher derives its jobs' configs itself and the sweeper composes each job in full
   (the public path, which the launcher falls back to where Hydra's config loader takes no layer).
 
-    python scripts/bench_speed_hacks.py [--hacks tensorboard compositions validation] [--repeat 5] [--site DIR]
+    python scripts/bench_speed_hacks.py [--hacks tensorboard compositions] [--repeat 3] [--site DIR] [--full]
+
+`--full` times the three hacks, each command 5 times, on the one-epoch grid.
 
 `--site DIR` appends DIR to sys.path in every timed process, e.g. a `pip install --target DIR boto3` to time the
 tensorboard hack with boto3 installed (appended, so nothing there shadows the environment's own packages).
@@ -33,9 +36,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_common import parse_sized, warn_if_busy  # beside this script
+
 DEBUG = ["trainer=debug", "trainer.progress=log", "trainer.device=cpu"]
-GRID = ["-m", "hydra/launcher=stacked", "model=linear", "trainer.epochs=1", "optimizer.lr=0.3,0.1,0.03,0.01",
-        "trainer.l2=0,0.001,0.01,0.1", "trainer.progress=log", "trainer.device=cpu"]
+GRID = ["-m", "hydra/launcher=stacked", "model=linear", "optimizer.lr=0.3,0.1,0.03,0.01", "trainer.l2=0,0.001,0.01,0.1",
+        "trainer.progress=log", "trainer.device=cpu"]  # and --grid-training
 TRAIN = "from losslab.commands.cli import train\nsys.argv = ['losslab-train', *{argv!r}]\ntrain()\n"
 LAUNCHER = "hydra_plugins.losslab_launcher.stacked_launcher.StackedLauncher"
 HIDE = "sys.modules.update(dict.fromkeys(['boto3', 'fsspec']))\n"
@@ -112,9 +117,9 @@ def compare(title: str, with_hack, without_hack, repeat: int) -> None:
               + ", without " + " ".join(f"{t[i]:.2f}" for t in runs["without"]), flush=True)
 
 
-def print_compositions_cost(site: str | None) -> None:
+def print_compositions_cost(grid: list[str], site: str | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        code = COMPOSITIONS_COST.replace("{train}", TRAIN.format(argv=GRID).strip().replace("\n", "\n    ") + "\n")
+        code = COMPOSITIONS_COST.replace("{train}", TRAIN.format(argv=grid).strip().replace("\n", "\n    ") + "\n")
         out = python(code, site, Path(tmp)).stdout.split("\n")[-2].split()
     n, wall, cpu, command_wall, command_cpu = int(out[0]), *map(float, out[1:])
     print(f"the launcher's {n} compositions the hack saves: {wall:.2f} s wall, {cpu:.2f} s CPU, of the command's "
@@ -123,27 +128,39 @@ def print_compositions_cost(site: str | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hacks", nargs="+", default=list(WITHOUT), choices=list(WITHOUT))
-    parser.add_argument("--repeat", type=int, default=5, help="runs of each command; the median is shown")
+    parser.add_argument("--hacks", nargs="+", choices=list(WITHOUT),
+                        help="(default tensorboard compositions, --full all three)")
+    parser.add_argument("--repeat", type=int, help="runs of each command; the median is shown (default 3, --full 5)")
+    parser.add_argument("--grid-training", help="the grid's trainer override (default trainer=debug, --full "
+                                                "trainer.epochs=1)")
     parser.add_argument("--site", help="a dir appended to sys.path of every timed process (e.g. holding boto3)")
-    args = parser.parse_args()
+    args = parse_sized(parser, quick={"hacks": ["tensorboard", "compositions"], "repeat": 3,
+                                      "grid_training": "trainer=debug"},
+                       full={"hacks": list(WITHOUT), "repeat": 5, "grid_training": "trainer.epochs=1"})
+    with warn_if_busy():
+        measure(args)
+
+
+def measure(args) -> None:
     installed = python("import importlib.util\nprint(*(n for n in ('boto3', 'fsspec') if importlib.util.find_spec(n)))",
                        args.site, Path.cwd()).stdout.split()
-    print(f"python {sys.version.split()[0]}; installed of boto3, fsspec: {' '.join(installed) or 'neither'}")
+    print(f"python {sys.version.split()[0]}; installed of boto3, fsspec: {' '.join(installed) or 'neither'}; "
+          f"grid {args.grid_training}")
     print(f"{'median seconds':52} {'with':>8} {'without':>8} {'ratio':>7}")
     timed(TRAIN.format(argv=DEBUG), args.site)  # warm the MNIST cache and the file cache
     if "tensorboard" in args.hacks:
         compare("import torch.utils.tensorboard", lambda: import_time(True, args.site),
                 lambda: import_time(False, args.site), args.repeat)
+    grid = [*GRID, args.grid_training]
     for hack, title, argv in (("tensorboard", "losslab-train trainer=debug", DEBUG),
-                              ("compositions", "losslab-train -m hydra/launcher=stacked (16)", GRID),
-                              ("validation", "the same, its validation layer", GRID)):
-        if hack in args.hacks:
+                              ("compositions", "losslab-train -m hydra/launcher=stacked (16)", grid),
+                              ("validation", "the same, its validation layer", grid)):
+        if hack in args.hacks and (hack != "tensorboard" or args.full):
             with_hack, without_hack = (arm[hack] + TRAIN.format(argv=argv) for arm in (WITH, WITHOUT))
             compare(title, lambda code=with_hack: timed(code, args.site),
                     lambda code=without_hack: timed(code, args.site), args.repeat)
     if "compositions" in args.hacks:
-        print_compositions_cost(args.site)
+        print_compositions_cost(grid, args.site)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Milliseconds per training step of a stack of M members against the matrix products that step needs, and
 against the same M runs stepped one after another, measured side by side in one run.
 
-    python scripts/bench_stacked_step.py [--members 16] [--steps 200] [--repeat 5] [--device cpu]
-                                         [--models linear lenet]
+    python scripts/bench_stacked_step.py [--members 16] [--steps 50] [--repeat 3] [--device cpu]
+                                         [--models linear lenet] [--full]
 
 Each member is built from its own composed config, as `hydra/launcher=stacked` builds it (MNIST shapes, batch
 128, SGD, a 4 lr x 4 trainer.l2 grid for 16 members). Two cases per model: the members share their batches
@@ -14,7 +14,8 @@ Each member is built from its own composed config, as `hydra/launcher=stacked` b
   products (M of 128 x 784 by 784 x 10) for the members' own;
 - `separate`: M `SingleStepper.step`s, the runs as the basic launcher would step them one after another.
 
-Times are medians over `--repeat` timings of `--steps` steps each, after warm-up.
+Times are medians over `--repeat` timings of `--steps` steps each (`separate`: a quarter of them), after warm-up.
+`--full` times 5 x 200 steps instead of 3 x 50.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_common import parse_sized, warn_if_busy  # beside this script
 
 from losslab.commands.cli import compose
 from losslab.stacking.steppers import SingleStepper, StackedStepper
@@ -87,20 +89,21 @@ def products(x: torch.Tensor, classes: int, members: int, own_batches: bool):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--steps", type=int, help="steps per timing (default 50, --full 200)")
+    parser.add_argument("--repeat", type=int, help="timings, the median is shown (default 3, --full 5)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", nargs="+", default=["linear", "lenet"])
-    args = parser.parse_args()
+    args = parse_sized(parser, quick={"steps": 50, "repeat": 3}, full={"steps": 200, "repeat": 5})
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"{args.members} members, batch 128, MNIST shapes, SGD, {where}, torch {torch.__version__}; "
-          f"ms per step, medians of {args.repeat} x {args.steps} steps")
-    print(f"{'model':7} {'batches':8} {'stacked':>8} {'products':>9} {'ratio':>6} {'separate':>9} {'speed-up':>9}")
-    with tempfile.TemporaryDirectory() as tmp:
-        for model in args.models:
-            for own_batches in (False, True):
-                print(measured_row(model, own_batches, args, device, Path(tmp)), flush=True)
+    with warn_if_busy():
+        print(f"{args.members} members, batch 128, MNIST shapes, SGD, {where}, torch {torch.__version__}; "
+              f"ms per step, medians of {args.repeat} x {args.steps} steps")
+        print(f"{'model':7} {'batches':8} {'stacked':>8} {'products':>9} {'ratio':>6} {'separate':>9} {'speed-up':>9}")
+        with tempfile.TemporaryDirectory() as tmp:
+            for model in args.models:
+                for own_batches in (False, True):
+                    print(measured_row(model, own_batches, args, device, Path(tmp)), flush=True)
 
 
 def measured_row(model: str, own_batches: bool, args, device: torch.device, tmp: Path) -> str:

@@ -1,8 +1,11 @@
 """Wall time of whole commands, side by side in one run: a grid with Hydra's basic launcher vs
 `hydra/launcher=stacked`, and `losslab-train trainer=debug` vs importing torch and torchvision.
 
-    python scripts/bench_sweep.py [--grids softmax softmax64 lenet lenet-conv_on_cpu] [--figures on|off]
-                                  [--repeat 3] [--runs 1] [--device auto]
+    python scripts/bench_sweep.py [--grids softmax4] [--figures on|off] [--repeat 2] [--runs 1] [--device auto]
+                                  [--full]
+
+The default times the start-up and one small grid; `--full` the grids softmax softmax64 lenet lenet-conv_on_cpu
+(the basic launcher's runs take minutes each) with the start-up's best of 3.
 
 Each grid runs as the user runs it: one `losslab-train -m` process per launcher, on the shipped MNIST,
 everything else at its defaults (so each job writes its checkpoints and TensorBoard events, and its figures
@@ -32,9 +35,13 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from bench_common import parse_sized, warn_if_busy  # beside this script
+
 from losslab.records.job_dirs import job_dir, job_dirs, job_number
 
 GRIDS = {  # name: (title, the grid's overrides, the stacked launcher's options)
+    "softmax4": ("softmax regression, 2 lr x 2 l2, 1 epoch",
+                 ["model=linear", "trainer.epochs=1", "optimizer.lr=0.3,0.03", "trainer.l2=0,0.01"], []),
     "softmax": ("softmax regression, 4 lr x 4 l2, 3 epochs",
                 ["model=linear", "trainer.epochs=3", "optimizer.lr=0.3,0.1,0.03,0.01", "trainer.l2=0,0.001,0.01,0.1"],
                 []),
@@ -108,13 +115,20 @@ TRAIN = console_script("losslab-train")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grids", nargs="*", default=list(GRIDS), choices=list(GRIDS), help="none: start-up only")
-    parser.add_argument("--repeat", type=int, default=3, help="start-up runs to take the best of")
+    parser.add_argument("--grids", nargs="*", choices=list(GRIDS),
+                        help="none: start-up only (default softmax4, --full softmax softmax64 lenet lenet-conv_on_cpu)")
+    parser.add_argument("--repeat", type=int, help="start-up runs to take the best of (default 2, --full 3)")
     parser.add_argument("--runs", type=int, default=1,
                         help="runs of each stacked command, the grids in turn; the median is reported")
     parser.add_argument("--figures", choices=("on", "off"), default="on", help="trainer.figures of every job")
     parser.add_argument("--device", default="auto", help="trainer.device of every run (auto: cuda if there is one)")
-    args = parser.parse_args()
+    args = parse_sized(parser, quick={"grids": ["softmax4"], "repeat": 2},
+                       full={"grids": ["softmax", "softmax64", "lenet", "lenet-conv_on_cpu"], "repeat": 3})
+    with warn_if_busy():
+        measure(args)
+
+
+def measure(args) -> None:
     import torch
 
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() and args.device != "cpu" else ""
@@ -127,36 +141,47 @@ def main() -> None:
               "(this interpreter does not write bytecode)")
     print(f"{'command':52} {'A (s)':>8} {'B (s)':>8} {'A/B':>7}  notes")
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        timed([TRAIN, "trainer=debug", *device], tmp)  # warm the MNIST cache
-        debug, imports = [], []
-        for _ in range(args.repeat):  # alternated, so a change in the machine's speed hits both alike
-            debug.append(timed([TRAIN, "trainer=debug", *device, "trainer.progress=log"], tmp))
-            imports.append(timed([sys.executable, "-c", "import torch, torchvision"], tmp))
-        debug, startup = min(debug), min(imports)
-        print(f"{'losslab-train trainer=debug vs import torch, torchvision':52} {debug:8.1f} {startup:8.1f} "
-              f"{debug / startup:6.2f}x  difference {debug - startup:+.2f} s (target <= +1.5 s)", flush=True)
-        basic_runs = {}  # grid: (wall, accuracies) of its basic launcher run, shared by its variants
-        for name in args.grids:
-            grid_name = name.split("-")[0]
-            if grid_name not in basic_runs:
-                basic_dir = tmp / f"{grid_name}-basic"
-                wall = timed([TRAIN, "-m", *GRIDS[grid_name][1], *device, "trainer.progress=log",
-                              f"hydra.sweep.dir={basic_dir}"], tmp)
-                basic_runs[grid_name] = wall, test_accuracies(basic_dir)
-        stacked_runs = {name: [] for name in args.grids}  # grid: [(wall, output, start, end, sweep dir)]
-        for round_number in range(args.runs):  # the grids in turn, so a change in the machine's speed hits all
-            for name in args.grids:
-                title, grid, options = GRIDS[name]
-                stacked_dir = tmp / f"{name}-stacked-{round_number}"
-                command = [TRAIN, "-m", *(grid or GRIDS[name.split("-")[0]][1]), *device, "hydra/launcher=stacked",
-                           *options, "trainer.progress=log", f"hydra.sweep.dir={stacked_dir}"]
-                stacked_runs[name].append((*run(command, tmp), stacked_dir))
-        for name in args.grids:
-            print_grid(name, basic_runs[name.split("-")[0]], stacked_runs[name], startup)
-        if {"softmax", "softmax64"} <= stacked_runs.keys():
-            many, few = (median_run(stacked_runs[name])[0] for name in ("softmax64", "softmax"))
-            print(f"{'stacked: 64 jobs vs 16 jobs':52} {many:8.1f} {few:8.1f} {many / few:6.2f}x", flush=True)
+        startup = startup_seconds(device, args.repeat, Path(tmp))
+        compare_launchers(args.grids, device, args.runs, startup, Path(tmp))
+
+
+def startup_seconds(device: list[str], repeat: int, tmp: Path) -> float:
+    """Prints `losslab-train trainer=debug` against importing torch and torchvision (the best of `repeat` runs
+    each) and returns the import's seconds."""
+    timed([TRAIN, "trainer=debug", *device], tmp)  # warm the MNIST cache
+    debug, imports = [], []
+    for _ in range(repeat):  # alternated, so a change in the machine's speed hits both alike
+        debug.append(timed([TRAIN, "trainer=debug", *device, "trainer.progress=log"], tmp))
+        imports.append(timed([sys.executable, "-c", "import torch, torchvision"], tmp))
+    debug, startup = min(debug), min(imports)
+    print(f"{'losslab-train trainer=debug vs import torch, torchvision':52} {debug:8.1f} {startup:8.1f} "
+          f"{debug / startup:6.2f}x  difference {debug - startup:+.2f} s (target <= +1.5 s)", flush=True)
+    return startup
+
+
+def compare_launchers(grids: list[str], device: list[str], runs: int, startup: float, tmp: Path) -> None:
+    """Each grid with the basic launcher once and with the stacked one `runs` times, a line each."""
+    basic_runs = {}  # grid: (wall, accuracies) of its basic launcher run, shared by its variants
+    for name in grids:
+        grid_name = name.split("-")[0]
+        if grid_name not in basic_runs:
+            basic_dir = tmp / f"{grid_name}-basic"
+            wall = timed([TRAIN, "-m", *GRIDS[grid_name][1], *device, "trainer.progress=log",
+                          f"hydra.sweep.dir={basic_dir}"], tmp)
+            basic_runs[grid_name] = wall, test_accuracies(basic_dir)
+    stacked_runs = {name: [] for name in grids}  # grid: [(wall, output, start, end, sweep dir)]
+    for round_number in range(runs):  # the grids in turn, so a change in the machine's speed hits all
+        for name in grids:
+            title, grid, options = GRIDS[name]
+            stacked_dir = tmp / f"{name}-stacked-{round_number}"
+            command = [TRAIN, "-m", *(grid or GRIDS[name.split("-")[0]][1]), *device, "hydra/launcher=stacked",
+                       *options, "trainer.progress=log", f"hydra.sweep.dir={stacked_dir}"]
+            stacked_runs[name].append((*run(command, tmp), stacked_dir))
+    for name in grids:
+        print_grid(name, basic_runs[name.split("-")[0]], stacked_runs[name], startup)
+    if {"softmax", "softmax64"} <= stacked_runs.keys():
+        many, few = (median_run(stacked_runs[name])[0] for name in ("softmax64", "softmax"))
+        print(f"{'stacked: 64 jobs vs 16 jobs':52} {many:8.1f} {few:8.1f} {many / few:6.2f}x", flush=True)
 
 
 def median_run(runs: list[tuple]) -> tuple:
