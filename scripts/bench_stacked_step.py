@@ -1,7 +1,7 @@
 """Milliseconds per training step of a stack of M members against the matrix products that step needs, and
 against the same M runs stepped one after another, measured side by side in one run.
 
-    python scripts/bench_stacked_step.py [--members 16] [--steps 50] [--repeat 3] [--device cpu]
+    python scripts/bench_stacked_step.py [--members 16] [--steps 50] [--repeat 3] [--seconds 0.5] [--device cpu]
                                          [--models linear lenet] [--full]
 
 Each member is built from its own composed config, as `hydra/launcher=stacked` builds it (MNIST shapes, batch
@@ -14,13 +14,15 @@ Each member is built from its own composed config, as `hydra/launcher=stacked` b
   products (M of 128 x 784 by 784 x 10) for the members' own;
 - `separate`: M `SingleStepper.step`s, the runs as the basic launcher would step them one after another.
 
-Times are medians over `--repeat` timings of `--steps` steps each (`separate`: a quarter of them), after warm-up.
-`--full` times 5 x 200 steps instead of 3 x 50.
+Times are medians over `--repeat` timings of `--steps` steps each (`separate`: a quarter of them), after a
+warm-up of a tenth of them (at least 3); where the warm-up says that they would take over `--seconds`, of fewer
+steps (one at least). `--full` times 5 x 200 steps, however long they take, instead of 3 x 50 or 0.5 s.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 import time
@@ -54,11 +56,18 @@ def batch(data, members: int, own_batches: bool, device: torch.device, size: int
     return (x, y) if own_batches else (x[0], y[0].expand(members, -1))
 
 
-def median_ms(step, steps: int, repeat: int, device: torch.device) -> float:
-    for _ in range(max(10, steps // 10)):
+def median_ms(step, steps: int, args, device: torch.device) -> float:
+    """The median over `args.repeat` timings of `steps` calls of `step`, fewer where the warm-up says that they
+    would take over `args.seconds`: milliseconds per call."""
+    warm_up = max(3, steps // 10)
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(warm_up):
         step()
+    synchronize(device)
+    steps = max(1, int(min(steps, args.seconds * warm_up / (time.perf_counter() - started))))
     timings = []
-    for _ in range(repeat):
+    for _ in range(args.repeat):
         synchronize(device)
         started = time.perf_counter()
         for _ in range(steps):
@@ -91,14 +100,17 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=16)
     parser.add_argument("--steps", type=int, help="steps per timing (default 50, --full 200)")
     parser.add_argument("--repeat", type=int, help="timings, the median is shown (default 3, --full 5)")
+    parser.add_argument("--seconds", type=float, help="at most about this long a timing, in fewer steps (default "
+                                                      "0.5, --full inf)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", nargs="+", default=["linear", "lenet"])
-    args = parse_sized(parser, quick={"steps": 50, "repeat": 3}, full={"steps": 200, "repeat": 5})
+    args = parse_sized(parser, quick={"steps": 50, "repeat": 3, "seconds": 0.5},
+                       full={"steps": 200, "repeat": 5, "seconds": math.inf})
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     with warn_if_busy():
         print(f"{args.members} members, batch 128, MNIST shapes, SGD, {where}, torch {torch.__version__}; "
-              f"ms per step, medians of {args.repeat} x {args.steps} steps")
+              f"ms per step, medians of {args.repeat} timings of {args.steps} steps or {args.seconds} s")
         print(f"{'model':7} {'batches':8} {'stacked':>8} {'products':>9} {'ratio':>6} {'separate':>9} {'speed-up':>9}")
         with tempfile.TemporaryDirectory() as tmp:
             for model in args.models:
@@ -110,15 +122,14 @@ def measured_row(model: str, own_batches: bool, args, device: torch.device, tmp:
     runs, data = build_runs(model, args.members, own_batches, device, tmp)
     x, y = batch(data, args.members, own_batches, device)
     stepper = StackedStepper(runs)
-    stacked = median_ms(lambda: stepper.step(x, y, not own_batches, 0), args.steps, args.repeat, device)
+    stacked = median_ms(lambda: stepper.step(x, y, not own_batches, 0), args.steps, args, device)
     singles = [SingleStepper(run) for run in runs]
     own = [(x[m], y[m]) if own_batches else (x, y[m]) for m in range(args.members)]
     separate = median_ms(lambda: [single.step(*own[m], True, 0) for m, single in enumerate(singles)],
-                         max(1, args.steps // 4), args.repeat, device)
+                         max(1, args.steps // 4), args, device)
     line = f"{model:7} {'own' if own_batches else 'shared':8} {stacked:8.2f} "
     if model == "linear":
-        matmuls = median_ms(products(x, data.num_classes, args.members, own_batches), args.steps, args.repeat,
-                            device)
+        matmuls = median_ms(products(x, data.num_classes, args.members, own_batches), args.steps, args, device)
         line += f"{matmuls:9.2f} {stacked / matmuls:5.1f}x "
     else:
         line += f"{'':9} {'':6} "
