@@ -120,13 +120,14 @@ def jobs_figures_drawn(sweep_dir: Path, drawn: bool):
     report is written (losslab.reporting.run_figures.runs_figures_drawn); else nothing."""
     from contextlib import nullcontext
 
-    from losslab.records.job_dirs import job_dirs
-    from losslab.reporting.run_figures import runs_figures_drawn
-
     if not drawn or not Path(sweep_dir).is_dir():
         return nullcontext()
+    from losslab.records.job_dirs import job_dirs
+    from losslab.reporting.run_figures import runs_figures_drawn
+    from losslab.training.runtime import usable_cores  # torch: the figures' weight templates load it anyway
+
     jobs = [job for job in job_dirs(Path(sweep_dir)) if not (job / "figures").exists()]
-    return runs_figures_drawn(jobs, len(os.sched_getaffinity(0)))
+    return runs_figures_drawn(jobs, usable_cores())
 
 
 def metric_values(text: str) -> dict[str, float]:

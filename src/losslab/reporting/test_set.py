@@ -39,7 +39,10 @@ class TestSetComparison:
     acc_high: float
 
 
-def predictions(sweep_dir: Path, config: Config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+Predictions = dict[str, tuple[np.ndarray, np.ndarray]]  # a config's (correct, confidence) by seed
+
+
+def predictions(sweep_dir: Path, config: Config) -> Predictions:
     """The config's (correct, confidence) per test example, by seed, of the runs that wrote predictions."""
     found = {}
     for run in config.runs:
@@ -51,10 +54,9 @@ def predictions(sweep_dir: Path, config: Config) -> dict[str, tuple[np.ndarray, 
     return found
 
 
-def compare_on_test_set(sweep_dir: Path, config: Config, reference: Config) -> TestSetComparison | None:
-    """`config` against `reference` on the test examples (TestSetComparison); None without a seed pair whose
-    runs both wrote predictions of one length."""
-    own, theirs = predictions(sweep_dir, config), predictions(sweep_dir, reference)
+def compare_on_test_set(own: Predictions, theirs: Predictions) -> TestSetComparison | None:
+    """A config's predictions `own` against its reference's `theirs` on the test examples (TestSetComparison);
+    None without a seed pair whose runs both wrote predictions of one length."""
     seeds = [seed for seed in own if seed in theirs and len(own[seed][0]) == len(theirs[seed][0])]
     if not seeds:
         return None
@@ -102,10 +104,10 @@ def ece(correct: np.ndarray, confidence: np.ndarray, bins: np.ndarray, weights: 
     return np.abs(weights @ one_hot).sum(-1) / weights.sum(-1)
 
 
-def ece_with_interval(sweep_dir: Path, config: Config, equal_mass: bool) -> tuple[float, float, float] | None:
-    """The config's ECE (mean over its seeds' runs) and its bootstrap interval over test examples, the same
-    examples drawn for every seed; None without predictions of one length."""
-    runs = list(predictions(sweep_dir, config).values())
+def ece_with_interval(found: Predictions, equal_mass: bool) -> tuple[float, float, float] | None:
+    """A config's ECE from its predictions `found` (mean over its seeds' runs) and its bootstrap interval over
+    test examples, the same examples drawn for every seed; None without predictions of one length."""
+    runs = list(found.values())
     if not runs or len({len(correct) for correct, _ in runs}) > 1:
         return None
     n = len(runs[0][0])
@@ -130,13 +132,15 @@ def add_test_set(rows: list[dict], configs: list[Config], against: list[Config |
     """Adds to each config's row its TEST_SET_COLUMNS: McNemar's p per seed pair and the bootstrap interval of
     the test accuracy difference against its reference config `against` (None: not compared), and its two ECEs
     with their intervals; None where the runs wrote no predictions."""
-    for row, config, reference in zip(rows, configs, against):
+    found = [predictions(sweep_dir, config) for config in configs]  # each config's files read once
+    of = {id(config): runs for config, runs in zip(configs, found)}
+    for row, runs, reference in zip(rows, found, against):
         row.update(dict.fromkeys(TEST_SET_COLUMNS))
-        compared = compare_on_test_set(sweep_dir, config, reference) if reference else None
+        compared = compare_on_test_set(runs, of[id(reference)]) if reference else None
         if compared:
             row.update({"mcnemar p": compared.mcnemar_p, "test/acc diff boot low": compared.acc_low,
                         "test/acc diff boot high": compared.acc_high})
         for name, equal_mass in (("ece", False), ("ece equal-mass", True)):
-            found = ece_with_interval(sweep_dir, config, equal_mass)
-            if found:
-                row[name], row[f"{name} boot low"], row[f"{name} boot high"] = found
+            ece_found = ece_with_interval(runs, equal_mass)
+            if ece_found:
+                row[name], row[f"{name} boot low"], row[f"{name} boot high"] = ece_found
