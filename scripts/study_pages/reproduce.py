@@ -595,6 +595,8 @@ def write_page(study: Study, out: Path, docs: Path) -> Path:
             old.unlink()
     lines = [f"# {study.title}", "", HEADLINE.format(headline(study, results)), "",
              f"**The original:** {study.original}", ""]
+    if study.sources:
+        lines += ["Where the original's figures come from:", "", *(f"> {source}" for source in study.sources), ""]
     if study.notes:
         lines += [study.notes, ""]
     lines += command_section(study, results, out, ran)
