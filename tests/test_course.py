@@ -5,8 +5,8 @@ import pytest
 from losslab.commands.cli import compose
 
 
-# softmax: the course's ~92 % within 1 point (the agreement rule of docs/results); seeds and devices (the data
-# order is drawn on the device) land between 91.3 and 91.7 %
+# softmax: seeds and devices (the data order is drawn on the device) land between 91.3 and 91.7 %; the course
+# states no accuracy, so the threshold is this protocol's own range less a margin
 @pytest.mark.parametrize("experiment, threshold", [("tdt4265_logistic", 0.975), ("tdt4265_softmax", 0.91)])
 def test_course_protocol_accuracy(experiment, threshold, tmp_path, trains):
     cfg = compose([f"experiment={experiment}", "trainer.progress=log"])

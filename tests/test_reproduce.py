@@ -144,7 +144,7 @@ def test_cifar10_linear_end_to_end_on_fixture_data(data, tmp_path, monkeypatch, 
     settings = tables["Four settings: train on data_batch_1, validate on data_batch_2"]
     assert [(r["trainer.l2"], r["original"]) for r in settings] == [
         ("0.0", "45.54 / 39.92"), ("0.1", "44.73 / 39.40"), ("1.0", "40.14 / 37.38")]
-    improved = tables["Improved protocol: 49k/1k split, step decay, horizontal flips; CE vs MBCE"]
+    improved = tables["Improved protocol: 49k/1k split, plateau decay, horizontal flips; CE vs MBCE"]
     assert [(r["loss"], r["original"]) for r in improved] == [("ce", "42.17 % test"), ("mbce", "41.06 % test")]
     assert all(r["n"] == "1" and re.fullmatch(r"\d+\.\d\d ± –", r["test/acc (%)"]) for r in settings + improved)
     # train on batch 1, validate on batch 2, in fixture sizes
@@ -200,14 +200,39 @@ def test_missing_data_is_one_sentence_and_a_non_zero_exit(tmp_path, losslab):
 
 
 def test_committed_pages_match_the_studies():
-    """Every study has a page and a line in the index; a page that has not run says how to run it."""
-    index = (REPO_ROOT / "docs" / "results" / "README.md").read_text()
+    """Every study has a page and a line in the index; every page names the commit that built it and the command;
+    a page that has run links its runs.csv, one row per run it aggregates; one that has not says how to run it."""
+    docs = REPO_ROOT / "docs" / "results"
+    index = (docs / "README.md").read_text()
     for name in STUDIES:
-        page = (REPO_ROOT / "docs" / "results" / f"{name}.md").read_text()
+        page = (docs / f"{name}.md").read_text()
         assert f"]({name}.md)" in index
         assert f"python scripts/reproduce.py {name}" in page
+        assert re.search(r"This page was built at commit `[0-9a-f]{12}`[;.]", page), name  # and no local changes
         if "<!-- headline: not run yet -->" in page:
             assert "**Not run yet.**" in page
+            continue
+        assert f"[runs.csv]({name}/runs.csv)" in page
+        with open(docs / name / "runs.csv") as f:
+            runs = list(csv.DictReader(f))
+        finished = re.search(r"\| runs \| (\d+) finished of (\d+);", page)
+        assert finished and len(runs) == int(finished[2]), name
+        assert all(re.fullmatch(r"[0-9a-f]{12}", run["commit"]) for run in runs), name  # trained clean
+
+
+def test_rebuilding_a_not_run_page_brings_its_commit_up_to_date_and_a_page_with_results_stays(tmp_path, capsys):
+    docs, out = tmp_path / "docs", tmp_path / "out"
+    docs.mkdir()
+    (docs / "cifar10_linear.md").write_text("<!-- headline: not run yet -->\nThis page was built at commit `old`.\n")
+    assert main(["cifar10_linear", "--from-existing", "--out", str(out), "--docs", str(docs)]) == 0
+    page = (docs / "cifar10_linear.md").read_text()
+    assert "**Not run yet.**" in page and "`old`" not in page
+    assert re.search(r"This page was built at commit `[0-9a-f]{12}`", page)
+    with_results = "<!-- headline: settings, CE test accuracy 40.00 ± 0.10 % -->\n"
+    (docs / "cifar10_linear.md").write_text(with_results)
+    assert main(["cifar10_linear", "--from-existing", "--out", str(out), "--docs", str(docs)]) == 2
+    assert "found no sweep dir of cifar10_linear" in capsys.readouterr().err
+    assert (docs / "cifar10_linear.md").read_text() == with_results
 
 
 def committed_docs() -> dict[Path, bytes]:

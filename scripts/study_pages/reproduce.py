@@ -80,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = 0
         if args.from_existing and not any(has_jobs(args.out / study.name / run.name) for run in study.multiruns()):
-            raise UserError(f"--from-existing found no sweep dir of {study.name} under {display(args.out)}, so there "
-                            f"is no page to rebuild (the one in place stays); run the study first.")
+            check_not_run_page(study, args)
         if not args.from_existing:
             runs = selected(study, args.only)
             check_data(study, runs, data_root(str(args.data_root) if args.data_root else None), not args.no_download)
@@ -92,6 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+
+
+def check_not_run_page(study: Study, args) -> None:
+    """--from-existing without sweep dirs rewrites a page that says "not run yet" (its command and commit up to
+    date); a page with results, or none, stays as it is."""
+    page = (args.docs or (args.out if args.overrides else DOCS_DIR)) / f"{study.name}.md"
+    if not page.exists() or page_headline(page.parent, study) != "not run yet":
+        raise UserError(f"--from-existing found no sweep dir of {study.name} under {display(args.out)}, so there "
+                        f"is no page to rebuild (the one in place stays); run the study first.")
 
 
 def write_pages(study: Study, args) -> str:
@@ -707,17 +715,29 @@ def command_section(study: Study, results: list[Result], out: Path, ran: bool) -
 def provenance_line(study: Study, results: list[Result], ran: bool) -> str:
     """Which commit built the page and which commits trained its runs (each run's summary.json), and where the
     per-run results are."""
-    from losslab.records.provenance import provenance
-
-    built = (provenance().get("git") or {})
-    page = f"This page was built at commit `{built.get('commit', 'unknown')[:12]}`" + (
-        " with changes not committed" if built.get("dirty") else "")
+    commit, dirty = built_at()
+    page = f"This page was built at commit `{commit[:12]}`" + (" with changes not committed" if dirty else "")
     trained = sorted({(run.summary.get("git") or {}).get("commit", "unknown")[:12]
                       for result in results for runs in result.runs.values() for run in runs})
     if not ran:
         return page + "."
     return (page + f"; its runs trained at commit {', '.join(f'`{c}`' for c in trained)}; every run's config, "
             f"seed, status and final metrics are in [{RUNS_CSV}]({study.name}/{RUNS_CSV}).")
+
+
+def built_at() -> tuple[str, bool]:
+    """The commit whose code builds the pages, and whether anything but the pages themselves (docs/results/, which
+    a rebuild rewrites one study after another) differs from it."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=30,
+                              check=True).stdout.strip()
+
+    try:
+        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--", ".", ":(exclude)docs/results"))
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", False
 
 
 def environment_section(results: list[Result]) -> list[str]:
