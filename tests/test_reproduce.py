@@ -9,6 +9,7 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from helpers.fixtures import patch_cifar10_md5, write_cifar10, write_emnist_letters
@@ -312,6 +313,8 @@ def test_entropy_losses_mnist_page_compares_every_config_with_ce_over_matched_se
         assert row["calibration/temperature"].startswith(f"{statistics.mean(temperatures):.4g} ± ")
 
     from scipy import stats
+    from statsmodels.stats.contingency_tables import mcnemar
+    from statsmodels.stats.weightstats import ttost_paired
 
     reference = jobs[configs[0]]
     for row in compared:
@@ -328,7 +331,41 @@ def test_entropy_losses_mnist_page_compares_every_config_with_ce_over_matched_se
                 p = stats.ttest_rel([value(s, own) for s in seeds], [value(s, reference) for s in seeds]).pvalue
                 assert row[column].startswith(f"{statistics.mean(diffs):+.2g} [")
                 assert f"({p_text(p)}, Holm p" in row[column]
-                if p >= 0.05:  # Holm's p is at least p
-                    assert "inconclusive against ce" in row[column], row[column]
+                if p >= 0.05:  # Holm's p is at least p: equivalent within the margin by TOST, or inconclusive
+                    margin = 0.002  # EQUIVALENCE_MARGINS: 0.2 accuracy points, 0.002 of ECE
+                    tost = ttost_paired(np.array([value(s, own) for s in seeds]),
+                                        np.array([value(s, reference) for s in seeds]), -margin, margin)[0]
+                    words = (f"equivalent to ce within ±{scale * margin:.2g}{' points' if scale == 100 else ''} "
+                             f"(TOST {p_text(tost)}" if tost < 0.05 else "inconclusive against ce")
+                    assert words in row[column], row[column]
+
+    test_set = {tuple(row[k] for k in keys): row for row in tables[f"{title}: the test set's variance"]}
+    assert sorted(test_set) == sorted(configs)
+    for config, row in test_set.items():
+        found = {seed: np.load(job_of(out, config, keys, seed) / "predictions_test.npz") for seed in ("0", "1", "2")}
+        widths = [summary["final"]["test/ece"] for summary, _ in jobs[config].values()]
+        assert row["ECE equal-width"].startswith(f"{statistics.mean(widths):.3g} [")  # the metric's own ECE
+        if config == configs[0]:
+            assert row["McNemar p per seed"] == ""  # the reference itself
+            continue
+        ce = {seed: np.load(job_of(out, configs[0], keys, seed) / "predictions_test.npz") for seed in found}
+        p_values = []
+        for seed in found:
+            own_right, ce_right = found[seed]["correct"].astype(bool), ce[seed]["correct"].astype(bool)
+            counts = np.histogram2d(own_right, ce_right, bins=2)[0]  # [own wrong/right] x [ce wrong/right]
+            p_values.append(mcnemar(counts, exact=True).pvalue)
+        below = sum(p < 0.05 for p in p_values)
+        assert row["McNemar p per seed"] == f"{min(p_values):.2g}–{max(p_values):.2g} ({below} of 3 below 0.05)"
     for figure in ("reliability", "learned_values"):
         assert (docs / "entropy_losses_mnist" / f"{figure}.png").exists()
+
+
+def job_of(out: Path, config: tuple, keys: tuple, seed: str) -> Path:
+    """The job dir of the entropy_losses_mnist run of `config` (values of `keys`, – where unset) and `seed`."""
+    for multirun, label in (("ce", {"loss": "ce"}), ("entropy", {})):
+        for job in job_dirs(out / "entropy_losses_mnist" / multirun):
+            overrides = {**label, **dict(o.split("=", 1) for o in
+                                         yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()))}
+            if tuple(overrides.get(k, "–") for k in keys) == config and overrides["seed"] == seed:
+                return job
+    raise AssertionError(f"no job of {config} seed {seed}")

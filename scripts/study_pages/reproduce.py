@@ -32,9 +32,10 @@ from losslab.fileio import atomic_write, write_json
 from losslab.records.job_dirs import job_dirs, job_number
 from losslab.reporting.plots import new_figure, save
 from losslab.reporting.report import write_report
-from losslab.reporting.statistics import add_comparisons, reference_name
+from losslab.reporting.statistics import add_comparisons, by_metric, reference_config, reference_name
 from losslab.reporting.sweep_data import LOWER_IS_BETTER, Config, read_runs
-from losslab.reporting.tables import NO_TEST, comparison_cell, table
+from losslab.reporting.tables import NO_TEST, comparison_cell, table, test_set_table
+from losslab.reporting.test_set import add_test_set
 from study_pages.studies import STUDIES, Figure, Multirun, Original, Study, Table, Trend
 
 PROG = "reproduce.py"
@@ -260,6 +261,7 @@ class Row:
     n: int
     stats: dict[str, tuple[float | None, float | None, int]]  # metric -> (mean, std, runs that have it)
     runs: list = field(default_factory=list)  # its aggregated losslab.reporting.sweep_data.RunResults
+    sweep_dir: Path | None = None  # where its runs are
 
 
 @dataclass
@@ -301,7 +303,7 @@ def collect(study: Study, tab: Table, out: Path) -> Result:
             values = {**multirun.label, **{k: row[k] for k in report.keys}}
             overrides = {**(overrides_of[row["jobs"][0]] if row["jobs"] else {}), **values}
             runs = [run for run in result.runs[multirun.name] if run.job in row["jobs"]]
-            result.rows.append(Row(values, overrides, row["n"], stats, runs))
+            result.rows.append(Row(values, overrides, row["n"], stats, runs, sweep_dir))
         for job in report.not_aggregated:
             note = f", {job['note']}" if job["note"] else ""
             line = f"{multirun.name} job {job['job']} ({job['overrides']}): {job['status']}{note}"
@@ -365,15 +367,26 @@ def compared_rows(result: Result) -> list[dict]:
     tab = result.table
     configs = [Config({key: row.values.get(key) for key in result.keys}, row.runs) for row in result.rows]
     rows = [dict(config.values) for config in configs]
-    add_comparisons(rows, configs, list(tab.compared), tab.reference, tab.reference_name or None)
+    add_comparisons(rows, configs, list(tab.compared), tab.reference, tab.reference_name or None,
+                    margins=tab.margins)
+    for metric in (m for m in tab.compared if percent(m) and by_metric(tab.margins, m) is not None):
+        margin = by_metric(tab.margins, metric)  # the words give an accuracy's margin in points, as its cells
+        for row in rows:
+            words = row[f"{metric} vs reference"]
+            row[f"{metric} vs reference"] = words and words.replace(f"±{margin:.2g}", f"±{100 * margin:.2g} points")
+    if tab.test_set:
+        against = [reference_config(config, configs, tab.reference) for config in configs]
+        add_test_set(rows, configs, against, [row.sweep_dir for row in result.rows])
     return rows
 
 
 def comparison_section(result: Result) -> list[str]:
     """The rows compared with the reference, under their own heading: the mean difference [its 95 % interval] per
-    metric (accuracies in points), the words, and the pairs it rests on."""
+    metric (accuracies in points), the words, and the pairs it rests on; with the table's `test_set`, the test
+    set's variance under a heading of its own."""
     tab = result.table
-    rows = [row for row in compared_rows(result) if row["reference"]] if tab.reference else []
+    every_row = compared_rows(result) if tab.reference else []
+    rows = [row for row in every_row if row["reference"]]
     if not rows:
         return []
     name = tab.reference_name or reference_name(tab.reference)
@@ -391,9 +404,19 @@ def comparison_section(result: Result) -> list[str]:
              f"(losslab-report's comparison). Where the corrected p is below 0.05 the words say better or worse "
              f"(lower is better for {', '.join(LOWER_IS_BETTER)}), else inconclusive, which is no proof of equality; "
              "MDE is the smallest difference these seeds detect at 80 % power.")
+    if tab.margins:
+        intro += (" Not better or worse, a difference is tested for equivalence within ±margin (TOST, two one-sided "
+                  "paired t-tests): " + ", ".join(f"{key} ±{100 * value:.2g} points" if key.endswith("acc") else
+                                                  f"{key} ±{value:.2g}" for key, value in tab.margins.items()) + ".")
+    key_cells = [["–" if row.get(k) is None else row[k] for k in result.keys] for row in every_row]
     header_cells = [*result.keys, "pairs", *(f"{m} (points)" if percent(m) else m for m in tab.compared)]
-    return [f"### {tab.title}: compared with {name}", "", intro, "", table(header_cells, cells),
-            *(["", *notes] if notes else []), ""]
+    lines = [f"### {tab.title}: compared with {name}", "", intro, "", table(header_cells, cells),
+             *(["", *notes] if notes else []), ""]
+    if tab.test_set:
+        lines += [f"### {tab.title}: the test set's variance", "",
+                  *test_set_table(result.keys, [{**row, **dict(zip(result.keys, cells[:len(result.keys)]))}
+                                                for row, cells in zip(every_row, key_cells)], points=True), ""]
+    return lines
 
 
 def compared_cell(row: dict, metric: str, most: int) -> str:

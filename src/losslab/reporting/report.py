@@ -88,7 +88,8 @@ def write_report(sweep_dir: Path, metrics: list[str] | None = None,
     if test_set:
         from losslab.reporting.test_set import add_test_set
 
-        add_test_set(rows, configs, [reference_config(c, configs, reference) for c in configs], sweep_dir)
+        add_test_set(rows, configs, [reference_config(c, configs, reference) for c in configs],
+                     [sweep_dir] * len(configs))
     not_aggregated = [run_row(run) for run in runs if not run.aggregated]
     learned = learned_keys(runs)
     learned_rows = [config_row(config, learned) for config in configs

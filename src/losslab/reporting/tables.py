@@ -182,13 +182,18 @@ def seeds_needed_text(report: Report) -> str:
 
 
 def test_set_lines(report: Report) -> list[str]:
-    """The test set's own variance (losslab.reporting.test_set): per config, McNemar's p per seed pair and the
-    bootstrap interval of the test accuracy difference against its reference, and the two ECEs with theirs."""
+    """The test set's own variance (losslab.reporting.test_set) under its heading: `test_set_table`."""
     if not report.test_set:
         return []
-    rows = [row for row in report.rows if row["ece"] is not None or row["mcnemar p"] is not None]
+    return ["", "## The test set's variance", "", *test_set_table(report.keys, report.rows)]
+
+
+def test_set_table(keys: list[str], rows: list[dict], points: bool = False) -> list[str]:
+    """Per config: McNemar's p per seed pair and the bootstrap interval of the test accuracy difference against its
+    reference (in percentage points with `points`), and the two ECEs with theirs (test_set.TEST_SET_COLUMNS)."""
+    rows = [row for row in rows if row["ece"] is not None or row["mcnemar p"] is not None]
     if not rows:
-        return ["", "## The test set's variance", "", "None: no run of the sweep wrote predictions_test.npz."]
+        return ["None: no run wrote predictions_test.npz."]
 
     def interval(row: dict, name: str) -> str:
         value, low, high = row[name], row[f"{name} boot low"], row[f"{name} boot high"]
@@ -201,21 +206,22 @@ def test_set_lines(report: Report) -> list[str]:
         below = sum(p < 0.05 for p in found)
         return f"{min(found):.2g}–{max(found):.2g} ({below} of {len(found)} below 0.05)"
 
-    return ["", "## The test set's variance", "",
-            "The seeds vary the initialisation and the data order; the test set is one fixed sample of images. "
+    unit = " (points)" if points else ""
+    return ["The seeds vary the initialisation and the data order; the test set is one fixed sample of images. "
             "Per config, from its runs' predictions_test.npz: the test accuracy difference against its reference "
             "averaged over seed pairs with its 95 % bootstrap interval over test examples (2,000 resamples), "
             "McNemar's exact p for each seed pair (its range, and how many are below 0.05), and the ECE with 15 "
             "equal-width bins and with 15 equal-mass bins, mean over seeds [bootstrap interval].", "",
-            table([*report.keys, "test/acc diff [bootstrap]", "McNemar p per seed", "ECE equal-width",
+            table([*keys, f"test/acc diff{unit} [bootstrap]", "McNemar p per seed", "ECE equal-width",
                    "ECE equal-mass"],
-                  [[*(row[k] for k in report.keys), boot_diff(row), mcnemar(row), interval(row, "ece"),
-                    interval(row, "ece equal-mass")] for row in rows])]
+                  [[*(row[k] for k in keys), boot_diff(row, 100 if points else 1), mcnemar(row),
+                    interval(row, "ece"), interval(row, "ece equal-mass")] for row in rows])]
 
 
-def boot_diff(row: dict) -> str:
+def boot_diff(row: dict, scale: float = 1) -> str:
     low, high = row["test/acc diff boot low"], row["test/acc diff boot high"]
-    return "" if low is None else f"{row['test/acc diff']:+.2g} [{low:+.2g}, {high:+.2g}]"
+    diff = row["test/acc diff"]
+    return "" if low is None else f"{scale * diff:+.2g} [{scale * low:+.2g}, {scale * high:+.2g}]"
 
 
 def learned_lines(report: Report) -> list[str]:

@@ -128,11 +128,13 @@ TEST_SET_COLUMNS = ("mcnemar p", "test/acc diff boot low", "test/acc diff boot h
                     "ece boot high", "ece equal-mass", "ece equal-mass boot low", "ece equal-mass boot high")
 
 
-def add_test_set(rows: list[dict], configs: list[Config], against: list[Config | None], sweep_dir: Path) -> None:
+def add_test_set(rows: list[dict], configs: list[Config], against: list[Config | None],
+                 sweep_dirs: list[Path]) -> None:
     """Adds to each config's row its TEST_SET_COLUMNS: McNemar's p per seed pair and the bootstrap interval of
     the test accuracy difference against its reference config `against` (None: not compared), and its two ECEs
-    with their intervals; None where the runs wrote no predictions."""
-    found = [predictions(sweep_dir, config) for config in configs]  # each config's files read once
+    with their intervals; None where the runs wrote no predictions. `sweep_dirs`: the sweep dir of each config's
+    runs (one sweep, or a study table's several)."""
+    found = [predictions(sweep_dir, config) for sweep_dir, config in zip(sweep_dirs, configs)]  # read once each
     of = {id(config): runs for config, runs in zip(configs, found)}
     for row, runs, reference in zip(rows, found, against):
         row.update(dict.fromkeys(TEST_SET_COLUMNS))
