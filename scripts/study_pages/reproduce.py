@@ -7,6 +7,10 @@ dirs. The multiruns run in this process, one after the other (one Python start f
 jobs see whatever this process has set up, e.g. a test's data fixtures). The tables come from the runs'
 summary.json files through losslab.reporting.report: mean ± sample std over the seeds of each config.
 
+A tuned row (study_pages.studies.Tuned) is two multiruns: its equal-budget tuning with Hydra's Optuna sweeper into
+<out>/<study>/<multirun>/tune, then the best trial's values over the seeds into <out>/<study>/<multirun> (see
+`run_tuned`); the page adds a tuning table under each table that has such rows.
+
 The committed pages hold the studies as defined. A run given extra overrides (a smoke run such as
 `trainer.max_steps=5 seed=0`) keeps its sweep dirs apart, under outputs/reproduce-with-overrides/, and writes its
 page beside them, <out>/<study>.md, unless `--docs` says where the pages go.
@@ -26,17 +30,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from losslab.config import REPO_ROOT, data_root
 from losslab.errors import DataError, UserError
 from losslab.fileio import atomic_write, write_json
 from losslab.records.job_dirs import job_dirs, job_number
+from losslab.records.sweep_state import tally, tally_text
 from losslab.reporting.plots import new_figure, save
 from losslab.reporting.report import write_report
 from losslab.reporting.statistics import add_comparisons, by_metric, reference_config, reference_name
 from losslab.reporting.sweep_data import LOWER_IS_BETTER, Config, read_runs
 from losslab.reporting.tables import NO_TEST, comparison_cell, table, test_set_table
 from losslab.reporting.test_set import add_test_set
-from study_pages.studies import STUDIES, Figure, Multirun, Original, Study, Table, Trend
+from study_pages.studies import STUDIES, Figure, Multirun, Original, Study, Table, Trend, Tuned
 
 PROG = "reproduce.py"
 DEFAULT_LAUNCHER = "stacked"
@@ -84,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             check_not_run_page(study, args)
         if not args.from_existing:
             runs = selected(study, args.only)
+            check_search_spaces(study, runs)
             check_data(study, runs, data_root(str(args.data_root) if args.data_root else None), not args.no_download)
             code = run_study(study, runs, args, command=shlex.join(["python", "scripts/reproduce.py", *argv]))
         if code in (0, 1):
@@ -132,8 +140,14 @@ def sources(runs: list[Multirun]) -> list[str]:
     from losslab.commands.cli import compose
     from losslab.data import TASKS
 
-    found = [TASKS[compose([f"experiment={run.experiment}"]).dataset.name][0] for run in runs]
+    names = [compose([f"experiment={run.experiment}", *dataset_overrides(run)]).dataset.name for run in runs]
+    found = [TASKS[name][0] for name in names if name in TASKS]  # synthetic data is no task: nothing to read
     return [source for source in dict.fromkeys(found) if source in SOURCES]
+
+
+def dataset_overrides(run: Multirun | Tuned) -> list[str]:
+    """The run's overrides of the dataset (the rest, a grid of seeds among them, says nothing of its files)."""
+    return [o for o in run.fixed if key_of(o).split(".")[0] == "dataset"]
 
 
 def missing_files(source: str, root: Path) -> list[str]:
@@ -166,31 +180,55 @@ def check_data(study: Study, runs: list[Multirun], root: Path, download: bool) -
 # ---- running
 
 
-def run_study(study: Study, runs: list[Multirun], args, command: str) -> int:
+def run_study(study: Study, runs: list[Multirun | Tuned], args, command: str) -> int:
     """Each multirun in turn: 0, 1 if a job failed, or (at once) losslab-train's code for a mistake (2) or a stop."""
     code = 0
     for run in runs:
-        sweep_dir = (args.out / study.name / run.name).resolve()
-        overrides = [*run.overrides(), f"hydra/launcher={args.launcher}", f"hydra.sweep.dir={sweep_dir}"]
-        if args.data_root:
-            overrides.append(f"dataset.root={args.data_root.resolve()}")
-        if args.no_download:
-            overrides.append("dataset.download=false")
-        overrides += args.overrides
-        record = {"command": command, "losslab_train": shlex.join(["losslab-train", "-m", *overrides]),
-                  "environment": environment(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-        print(f"{PROG}: {study.name}/{run.name}: {record['losslab_train']}", flush=True)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        write_json(sweep_dir / RECORD, record)
-        exit_code = run_multirun(overrides)
-        if study.calibrate and exit_code in (0, 1):
-            calibrate_runs(sweep_dir)
-        write_json(sweep_dir / RECORD, {**record, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                                        "exit_code": exit_code})
+        if isinstance(run, Tuned):
+            exit_code = run_tuned(study, run, args, command)
+        else:
+            sweep_dir = (args.out / study.name / run.name).resolve()
+            exit_code = launch(f"{study.name}/{run.name}", sweep_dir, run.overrides(), args, command,
+                               study.calibrate)
         if exit_code not in (0, 1):
             return exit_code
         code = max(code, exit_code)
     return code
+
+
+def train_overrides(sweep_dir: Path, overrides: list[str], args, extras: list[str]) -> list[str]:
+    """A multirun's `losslab-train -m` overrides: its own (less the keys `extras` set: the command line's win), the
+    launcher, its sweep dir, the data, then `extras`."""
+    extra_keys = {key_of(extra) for extra in extras}
+    full = [o for o in overrides if key_of(o) not in extra_keys]
+    full += [f"hydra/launcher={args.launcher}", f"hydra.sweep.dir={sweep_dir}"]
+    if args.data_root:
+        full.append(f"dataset.root={args.data_root.resolve()}")
+    if args.no_download:
+        full.append("dataset.download=false")
+    return full + extras
+
+
+def key_of(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def launch(name: str, sweep_dir: Path, overrides: list[str], args, command: str, calibrate: bool,
+           extras: list[str] | None = None) -> int:
+    """`losslab-train -m` into `sweep_dir` (train_overrides; `extras`: the command line's, by default), recorded in
+    its reproduce.json; its exit code."""
+    full = train_overrides(sweep_dir, overrides, args, args.overrides if extras is None else extras)
+    record = {"command": command, "losslab_train": shlex.join(["losslab-train", "-m", *full]),
+              "environment": environment(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    print(f"{PROG}: {name}: {record['losslab_train']}", flush=True)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    write_json(sweep_dir / RECORD, record)
+    exit_code = run_multirun(full)
+    if calibrate and exit_code in (0, 1):
+        calibrate_runs(sweep_dir)
+    write_json(sweep_dir / RECORD, {**record, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                                    "exit_code": exit_code})
+    return exit_code
 
 
 def run_multirun(overrides: list[str]) -> int:
@@ -229,6 +267,135 @@ def calibrate_runs(sweep_dir: Path) -> None:
                 evaluate([str(job), "--calibrate"])
             except UserError as e:
                 print(f"{PROG}: {job.name}: not calibrated: {e}", flush=True)
+
+
+# ---- equal-budget tuning (studies.Tuned)
+
+TUNE_DIR = "tune"  # <out>/<study>/<multirun>/tune: a tuned row's trials
+RESULTS = "optimization_results.yaml"  # what Hydra's Optuna sweeper writes in its sweep dir at its end
+
+
+def tune_dir(out: Path, study: Study, run: Tuned) -> Path:
+    return out / study.name / run.name / TUNE_DIR
+
+
+def tuning_result(tune: Path) -> dict | None:
+    """The Optuna sweeper's results in `tune` (best_params, best_value), None before it has written them."""
+    try:
+        results = yaml.safe_load((tune / RESULTS).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return results if isinstance(results, dict) and "best_params" in results else None
+
+
+def run_tuned(study: Study, run: Tuned, args, command: str) -> int:
+    """Tune the row (unless it is tuned), then retrain the best trial's values over the seeds.
+
+    A tuning whose results were written by this very command is reused. Any other (stopped, never run) runs the
+    same Optuna sweep into the same dir: the seeded sampler proposes the same trials in the same order, the finished
+    ones are skipped and report their recorded objective, a stopped one resumes from its last.pt, so the tuning ends
+    as an uninterrupted one would."""
+    name, tune = f"{study.name}/{run.name}", tune_dir(args.out, study, run).resolve()
+    extras = [o for o in args.overrides if key_of(o) != "seed"]  # the trials' seed is the tuning's; seed= retrains
+    code = 0
+    if tuned(tune, train_overrides(tune, run.tune_overrides(), args, extras)):
+        print(f"{PROG}: {name}: already tuned, its {RESULTS} reused", flush=True)
+    else:
+        (tune / RESULTS).unlink(missing_ok=True)  # an earlier command's: never taken for this one's
+        code = launch(f"{name} tuning", tune, run.tune_overrides(), args, command, False, extras)
+        if code not in (0, 1):
+            return code
+    result = tuning_result(tune)
+    if result is None:
+        print(f"{PROG}: {name}: its tuning wrote no {RESULTS}, so its seeds are not trained", flush=True)
+        return 1
+    seeds = launch(name, tune.parent, run.seeds_overrides(result["best_params"]), args, command, study.calibrate)
+    return max(code, seeds)
+
+
+def tuned(tune: Path, overrides: list[str]) -> bool:
+    """Whether `tune` holds the results of a tuning by `losslab-train -m *overrides`."""
+    record = read_record(tune)
+    return (tuning_result(tune) is not None and record is not None
+            and record.get("losslab_train") == shlex.join(["losslab-train", "-m", *overrides]))
+
+
+def read_record(sweep_dir: Path) -> dict | None:
+    try:
+        return json.loads((sweep_dir / RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def check_search_spaces(study: Study, runs: list[Multirun | Tuned]) -> None:
+    """Each tuned row's search space, before anything trains: a range Optuna's sweeper samples, of a key that the
+    row's config has, whose ends (an interval's) or values (a choice's) that config, its checks and its loss accept;
+    else one sentence."""
+    import copy
+
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from losslab.commands.cli import compose
+    from losslab.commands.messages import did_you_mean, one_sentence
+
+    for run in [run for run in runs if isinstance(run, Tuned)]:
+        where = f"the tuned row {study.name}/{run.name} ({' '.join(run.overrides())})"
+        try:
+            config = compose(run.overrides())
+        except (HydraException, OmegaConfBaseException) as e:
+            raise UserError(f"{where} does not compose: {one_sentence(e)}") from None
+        for key, value in run.search_space().items():
+            for end in sampled_values(where, key, value):
+                job = copy.deepcopy(config)
+                try:
+                    OmegaConf.update(job, key, end, merge=True)
+                except OmegaConfBaseException as e:
+                    reason = str(e).splitlines()[0].rstrip(".")
+                    raise UserError(f"{where} searches {key}={value}, which its config refuses: {reason}"
+                                    f"{did_you_mean(e)}.") from None
+                refused = refusal(job)
+                if refused:
+                    raise UserError(f"{where} searches {key}={value}, whose value {end} is refused: {refused}")
+
+
+def refusal(config) -> str | None:
+    """Why a job of `config` would be refused at its start (losslab.config.check, then the loss's own checks of its
+    numbers as it is built), None if it would not be."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from losslab.config import check
+
+    try:
+        check(config)
+        instantiate(config.loss)
+    except UserError as e:
+        return str(e)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, UserError):
+            return str(e.__cause__)
+        raise
+    return None
+
+
+def sampled_values(where: str, key: str, value: str) -> list:
+    """The ends of an interval, or the values of a choice or range, that Optuna's sweeper samples for `key`."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import IntervalSweep
+    from hydra.errors import HydraException
+
+    try:
+        override = OverridesParser.create().parse_override(f"{key}={value}")
+    except HydraException as e:
+        raise UserError(f"{where} searches {key}={value}, which is not an override: "
+                        f"{' '.join(str(e).split())}") from None
+    if not override.is_sweep_override():
+        raise UserError(f"{where} searches {key}={value}, one value: give a range to sample, interval(low,high) "
+                        "(tag(log,interval(low,high)) on a log scale), choice(a,b,...) or range(start,stop,step).")
+    swept = override.value()
+    return [swept.start, swept.end] if isinstance(swept, IntervalSweep) else list(override.sweep_iterator())
 
 
 def environment() -> dict:
@@ -432,6 +599,47 @@ def label(row: Row) -> str:
     return ", ".join(f"{k}={v}" for k, v in row.values.items() if v is not None) or "all runs"
 
 
+def tuning_section(study: Study, result: Result, out: Path) -> list[str]:
+    """Under a table with tuned rows: the budget in words and, per tuned row, its trials, its own space, the values
+    chosen, the best trial's objective and the tuning's training time."""
+    tuned = [run for run in result.table.multiruns if isinstance(run, Tuned)]
+    if not tuned:
+        return []
+    tuning = tuned[0].tuning
+    intro = (f"Every tuned row had the same budget: {tuning.trials} trials of Hydra's Optuna sweeper (TPE, sampler "
+             f"seed {tuning.sampler_seed}, {tuning.batch} trials proposed at a time), each a run of seed "
+             f"{tuning.tune_seed}, over {space_text(tuning.shared)} for every row and the row's own space below (a "
+             f"loss with none spends its trials on the shared space); objective: the final {tuning.objective} on "
+             f"the validation split, {'maximised' if tuning.mode == 'max' else 'minimised'}. The best trial's values "
+             f"were retrained over seeds {tuning.seeds}: the table's tuned rows; runs.csv gives each run's values.")
+    columns = ["row", "trials", "own space", "chosen", f"best {header(tuning.objective)}", "tuning time (min)"]
+    rows = [tuning_row(run, tune_dir(out, study, run)) for run in tuned]
+    return [f"### {result.table.title}: tuning", "", intro, "", table(columns, rows), ""]
+
+
+def tuning_row(run: Tuned, tune: Path) -> list[str]:
+    own = space_text(run.space) or "none"
+    if not has_jobs(tune):
+        return [" ".join(run.fixed), "not run yet", own, "–", "–", "–"]
+    result = tuning_result(tune)
+    if result is None:
+        chosen, best = "– (not finished)", "–"
+    else:
+        chosen = ", ".join(f"{key}={number(value)}" for key, value in result["best_params"].items())
+        value = -result["best_value"] if run.tuning.mode == "max" else result["best_value"]
+        best = f"{100 * value:.2f}" if percent(run.tuning.objective) else f"{value:.4g}"
+    minutes = training_time(read_runs(tune)) / 60
+    return [" ".join(run.fixed), tally_text(tally(tune)), own, chosen, best, f"{minutes:.1f}"]
+
+
+def space_text(space: dict[str, str]) -> str:
+    return ", ".join(f"`{key}={value}`" for key, value in space.items())
+
+
+def number(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 # ---- commentary, from the numbers
 
 
@@ -601,14 +809,31 @@ def portable(command: str) -> str:
             tokens[i] = display(Path(token), PLACEHOLDERS[tokens[i - 1]])
         elif eq and Path(value).is_absolute() and (key in PLACEHOLDERS or key == "hydra.sweep.dir"):
             path = Path(value)
-            placeholder = PLACEHOLDERS.get(key) or "/".join(["OUT", *path.parts[-2:]])
+            below = -3 if path.name == TUNE_DIR else -2  # OUT/<study>/<multirun>[/tune]
+            placeholder = PLACEHOLDERS.get(key) or "/".join(["OUT", *path.parts[below:]])
             tokens[i] = f"{key}={display(path, placeholder)}"
     return shlex.join(tokens)
 
 
-def default_command(study: Study, run: Multirun, out: Path) -> str:
-    return portable(shlex.join(["losslab-train", "-m", *run.overrides(), f"hydra/launcher={DEFAULT_LAUNCHER}",
-                                f"hydra.sweep.dir={(out / study.name / run.name).resolve()}"]))
+def default_command(overrides: list[str], sweep_dir: Path) -> str:
+    return portable(shlex.join(["losslab-train", "-m", *overrides, f"hydra/launcher={DEFAULT_LAUNCHER}",
+                                f"hydra.sweep.dir={sweep_dir.resolve()}"]))
+
+
+CHOSEN = "CHOSEN"  # a tuned row's values in its seeds command before its tuning has chosen them
+
+
+def commands_of(study: Study, run: Multirun | Tuned, out: Path, records: dict[str, dict]) -> list[str]:
+    """A multirun's losslab-train command as recorded, else as the default launcher runs it; a tuned row's two:
+    its tuning, then its seeds with the values chosen."""
+    sweep_dir = out / study.name / run.name
+    seeds = records.get(run.name)
+    if not isinstance(run, Tuned):
+        return [portable(seeds["losslab_train"]) if seeds else default_command(run.overrides(), sweep_dir)]
+    tune = read_record(sweep_dir / TUNE_DIR)
+    chosen = {key: CHOSEN for key in run.search_space()}
+    return [portable(tune["losslab_train"]) if tune else default_command(run.tune_overrides(), sweep_dir / TUNE_DIR),
+            portable(seeds["losslab_train"]) if seeds else default_command(run.seeds_overrides(chosen), sweep_dir)]
 
 
 def data_lines(study: Study) -> list[str]:
@@ -648,6 +873,7 @@ def write_page(study: Study, out: Path, docs: Path) -> Path:
             if result.rows:
                 lines += [markdown_table(result), ""]
                 lines += comparison_section(result)
+            lines += tuning_section(study, result, out)
             if result.not_aggregated:
                 lines += ["Not aggregated (see report.md in the sweep dir):", "",
                           *(f"- {line}" for line in result.not_aggregated), ""]
@@ -669,19 +895,22 @@ RUNS_CSV = "runs.csv"  # beside each page, in docs/results/<study>/: one row per
 
 
 def runs_csv(results: list[Result]) -> str:
-    """Every run of the study's tables: its table, multirun, job, the overrides its sweep varies, seed, status,
-    the commit it trained at (summary.json's git, `+changes` for a dirty checkout) and its final metrics."""
+    """Every run of the study's tables: its table, multirun, job, the overrides its sweep varies (and a tuned row's
+    chosen values), seed, status, the commit it trained at (summary.json's git, `+changes` for a dirty checkout) and
+    its final metrics."""
     import csv
     import io
 
     rows = []
     for result in results:
+        shown = [*result.keys, *(key for run in result.table.multiruns if isinstance(run, Tuned)
+                                 for key in run.search_space())]
         for multirun, runs in result.runs.items():
             for run in runs:
                 trained = (run.summary.get("git") or {})
                 commit = trained.get("commit", "")[:12] + ("+changes" if trained.get("dirty") else "")
                 rows.append({"table": result.table.title, "multirun": multirun, "job": run.job,
-                             **{k: v for k, v in (run.overrides or {}).items() if k in result.keys},
+                             **{k: v for k, v in (run.overrides or {}).items() if k in shown},
                              "seed": run.seed, "status": run.status, "commit": commit,
                              **{k: v for k, v in (run.summary.get("final") or {}).items()
                                 if isinstance(v, (int, float))}})
@@ -720,15 +949,20 @@ def check_notes(notes: str, generated: str, page: Path) -> None:
 
 def command_section(study: Study, results: list[Result], out: Path, ran: bool) -> list[str]:
     records = {name: record for result in results for name, record in result.records.items()}
-    commands = list(dict.fromkeys(portable(record["command"]) for record in records.values())) or [
+    tunings = [record for run in study.multiruns()
+               if isinstance(run, Tuned) and (record := read_record(tune_dir(out, study, run)))]
+    commands = list(dict.fromkeys(portable(record["command"]) for record in [*tunings, *records.values()])) or [
         f"python scripts/reproduce.py {study.name}"]
     lines = ["## Command", "", provenance_line(study, results, ran), "", "```bash", *commands, "```", "",
              "runs these multiruns, one after the other (a second run skips finished jobs; delete a sweep dir to "
              "train it again, or add `--from-existing` to rebuild this page from the sweep dirs without training):",
              "", "```bash"]
-    lines += [portable(records[run.name]["losslab_train"]) if run.name in records else default_command(study, run, out)
-              for run in study.multiruns()]
+    lines += [command for run in study.multiruns() for command in commands_of(study, run, out, records)]
     lines += ["```", ""]
+    if any(isinstance(run, Tuned) for run in study.multiruns()):
+        lines += [f"A tuned row is two lines: its tuning (Hydra's Optuna sweeper, into `<multirun>/{TUNE_DIR}`; a "
+                  f"second run reuses a finished tuning) and its seeds with the values the tuning chose, read from "
+                  f"its {RESULTS} ({CHOSEN} until it has run).", ""]
     if not ran:
         lines += ["Data it needs (CIFAR-10 and EMNIST are downloaded on first use where there is network):", "",
                   *data_lines(study), ""]

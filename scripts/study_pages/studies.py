@@ -1,5 +1,6 @@
 """The reproduced studies (issue 8) as data: which multiruns each runs, what its tables show, the original figures
-beside them, the trends the original claims, and the figures worth embedding. `study_pages.reproduce` runs them and
+beside them, the trends the original claims, and the figures worth embedding; a row may be tuned on an equal
+budget before it is trained over seeds (Tuning, Tuned). `study_pages.reproduce` runs them and
 writes the pages; the presets named here live under conf/experiment/ and conf/sweep/.
 
 Accuracies are fractions here (as in summary.json) and percentages on the pages.
@@ -12,15 +13,100 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Multirun:
-    """One `losslab-train -m experiment=<experiment> sweep=<sweep>`, into <out>/<study>/<name>."""
+    """One `losslab-train -m experiment=<experiment> sweep=<sweep> <fixed>`, into <out>/<study>/<name>."""
 
     name: str
     experiment: str
-    sweep: str
+    sweep: str  # a conf/sweep/ preset, or "" for none (the grid is then in `fixed`, e.g. seed=0,1,2)
     label: dict[str, str] = field(default_factory=dict)  # constant choices its rows show (e.g. loss=ce)
+    fixed: tuple[str, ...] = ()  # more overrides
 
     def overrides(self) -> list[str]:
-        return [f"experiment={self.experiment}", f"sweep={self.sweep}"]
+        return [f"experiment={self.experiment}", *([f"sweep={self.sweep}"] if self.sweep else []), *self.fixed]
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Equal-budget tuning, one for all the tuned rows of a table: each row gets `trials` trials of Hydra's Optuna
+    sweeper (TPE, its sampler seeded with `sampler_seed`, so a rerun proposes the same trials) over the same space,
+    `shared` (every row: the learning rate) plus the row's own hyperparameters (Tuned.space; none for ce and mae,
+    whose trials all go to `shared`). A trial is one run of seed `tune_seed`; its objective is the final `objective`
+    on the validation split, `mode` max or min. The best trial's values are then retrained over `seeds`; where
+    `tune_seed` is one of them, that seed's run repeats the best trial, whose validation numbers were selected on
+    (its test numbers were not).
+
+    The objective is also trainer.monitor in the trials and in the retrained runs (early stopping, the plateau
+    scheduler and best.pt follow it), so both train the same way. The default, val/acc, is one rule for every loss
+    (each loss's own val/loss is not), and under symmetric label noise of rate r below (K − 1)/K the accuracy on the
+    noisy val labels is an increasing affine function of the clean accuracy, so it ranks settings as the clean
+    accuracy would; val/nll on noisy labels rewards an under-confident model. `batch` trials are proposed at a time
+    and handed to the launcher together: hydra/launcher=stacked trains them as one stacked model. TPE proposes its
+    first 10 trials at random, so batches of up to 10 lose the search nothing there; later batches are proposed
+    from the trials told so far.
+
+    A table of four losses at noise rate 0.4, each with 20 trials:
+
+        TUNING = Tuning(20, {"optimizer.lr": "tag(log,interval(1e-4,1e-1))"})
+        NOISE = ("dataset.label_noise=symmetric", "dataset.noise_rate=0.4")
+        rows = (Tuned("ce", "mnist_fnn_lenet", ("loss=ce", *NOISE), TUNING),
+                Tuned("focal", "mnist_fnn_lenet", ("loss=focal", *NOISE), TUNING, {"loss.gamma": "interval(0,5)"}),
+                Tuned("gce", "mnist_fnn_lenet", ("loss=gce", *NOISE), TUNING, {"loss.q": "interval(0.1,1)"}),
+                Tuned("mae", "mnist_fnn_lenet", ("loss=mae", *NOISE), TUNING))
+        Table("MNIST, symmetric noise 0.4", (*rows, rows[0].untuned()), ("val/acc", "test/acc"))
+    """
+
+    trials: int
+    shared: dict[str, str]  # key -> an Optuna range, e.g. {"optimizer.lr": "tag(log,interval(1e-4,1e-1))"}
+    seeds: str = "0,1,2,3,4"  # the retrained seeds, as `seed=` takes them
+    objective: str = "val/acc"
+    mode: str = "max"  # max | min
+    batch: int = 10  # hydra.sweeper.n_jobs
+    sampler_seed: int = 0
+    tune_seed: int = 0
+
+    def monitor(self) -> list[str]:
+        return [f"trainer.monitor={self.objective}", f"trainer.monitor_mode={self.mode}"]
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """A row tuned on the table's equal budget, then retrained: `losslab-train -m hydra/sweeper=optuna ...` into
+    <out>/<study>/<name>/tune, then the best trial's values over the seeds into <out>/<study>/<name>, whose jobs the
+    page aggregates as any multirun's. Its row shows the fixed overrides and `tuned: yes`; the chosen values are in
+    the table's tuning table and in runs.csv."""
+
+    name: str
+    experiment: str
+    fixed: tuple[str, ...]  # this row's overrides, e.g. ("loss=focal", "dataset.noise_rate=0.4")
+    tuning: Tuning
+    space: dict[str, str] = field(default_factory=dict)  # the loss's own, e.g. {"loss.gamma": "interval(0,5)"}
+
+    @property
+    def label(self) -> dict[str, str]:
+        return {**dict(override.split("=", 1) for override in self.fixed), "tuned": "yes"}
+
+    def search_space(self) -> dict[str, str]:
+        return {**self.tuning.shared, **self.space}
+
+    def overrides(self) -> list[str]:
+        """What the trials and the retrained runs share."""
+        return [f"experiment={self.experiment}", *self.fixed, *self.tuning.monitor()]
+
+    def tune_overrides(self) -> list[str]:
+        tuning = self.tuning
+        return ["hydra/sweeper=optuna", f"hydra.sweeper.n_trials={tuning.trials}",
+                f"hydra.sweeper.n_jobs={tuning.batch}", f"hydra.sweeper.sampler.seed={tuning.sampler_seed}",
+                *self.overrides(), f"seed={tuning.tune_seed}",
+                *(f"{key}={value}" for key, value in self.search_space().items())]
+
+    def seeds_overrides(self, chosen: dict) -> list[str]:
+        return [*self.overrides(), *(f"{key}={value}" for key, value in chosen.items()), f"seed={self.tuning.seeds}"]
+
+    def untuned(self) -> Multirun:
+        """This row untuned: the config's own values of the search space, the same overrides and seeds; beside the
+        tuned row it shows what the tuning gained."""
+        return Multirun(f"{self.name}_untuned", self.experiment, "", label={**self.label, "tuned": "no"},
+                        fixed=(*self.overrides(), f"seed={self.tuning.seeds}"))
 
 
 @dataclass(frozen=True)
@@ -61,7 +147,7 @@ class Figure:
 @dataclass(frozen=True)
 class Table:
     title: str
-    multiruns: tuple[Multirun, ...]
+    multiruns: tuple[Multirun | Tuned, ...]
     metrics: tuple[str, ...]  # keys of summary.json's final (or top-level numbers such as epochs)
     note: str = ""
     originals: tuple[Original, ...] = ()
@@ -72,6 +158,11 @@ class Table:
     compared: tuple[str, ...] = ()  # the metrics compared
     margins: dict[str, float] = field(default_factory=dict)  # equivalence margin (TOST) by compared metric
     test_set: bool = False  # McNemar and bootstrap intervals over the test examples (predictions_test.npz)
+
+    def __post_init__(self):
+        tunings = {repr(run.tuning) for run in self.multiruns if isinstance(run, Tuned)}
+        if len(tunings) > 1:  # the equal budget
+            raise ValueError(f"the tuned rows of table {self.title!r} must share one Tuning, not {len(tunings)}")
 
 
 @dataclass(frozen=True)
@@ -95,7 +186,7 @@ class Study:
     sources: tuple[str, ...] = ()  # where each original figure comes from, quoting the seed document's words
     calibrate: bool = False  # after training, `losslab-eval <run dir> --calibrate` for every finished run
 
-    def multiruns(self) -> list[Multirun]:
+    def multiruns(self) -> list[Multirun | Tuned]:
         return [run for table in self.tables for run in table.multiruns]
 
 
