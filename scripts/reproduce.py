@@ -1,6 +1,6 @@
 """Run a reproduced study and write its results page: `python scripts/reproduce.py <study> [--help]`.
 
-The studies: course_mnist, even_odd_entropy, mnist_fnn_lenet, cifar10_linear, emnist_entropy_losses
+The studies: course_mnist, even_odd_entropy, mnist_fnn_lenet, cifar10_linear, emnist_entropy_losses, label_noise_mnist
 (scripts/study_pages/studies.py); the pages: docs/results/.
 """
 
