@@ -1,4 +1,4 @@
-"""The label_noise_mnist study as designed: three noise settings, nine losses each tuned on one shared budget plus
+"""The label_noise_mnist study as designed: two noise settings, nine losses each tuned on one shared budget plus
 CE untuned, every row's config composes, every search space is one its loss accepts, and a tiny run of one row
 trains its trials and seeds and builds the page."""
 
@@ -16,13 +16,15 @@ from study_pages.studies import (
 
 from losslab.commands.cli import compose
 from losslab.records.job_dirs import job_dirs
+from losslab.reporting.statistics import reference_config
+from losslab.reporting.sweep_data import Config
 
 LOSSES = ("ce", "ce", "focal", "gce", "sce", "mae", "confidence_penalty", "min_ent", "mix_ent")
 
 
 def test_each_noise_setting_is_a_table_of_the_nine_losses_tuned_on_one_budget_and_ce_untuned():
     study = STUDIES["label_noise_mnist"]
-    assert study is LABEL_NOISE_MNIST and len(study.tables) == len(NOISE_SETTINGS) == 3
+    assert study is LABEL_NOISE_MNIST and len(study.tables) == len(NOISE_SETTINGS) == 2
     names = [run.name for run in study.multiruns()]
     assert len(names) == len(set(names))  # one sweep dir each
     for table, (setting, noise, _) in zip(study.tables, NOISE_SETTINGS):
@@ -52,6 +54,11 @@ def test_every_row_composes_and_every_search_space_is_one_its_loss_accepts():
             assert config.dataset.train_size == 10000 and config.loss.label_smoothing == 0.0
     own = {name: set(space) for name, _, space in NOISE_LOSSES}
     assert own["ce"] == own["mae"] == set() and all(own[name] for name in own if name not in ("ce", "mae"))
+
+
+def test_a_table_whose_reference_has_not_run_compares_nothing():
+    one = Config({"loss": "sce", "tuned": "yes"})
+    assert reference_config(one, [one], NOISE_REFERENCE) is None
 
 
 def test_one_row_tunes_and_retrains_and_the_page_is_built(trains, tmp_path):

@@ -139,10 +139,12 @@ def reference_name(reference: dict[str, str | None]) -> str:
 def reference_config(config: Config, configs: list[Config], reference: dict[str, str | None]) -> Config | None:
     """The config `config` is compared with: of those that have the reference values, the one sharing most of
     its other swept values (in a loss × l2 grid, ce at the same l2), the first in job order of equals; None for a
-    config that has the reference values itself, or without reference values."""
+    config that has the reference values itself, without reference values, or where no config has them."""
     if not reference or matches(config.values, reference):
         return None
     candidates = [other for other in configs if matches(other.values, reference)]
+    if not candidates:  # the reference config has not run (yet)
+        return None
     others = [key for key in config.values if key not in reference]
     return max(candidates, key=lambda other: sum(other.values[key] == config.values[key] for key in others))
 
