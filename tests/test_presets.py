@@ -150,7 +150,8 @@ def fixture_sizes(data) -> list[str]:
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_an_experiment_trains_one_batch_from_a_fresh_dir(name, fixture_root, tmp_path, losslab):
-    overrides = [f"experiment={name}", "trainer=debug"]
+    # an experiment's own budget (mnist_lenet_500_steps: trainer.max_steps=500) composes after trainer=debug
+    overrides = [f"experiment={name}", "trainer=debug", "trainer.max_steps=1"]
     data = compose(overrides).dataset
     source = TASKS[data.name][0]
     if source in FIXTURE_SOURCES:
