@@ -230,3 +230,26 @@ def test_noise_of_a_stack_is_the_noise_of_its_separate_runs(tmp_path, losslab):
     for alone, together in zip(runs["basic"], runs["stacked"]):
         for a, b in zip(metrics_rows(alone), metrics_rows(together)):
             assert float(b["train/clean_acc"]) == pytest.approx(float(a["train/clean_acc"]), abs=1e-6)
+
+
+@pytest.mark.parametrize("seeds", [(0,), (0, 1)], ids=["alone", "stacked"])
+def test_best_test_metrics_are_those_of_best_pt_and_the_final_ones_those_of_last_pt(tmp_path, seeds):
+    """trainer.test_best: best/test/acc is the test accuracy of best.pt's weights, and evaluating them leaves the
+    final weights (last.pt, test/acc) as they were; alone and as members of a stack. SGD at lr 2 under 60 % noise
+    peaks before its last evaluation, so the two differ."""
+    overrides = ["dataset=mnist", "dataset.train_size=2000", "dataset.label_noise=symmetric", "dataset.noise_rate=0.6",
+                 "model=linear", "optimizer.lr=2.0", "trainer.progress=log", "trainer.device=cpu",
+                 "trainer.figures=false", "trainer.epochs=3", "trainer.eval_every=0.5", "trainer.test_best=true",
+                 "trainer.monitor=val/acc", "trainer.monitor_mode=max"]
+    jobs = [Job(compose([*overrides, f"seed={seed}"]), tmp_path / str(seed)) for seed in seeds]
+    summaries = fit_group(jobs) if len(jobs) > 1 else [fit(jobs[0].cfg, jobs[0].run_dir)]
+    for job, result in zip(jobs, summaries):
+        run, data = build_run(Job(job.cfg, tmp_path / "fresh"), CPU)
+        x, y = data.split("test")
+        for checkpoint, key in (("best.pt", "best/test/acc"), ("last.pt", "test/acc")):
+            state = torch.load(job.run_dir / "checkpoints" / checkpoint, weights_only=True)
+            run.model.load_state_dict(state["model"])
+            assert result["final"][key] == pytest.approx(predicted_hits(run.model, x, y), abs=1e-12), checkpoint
+        assert result["final"]["best/test/acc"] != result["final"]["test/acc"]  # else this test could not tell
+        tb = read_events(job.run_dir)
+        assert [e.value for e in tb.Scalars("best/test/acc")] == pytest.approx([result["final"]["best/test/acc"]])

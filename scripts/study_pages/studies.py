@@ -505,7 +505,7 @@ NOISE_SETTINGS = (  # (name, overrides, words)
     ("asym0.4", ("dataset.label_noise=asymmetric", "dataset.noise_rate=0.4"), "asymmetric noise 0.4"),
 )
 NOISE_REFERENCE = {"loss": "ce", "loss.label_smoothing": "0.0", "tuned": "yes"}
-NOISE_METRICS = ("val/acc", "test/acc", "test/nll", "test/ece", "train/acc", "train/clean_acc")
+NOISE_METRICS = ("val/acc", "test/acc", "best/test/acc", "test/nll", "test/ece", "train/acc", "train/clean_acc")
 
 
 def noise_rows(setting: str, noise: tuple[str, ...]) -> tuple[Tuned | Multirun, ...]:
@@ -524,7 +524,9 @@ def noise_table(setting: str, noise: tuple[str, ...], words: str) -> Table:
              "128, 10 epochs, the test split's true labels; the train and val labels are noisy (drawn once, "
              "dataset.noise_seed=0, the same for every loss and seed). `train/acc`: the final model against the "
              "noisy training labels, `train/clean_acc`: against the true ones; a gap that widens while `train/acc` "
-             "rises is memorisation. Every loss's row is tuned (tuned: yes, its trials in the tuning table below); "
+             "rises is memorisation. `test/acc` is the last epoch's model, `best/test/acc` the model of the best "
+             "evaluation by val/acc (best.pt, trainer.test_best): early stopping's gain. Every loss's row is tuned "
+             "(tuned: yes, its trials in the tuning table below); "
              "the reference is CE tuned, and CE untuned (lr 1e-3, the preset's) shows what the tuning gained.",
         reference=NOISE_REFERENCE, reference_name="tuned ce", compared=("test/acc", "test/nll", "test/ece"),
         margins=EQUIVALENCE_MARGINS, test_set=True)

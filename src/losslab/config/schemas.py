@@ -112,6 +112,9 @@ class TrainerConf:
     compile: bool = False
     deterministic: bool = False
     checkpoints: bool = True
+    # also evaluate the test split with the best weights by `monitor` (best.pt's): final's best/test/acc, ... beside
+    # the final weights' test/acc (they differ when training goes on past the best evaluation, without patience)
+    test_best: bool = False
     # a run's figures (weight templates, confidence histogram, reliability diagram, curves), drawn after training:
     # null (default) draws them for a single run, and for a sweep's jobs on demand (losslab-report --figures), so a
     # grid's time goes to training; true draws them at a sweep's end too; false never

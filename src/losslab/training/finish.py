@@ -75,14 +75,30 @@ def final_evaluation(group: Group, k: int, status: str, diverged_at: int | None,
         final.update({f"{split}/{key}": value for key, value in evaluations[split].metrics.items()})
     if "train_clean" in evaluations:
         final["train/clean_acc"] = evaluations["train_clean"].metrics["acc"]
+    if settings.test_best:
+        final.update(best_test(group, k))
     save_predictions(run.job.run_dir / "predictions_test.npz", evaluations["test"])
     # train/loss, train/acc and train/clean_acc are per-step tags; the full train split's other metrics are logged
     # once here
-    run.logger.scalars({k: v for k, v in final.items() if k.startswith("test/") or (
+    run.logger.scalars({k: v for k, v in final.items() if k.startswith(("test/", "best/test/")) or (
         k.startswith("train/") and k not in ("train/loss", "train/acc", "train/clean_acc"))}, group.position.step)
     run.logger.row(final)
     emit("finish", group.position.step, group.numbers)
     return final
+
+
+def best_test(group: Group, k: int) -> dict:
+    """`best/test/<metric>`: the test split evaluated with the best weights by trainer.monitor (those of best.pt),
+    the final weights put back after; beside the final weights' test metrics it shows what training past the best
+    evaluation cost (memorisation of noisy labels)."""
+    run = group.runs[k]
+    if run.progress.best_state is None:
+        return {}
+    final_state = snapshot(run.model, run.loss_fn)
+    load_state(run, run.progress.best_state)
+    evaluation = group.stepper.evaluate(*group.data.split("test"), run.job.cfg.trainer, [k])[k]
+    load_state(run, final_state)
+    return {f"best/test/{key}": value for key, value in evaluation.metrics.items()}
 
 
 def final_splits(group: Group) -> tuple[str, ...]:
@@ -95,8 +111,13 @@ def restore_final_weights(run: Run) -> None:
     """The final model is the best one under early stopping (trainer.patience), else the last one."""
     settings, progress = run.job.cfg.trainer, run.progress
     if settings.patience is not None and progress.best_state is not None:
-        run.model.load_state_dict(progress.best_state["model"])
-        run.loss_fn.load_state_dict(progress.best_state["loss"])
+        load_state(run, progress.best_state)
+
+
+def load_state(run: Run, state: dict) -> None:
+    """Put a snapshot's model and loss state into the run's model and loss (a stack member's views included)."""
+    run.model.load_state_dict(state["model"])
+    run.loss_fn.load_state_dict(state["loss"])
 
 
 def record_interruption(group: Group, signum: int) -> None:
