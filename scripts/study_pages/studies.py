@@ -502,6 +502,7 @@ NOISE_LOSSES = (
 )
 NOISE_SETTINGS = (  # (name, overrides, words)
     ("sym0", ("dataset.label_noise=symmetric", "dataset.noise_rate=0.0"), "no noise (symmetric, rate 0)"),
+    ("sym0.2", ("dataset.label_noise=symmetric", "dataset.noise_rate=0.2"), "symmetric noise 0.2"),
     ("sym0.4", ("dataset.label_noise=symmetric", "dataset.noise_rate=0.4"), "symmetric noise 0.4"),
     ("sym0.6", ("dataset.label_noise=symmetric", "dataset.noise_rate=0.6"), "symmetric noise 0.6"),
     ("asym0.4", ("dataset.label_noise=asymmetric", "dataset.noise_rate=0.4"), "asymmetric noise 0.4"),
@@ -543,16 +544,16 @@ LABEL_NOISE_MNIST = Study(
              "training images. Their tables are not quoted here: the text of neither table could be checked where "
              "this study was written, and no figure is shown that was not read from its source.",
     tables=tuple(noise_table(setting, noise, words) for setting, noise, words in NOISE_SETTINGS),
-    headlines=(Headline(1, NOISE_REFERENCE, "test/acc", "symmetric noise 0.4, tuned CE test accuracy"),
-               Headline(1, {"loss": "sce", "tuned": "yes"}, "test/acc", "tuned SCE"),
-               Headline(1, {"loss": "mix_ent", "tuned": "yes"}, "test/acc", "tuned MIX-ENT")),
+    headlines=(Headline(2, NOISE_REFERENCE, "test/acc", "symmetric noise 0.4, tuned CE test accuracy"),
+               Headline(2, {"loss": "sce", "tuned": "yes"}, "test/acc", "tuned SCE"),
+               Headline(2, {"loss": "mix_ent", "tuned": "yes"}, "test/acc", "tuned MIX-ENT")),
     notes="5 seeds (0–4) per row after tuning; the validation split (5,000 images, dataset.split_seed=0) and the "
           "noise draw are fixed, so seeds measure training noise. Every tuned row had 8 trials of seed 0 (one "
           "stacked batch, all proposed at random by TPE's start-up), over lr ∈ [1e-4, 1e-2] (log) and its loss's "
-          "own number. Cut to fit about an hour of this 2-core CPU: symmetric 0.4 and asymmetric 0.4 together "
-          "took 31 min of wall time (36 min of CPU, 19 rows of 8 trials and 5 seeds, stacked), so the issue's "
-          "five settings would take about 77 min. Kept: 10,000 training images, 10 epochs, 8 trials, and 4 of the 5 "
-          "noise settings (symmetric 0, 0.4, 0.6 and asymmetric 0.4); not run: symmetric 0.2, the mildest."
+          "own number. The issue's whole grid: no cut was needed. It ran in three invocations of the command (a "
+          "second one skips what is finished): symmetric 0.4 and asymmetric 0.4 in 31 min of wall time while a "
+          "test suite shared the 2-core CPU, symmetric 0 and 0.6 in 11 min, symmetric 0.2 last; the runs' own "
+          "training time is the environment table's."
 )
 
 STUDIES: dict[str, Study] = {study.name: study for study in (
