@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from losslab.models import FNN, LeNet, Linear
-from losslab.stacking.batched_layers import side_by_side
 from losslab.stacking.stacked import (
     StackedAdam,
     StackedSGD,
@@ -407,11 +406,3 @@ def test_a_partial_flatten_runs_through_vmap_and_equals_each_member():
     out = stacked_forward(base, params, buffers, x)
     for m, member in enumerate(members):
         torch.testing.assert_close(out[m], member(x[m]), rtol=0, atol=1e-12)
-
-
-def test_groups_of_images_go_side_by_side_in_channels_last_memory():
-    """A grouped first layer on the CPU reads its (G, N, C, H, W) input as (N, G·C, H, W) channels_last."""
-    h = torch.randn(4, 3, 2, 5, 6)
-    side = side_by_side(h)
-    assert torch.equal(side, h.transpose(0, 1).flatten(1, 2))
-    assert side.is_contiguous(memory_format=torch.channels_last)

@@ -18,7 +18,7 @@ members h (M, N, I): z[m]ᵀ = W[m] · h[m]ᵀ + b[m] as one batched product, (M
 transposed in memory: the backward then multiplies in BLAS's preferred layout, and a loss over the last layer's
 outputs reduces over its classes across the rows (losslab.losses.base.log_softmax). Conv2d: shared input, one
 convolution with M·O output channels; groups input, one grouped convolution (groups = G) over the G batches'
-channels side by side (on the CPU in channels_last memory: `side_by_side`); channels input, one grouped convolution
+channels side by side (on the CPU G ordinary convolutions: `batch_by_batch`); channels input, one grouped convolution
 (groups = M).
 Activations, dropout and max-pooling act elementwise or per channel, so in any layout (dropout draws each
 member's own mask).
@@ -115,20 +115,23 @@ def linear(h: Tensor, layout: str, weight: Tensor, bias: Tensor | None, members:
 
 def conv2d(module: nn.Conv2d, h: Tensor, layout: str, weight: Tensor, bias: Tensor | None, members: int):
     groups = {SHARED: 1, GROUPS: len(h), MEMBERS: members, CHANNELS: members}[layout]
+    if layout in (GROUPS, MEMBERS) and h.device.type == "cpu":
+        return batch_by_batch(module, h, weight, bias), CHANNELS
     if layout in (GROUPS, MEMBERS):  # (G, N, C, H, W) -> (N, G·C, H, W), a copy
-        h = side_by_side(h) if h.device.type == "cpu" else h.transpose(0, 1).flatten(1, 2)
+        h = h.transpose(0, 1).flatten(1, 2)
     out = F.conv2d(h, weight.flatten(0, 1), None if bias is None else bias.flatten(), module.stride,
                    module.padding, module.dilation, groups=groups)
     return out, CHANNELS
 
 
-def side_by_side(h: Tensor) -> Tensor:
-    """(G, N, C, H, W) as (N, G·C, H, W) in channels_last memory, in one copy: on the CPU, oneDNN's grouped
-    convolution of a few input channels per group (a first layer) computed its weight gradient about 5x slower
-    from the default layout (scripts/profile_layers.py)."""
-    groups, n, channels, height, width = h.shape
-    return h.permute(1, 3, 4, 0, 2).reshape(n, height, width, groups * channels).permute(0, 3, 1, 2)
-
+def batch_by_batch(module: nn.Conv2d, h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """(G, N, C, H, W) -> (N, M·O, H, W): each batch convolved with its M/G members' filters as one ordinary
+    convolution, the G outputs side by side in the channels. On the CPU a grouped convolution over the batches
+    computes its weight gradient many times slower than G ordinary ones (scripts/profile_layers.py)."""
+    per = len(weight) // len(h)
+    return torch.cat([F.conv2d(batch, weight[g * per:(g + 1) * per].flatten(0, 1),
+                               None if bias is None else bias[g * per:(g + 1) * per].flatten(),
+                               module.stride, module.padding, module.dilation) for g, batch in enumerate(h)], dim=1)
 
 def flatten(tensor: Tensor, layout: str, members: int) -> tuple[Tensor, str]:
     """flatten(1) of every member's value: its features into one dim."""

@@ -250,10 +250,11 @@ def logged_values(runs, device: torch.device) -> torch.Tensor:
 
 def check_stackable(first, device: torch.device, conv_on_cpu: bool = False) -> None:
     """Raise NotStackable with the reason when runs like `first` (their configs differ only in
-    STACKABLE_KEYS) cannot train as one stack, or would train slower as one: past the first layer the members'
-    convolutions are one grouped convolution, which the CPU computes no faster than separate ones (a 16-member
-    LeNet-5 step ran at 1.06x the speed of 16 separate steps with a shared batch, 0.86x with their own batches;
-    0.72x and 0.54x on a slower CPU; scripts/bench_stacked_step.py)."""
+    STACKABLE_KEYS) cannot train as one stack, or would train slower as one. On the CPU a stack of convolutional
+    members is slower than their separate steps (scripts/bench_stacked_step.py, LeNet-5, 16 members): past the
+    first layer their convolutions are one grouped convolution, slower than separate ones, and the stack's
+    activations, 16 times larger, make the elementwise and pooling passes several times slower per element
+    (scripts/profile_layers.py shows each layer)."""
     if device.type == "cpu" and not conv_on_cpu and any(isinstance(m, torch.nn.Conv2d) for m in first.model.modules()):
         raise NotStackable("stacked convolutions run no faster than separate ones on the CPU "
                            "(hydra.launcher.conv_on_cpu=true stacks them anyway)")
