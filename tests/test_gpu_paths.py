@@ -60,12 +60,14 @@ def test_fp32_is_ieee_on_cuda_and_tf32_is_asked_for(tmp_path, caplog, tf32_flags
     assert tf32["final"]["test/loss"] == fp32["final"]["test/loss"]
 
 
-def test_conv_models_go_channels_last_on_cuda_and_compute_the_same():
+def test_conv_models_go_channels_last_and_compute_the_same():
     data, _, lenet, _, _ = build(compose([*SYNTH, "model=lenet", "dataset.shape=[3,16,16]"]), torch.device("cpu"))
     _, _, linear, _, _ = build(compose(SYNTH), torch.device("cpu"))
+    lenet = lenet.to(memory_format=torch.contiguous_format)  # the reference: NCHW
     assert memory_format(lenet, torch.device("cuda")) == torch.channels_last
     assert memory_format(linear, torch.device("cuda")) == torch.contiguous_format
-    assert memory_format(lenet, torch.device("cpu")) == torch.contiguous_format
+    assert memory_format(lenet, torch.device("cpu")) == torch.channels_last
+    assert memory_format(linear, torch.device("cpu")) == torch.contiguous_format
     x = data.train_x[:16]
     expected = lenet(x)
     nhwc = lenet.to(memory_format=torch.channels_last)
