@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,13 +62,43 @@ def busy_warning(when: str, load: float, own: float = 0.0) -> str | None:
 
 
 @contextmanager
-def warn_if_busy() -> Iterator[None]:
-    """Prints `busy_warning` at the start and at the end of the benchmark inside."""
+def warn_if_busy(at_end: bool = True) -> Iterator[None]:
+    """Prints `busy_warning` at the start and (with `at_end`) at the end of the benchmark inside."""
     started, cpu = time.perf_counter(), cpu_seconds()
     print_warning(busy_warning("at the start", os.getloadavg()[0]))
     yield
     own = (cpu_seconds() - cpu) / (time.perf_counter() - started)
-    print_warning(busy_warning("at the end", os.getloadavg()[0], own))
+    if at_end:
+        print_warning(busy_warning("at the end", os.getloadavg()[0], own))
+
+
+# the fixed competing load: a torch process of its own threads multiplying 512 x 512 matrices without end, as a
+# training run beside the benchmark would keep the cores busy
+COMPETITOR = """
+import torch
+torch.set_num_threads({threads})
+x = torch.randn(512, 512)
+print("ready", flush=True)
+while True:
+    x = (x @ x).tanh_()
+"""
+
+
+@contextmanager
+def competing_load(threads: int) -> Iterator[subprocess.Popen | None]:
+    """With `threads` > 0, one other process keeps `threads` cores busy (COMPETITOR) from before the body starts
+    (it has imported torch and is multiplying) until the body ends; with 0, nothing."""
+    if threads <= 0:
+        yield None
+        return
+    with subprocess.Popen([sys.executable, "-c", COMPETITOR.format(threads=threads)], stdout=subprocess.PIPE,
+                          text=True) as competitor:
+        try:
+            if competitor.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"the competing load ended before it started (exit code {competitor.wait()})")
+            yield competitor
+        finally:
+            competitor.kill()
 
 
 def print_warning(line: str | None) -> None:

@@ -2,7 +2,7 @@
 against the same M runs stepped one after another, measured side by side in one run.
 
     python scripts/bench_stacked_step.py [--members 16] [--steps 50] [--repeat 3] [--seconds 0.5] [--device cpu]
-                                         [--models linear lenet] [--full]
+                                         [--models linear lenet] [--precision fp32] [--load 0] [--full]
 
 Each member is built from its own composed config, as `hydra/launcher=stacked` builds it (MNIST shapes, batch
 128, SGD, a 4 lr x 4 trainer.l2 grid for 16 members). Two cases per model: the members share their batches
@@ -12,7 +12,12 @@ Each member is built from its own composed config, as `hydra/launcher=stacked` b
 - `products`: for linear models, the stack's matrix products alone, timed in isolation: the forward product
   and the weight gradient's, as one (128 x 784) by (784 x 16·10) product each for shared batches, as batched
   products (M of 128 x 784 by 784 x 10) for the members' own;
-- `separate`: M `SingleStepper.step`s, the runs as the basic launcher would step them one after another.
+- `separate`: M `SingleStepper.step`s, the runs as the basic launcher would step them one after another;
+- `speed-up`: separate / stacked; `samples/s`: the stack's training samples per second, per member and in all.
+
+`--precision` sets trainer.precision of every member (bf16: autocast on the device). `--load N` measures beside
+a fixed competing load, another process of N threads multiplying matrices without end (bench_common.COMPETITOR),
+started before the first row and ended after the last, as a second training run on a shared machine would be.
 
 Times are medians over `--repeat` timings of `--steps` steps each (`separate`: a quarter of them), after a
 warm-up of a tenth of them (at least 3); where the warm-up says that they would take over `--seconds`, of fewer
@@ -29,26 +34,29 @@ import time
 from pathlib import Path
 
 import torch
-from bench_common import parse_sized, warn_if_busy  # beside this script
+from bench_common import competing_load, parse_sized, warn_if_busy  # beside this script
 
 from losslab.commands.cli import compose
 from losslab.stacking.steppers import SingleStepper, StackedStepper
 from losslab.training.runs import Job, build_run
 
 LRS, L2S = (0.3, 0.1, 0.03, 0.01), (0.0, 0.001, 0.01, 0.1)
+BATCH = 128
 
 
-def build_runs(model: str, members: int, own_batches: bool, device: torch.device, run_dir: Path):
+def build_runs(model: str, members: int, own_batches: bool, device: torch.device, run_dir: Path,
+               precision: str = "fp32"):
     runs, data = [], None
     for m in range(members):
-        overrides = [f"model={model}", f"trainer.device={device}", f"optimizer.lr={LRS[m % 4]}",
+        overrides = [f"model={model}", f"trainer.device={device}", f"trainer.precision={precision}",
+                     f"optimizer.lr={LRS[m % 4]}",
                      f"trainer.l2={L2S[(m // 4) % 4]}", f"seed={m if own_batches else 0}"]
         run, data = build_run(Job(compose(overrides), run_dir / str(m)), device, data)
         runs.append(run)
     return runs, data
 
 
-def batch(data, members: int, own_batches: bool, device: torch.device, size: int = 128):
+def batch(data, members: int, own_batches: bool, device: torch.device, size: int = BATCH):
     generator = torch.Generator(device=device).manual_seed(0)
     index = torch.randint(0, len(data.train_y), (members if own_batches else 1, size), device=device,
                           generator=generator)
@@ -104,14 +112,20 @@ def main() -> None:
                                                       "0.5, --full inf)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", nargs="+", default=["linear", "lenet"])
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16"), help="trainer.precision")
+    parser.add_argument("--load", type=int, default=0, metavar="THREADS",
+                        help="measure beside another process of this many threads multiplying matrices")
     args = parse_sized(parser, quick={"steps": 50, "repeat": 3, "seconds": 0.5},
                        full={"steps": 200, "repeat": 5, "seconds": math.inf})
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
-    with warn_if_busy():
-        print(f"{args.members} members, batch 128, MNIST shapes, SGD, {where}, torch {torch.__version__}; "
-              f"ms per step, medians of {args.repeat} timings of {args.steps} steps or {args.seconds} s")
-        print(f"{'model':7} {'batches':8} {'stacked':>8} {'products':>9} {'ratio':>6} {'separate':>9} {'speed-up':>9}")
+    beside = f", beside a competing process of {args.load} threads" if args.load else ""
+    with warn_if_busy(at_end=not args.load), competing_load(args.load):
+        print(f"{args.members} members, batch 128, MNIST shapes, SGD, {args.precision}, {where}{beside}, torch "
+              f"{torch.__version__}; ms per step, medians of {args.repeat} timings of {args.steps} steps or "
+              f"{args.seconds} s")
+        print(f"{'model':7} {'batches':8} {'stacked':>8} {'products':>9} {'ratio':>6} {'separate':>9} {'speed-up':>9} "
+              f"{'samples/s per member':>21} {'in all':>10}")
         with tempfile.TemporaryDirectory() as tmp:
             for model in args.models:
                 for own_batches in (False, True):
@@ -119,7 +133,7 @@ def main() -> None:
 
 
 def measured_row(model: str, own_batches: bool, args, device: torch.device, tmp: Path) -> str:
-    runs, data = build_runs(model, args.members, own_batches, device, tmp)
+    runs, data = build_runs(model, args.members, own_batches, device, tmp, args.precision)
     x, y = batch(data, args.members, own_batches, device)
     stepper = StackedStepper(runs)
     stacked = median_ms(lambda: stepper.step(x, y, not own_batches, 0), args.steps, args, device)
@@ -133,7 +147,8 @@ def measured_row(model: str, own_batches: bool, args, device: torch.device, tmp:
         line += f"{matmuls:9.2f} {stacked / matmuls:5.1f}x "
     else:
         line += f"{'':9} {'':6} "
-    return line + f"{separate:9.2f} {separate / stacked:8.2f}x"
+    per_member = BATCH / stacked * 1e3
+    return line + f"{separate:9.2f} {separate / stacked:8.2f}x {per_member:21,.0f} {per_member * args.members:10,.0f}"
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ from pathlib import Path
 
 import torch
 from bench_common import parse_sized, warn_if_busy  # beside this script
+from bench_loop import matmul_peak_flops
 from bench_stacked_step import batch, build_runs
 from torch import nn
 from torch.autograd.profiler import record_function
@@ -71,7 +72,6 @@ CASES = ("shared", "own", "separate")
 DEFAULT_MEMBERS = {"vgg5": (4, 16)}  # quick, --full
 DEFAULT_STEPS = {"vgg5": (1, 3)}  # and the default for the other models: (8, 30)
 WARM_UP = {"vgg5": 1}  # steps of each case before timing; the other models 3
-MATMUL = 2048
 STEP = "profiled step"  # the scope of each profiled step
 
 
@@ -294,18 +294,6 @@ def row_of(event, labels, rows_of: dict[str, str], after_backward: bool) -> tupl
 
 
 # ---------------------------------------------------------------- measuring
-def matmul_peak(size: int = MATMUL, repeat: int = 5) -> float:
-    """GFLOP/s of a (size x size) by (size x size) fp32 product, the median of `repeat` after one warm-up."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    rates = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        a @ b
-        rates.append(2 * size**3 / (time.perf_counter() - started) / 1e9)
-    return statistics.median(rates)
-
-
 @dataclass
 class Case:
     name: str
@@ -443,9 +431,9 @@ def main() -> None:
     args = parse_sized(parser, quick={}, full={})
     torch.manual_seed(0)
     with warn_if_busy():
-        peak = matmul_peak()
+        peak = matmul_peak_flops(torch.device("cpu"), "fp32") / 1e9
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; matmul peak {peak:.1f} GFLOP/s "
-              f"(fp32 {MATMUL}x{MATMUL}, median of 5)", flush=True)
+              "(fp32 2048x2048, best of 5: bench_loop.matmul_peak_flops)", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             for model in args.models:
                 members = args.members or DEFAULT_MEMBERS.get(model, (16, 16))[args.full]

@@ -1,7 +1,11 @@
 """scripts/bench_common.py: the benchmarks' quick and full sizes, and their warning on a busy machine."""
 
 import argparse
+import os
+import subprocess
 import sys
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import bench_common
@@ -9,6 +13,7 @@ import pytest
 from bench_common import busy_warning, parse_sized, warn_if_busy
 
 CORES = 2
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 @pytest.fixture(autouse=True)
@@ -68,3 +73,54 @@ def test_the_quick_sizes_by_default_the_full_ones_with_full_and_the_command_line
     assert (sized(monkeypatch, "--full").steps, sized(monkeypatch, "--full").models) == (200, ["a", "b"])
     assert (sized(monkeypatch, "--full", "--steps", "7").steps, sized(monkeypatch, "--steps", "7").models) == \
         (7, ["linear"])
+
+
+def cpu_seconds_of(pid: int) -> float:
+    """User + system CPU seconds of a running process, from /proc/<pid>/stat."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads a process's CPU time from /proc (Linux)")
+def test_the_competing_load_keeps_its_threads_busy_from_the_start_of_the_body_to_its_end():
+    with bench_common.competing_load(0) as nothing:
+        assert nothing is None
+    with bench_common.competing_load(1) as competitor:
+        before = cpu_seconds_of(competitor.pid)
+        time.sleep(1.0)
+        busy = cpu_seconds_of(competitor.pid) - before
+        assert competitor.poll() is None
+    assert busy >= 0.6, f"the competing process used {busy:.2f} s of CPU in 1 s"
+    assert competitor.poll() is not None  # ended with the body
+
+
+@pytest.mark.slow
+def test_bench_stacked_step_measures_beside_the_competing_load_and_prints_samples_per_second():
+    command = [sys.executable, str(SCRIPTS / "bench_stacked_step.py"), "--models", "linear", "--members", "2",
+               "--steps", "3", "--repeat", "1", "--load", "1"]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=SCRIPTS.parent).stdout
+    assert "2 members, batch 128, MNIST shapes, SGD, fp32, " in out and "beside a competing process of 1 threads" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("linear ")]
+    assert [row[1] for row in rows] == ["shared", "own"]
+    for row in rows:
+        stacked, per_member, in_all = float(row[2]), float(row[-2].replace(",", "")), float(row[-1].replace(",", ""))
+        assert per_member == pytest.approx(128 / stacked * 1e3, rel=0.01)
+        assert in_all == pytest.approx(2 * per_member, rel=0.01)
+
+
+@pytest.mark.slow
+def test_the_gpu_script_runs_its_benchmarks_and_keeps_each_output(tmp_path):
+    """scripts/bench_gpu.sh on the CPU, with one step per timing and LeNet-5 only (VGG-5 takes seconds a step
+    here): every benchmark it runs on a GPU runs, and its output file holds the rows the README quotes."""
+    env = os.environ | {"DEVICE": "cpu", "STEPS": "--steps 1 --repeat 1", "MODELS": "lenet"}
+    subprocess.run(["bash", str(SCRIPTS / "bench_gpu.sh"), str(tmp_path)], env=env, check=True, capture_output=True,
+                   cwd=SCRIPTS.parent)
+    for precision in ("fp32", "bf16"):
+        for members in (16, 64):
+            out = (tmp_path / f"stacked{members}_{precision}.txt").read_text()
+            header = f"{members} members, batch 128, MNIST shapes, SGD, {precision}, "
+            assert any(line.startswith(header) for line in out.splitlines())  # after a busy machine's warning
+            assert [line.split()[:2] for line in out.splitlines() if line.startswith("lenet ")] == \
+                [["lenet", "shared"], ["lenet", "own"]]
+    loop = [line.split()[:2] for line in (tmp_path / "loop.txt").read_text().splitlines() if line.startswith("lenet")]
+    assert loop == [["lenet", "fp32"], ["lenet", "tf32"], ["lenet", "bf16"]]

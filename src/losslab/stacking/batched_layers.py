@@ -115,10 +115,10 @@ def linear(h: Tensor, layout: str, weight: Tensor, bias: Tensor | None, members:
 
 def conv2d(module: nn.Conv2d, h: Tensor, layout: str, weight: Tensor, bias: Tensor | None, members: int):
     groups = {SHARED: 1, GROUPS: len(h), MEMBERS: members, CHANNELS: members}[layout]
-    if layout in (GROUPS, MEMBERS) and h.device.type == "cpu":
-        return batch_by_batch(module, h, weight, bias), CHANNELS
-    if layout in (GROUPS, MEMBERS):  # (G, N, C, H, W) -> (N, G·C, H, W), a copy
-        h = h.transpose(0, 1).flatten(1, 2)
+    if layout in (GROUPS, MEMBERS):
+        if h.device.type == "cpu":
+            return batch_by_batch(module, h, weight, bias), CHANNELS
+        h = h.transpose(0, 1).flatten(1, 2)  # (G, N, C, H, W) -> (N, G·C, H, W), a copy
     out = F.conv2d(h, weight.flatten(0, 1), None if bias is None else bias.flatten(), module.stride,
                    module.padding, module.dilation, groups=groups)
     return out, CHANNELS
@@ -132,6 +132,7 @@ def batch_by_batch(module: nn.Conv2d, h: Tensor, weight: Tensor, bias: Tensor | 
     return torch.cat([F.conv2d(batch, weight[g * per:(g + 1) * per].flatten(0, 1),
                                None if bias is None else bias[g * per:(g + 1) * per].flatten(),
                                module.stride, module.padding, module.dilation) for g, batch in enumerate(h)], dim=1)
+
 
 def flatten(tensor: Tensor, layout: str, members: int) -> tuple[Tensor, str]:
     """flatten(1) of every member's value: its features into one dim."""
