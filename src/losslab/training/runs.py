@@ -133,7 +133,7 @@ def build(cfg: DictConfig, device: torch.device, data=None):
     model = instantiate(
         cfg.model, in_shape=data.shape, num_outputs=loss_fn.head_size(data.num_classes), _convert_="all"
     ).to(device)
-    model = model.to(memory_format=memory_format(model, device))
+    model = model.to(memory_format=memory_format(model))
     groups = [{"params": list(model.parameters())}]
     loss_params = [q for q in loss_fn.parameters() if q.requires_grad]
     if loss_params:  # learnable loss parts (min_ent / mix_ent) get their own lr and no weight decay

@@ -56,7 +56,7 @@ def use_float32_math(precision: str, device: torch.device) -> None:
     torch.backends.cudnn.allow_tf32 = tf32
 
 
-def memory_format(model: torch.nn.Module, device: torch.device) -> torch.memory_format:
+def memory_format(model: torch.nn.Module) -> torch.memory_format:
     """channels_last for conv models: tensor-core convolutions want NHWC on CUDA, and oneDNN's CPU convolutions
     run a LeNet-5 step faster in it than in NCHW (scripts/bench_loop.py --models lenet)."""
     has_convs = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
