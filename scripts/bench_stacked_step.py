@@ -121,7 +121,7 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     beside = f", beside a competing process of {args.load} threads" if args.load else ""
     with warn_if_busy(at_end=not args.load), competing_load(args.load):
-        print(f"{args.members} members, batch 128, MNIST shapes, SGD, {args.precision}, {where}{beside}, torch "
+        print(f"{args.members} members, batch {BATCH}, MNIST shapes, SGD, {args.precision}, {where}{beside}, torch "
               f"{torch.__version__}; ms per step, medians of {args.repeat} timings of {args.steps} steps or "
               f"{args.seconds} s")
         print(f"{'model':7} {'batches':8} {'stacked':>8} {'products':>9} {'ratio':>6} {'separate':>9} {'speed-up':>9} "
