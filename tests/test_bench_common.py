@@ -104,8 +104,9 @@ def test_bench_stacked_step_measures_beside_the_competing_load_and_prints_sample
     assert [row[1] for row in rows] == ["shared", "own"]
     for row in rows:
         stacked, per_member, in_all = float(row[2]), float(row[-2].replace(",", "")), float(row[-1].replace(",", ""))
-        assert per_member == pytest.approx(128 / stacked * 1e3, rel=0.01)
-        assert in_all == pytest.approx(2 * per_member, rel=0.01)
+        # the ms column is rounded to 0.01 ms and the samples/s to whole samples
+        assert 128e3 / (stacked + 0.005) - 0.5 <= per_member <= 128e3 / (stacked - 0.005) + 0.5
+        assert abs(in_all - 2 * per_member) <= 1.5
 
 
 @pytest.mark.slow
