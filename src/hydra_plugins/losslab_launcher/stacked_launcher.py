@@ -4,21 +4,18 @@
 
 Every job is set up as Hydra's basic launcher sets it up (its run dir, .hydra/, the same job numbers), then
 the jobs are grouped by their config without `losslab.stacking.steppers.STACKABLE_KEYS`, and each group is cut into
-chunks
-of at most `max_members`; a chunk of two or more trains with `losslab.training.loop.fit_group`. Relaunching a sweep, a
-job
-with a finished result is skipped and the jobs that resume from their last.pt are grouped the same way, so an
-interrupted stack resumes as a stack. A job runs on its own, like the basic launcher runs it, when it is alone in
+chunks of at most `max_members`; a chunk of two or more trains with `losslab.training.loop.fit_group`. Relaunching a
+sweep, a job with a finished result is skipped and the jobs that resume from their last.pt are grouped the same way,
+so an interrupted stack resumes as a stack. A job runs on its own, like the basic launcher runs it, when it is alone in
 its group or when its group cannot be stacked (the log says why).
 
 `executor` says where the chunks train: `in_process` (the default) one after the other in this process;
 `submitit_local` or `submitit_slurm` each chunk as one task of one submitit array, with the keys of
 hydra/launcher=slurm (losslab.sweeps.slurm). A task renames itself `<sweep name>/<its job numbers>`
-(`synthetic-linear-ce/
-0-15`), sets its members up again and trains them with the very code of the in-process path (`StackedLauncher.
-train`), so a requeued task (time limit, preemption) resumes its stack from the members' last.pt. A task ends
-FAILED when one of its members failed; one that ends without a result (cancelled, killed) has each unfinished member
-recorded in its run dir, and the sweep ends with its tally and the command that continues it.
+(`synthetic-linear-ce/0-15`), sets its members up again and trains them with the very code of the in-process path
+(`StackedLauncher.train`), so a requeued task (time limit, preemption) resumes its stack from the members'
+last.pt. A task ends FAILED when one of its members failed; one that ends without a result (cancelled, killed) has
+each unfinished member recorded in its run dir, and the sweep ends with its tally and the command that continues it.
 """
 
 # no `from __future__ import annotations`: Hydra's plugin scan runs this module outside sys.modules, where
@@ -184,8 +181,7 @@ class StackedLauncher(Launcher):
             executor = build_executor(self.params, self.params["name"], self.executor.removeprefix("submitit_"))
             arguments = [([(m.number, m.overrides) for m in chunk], Singleton.get_state()) for chunk in to_submit]
             log.info("%d jobs in %d tasks of at most %d: %s", sum(map(len, to_submit)), len(to_submit),
-            self.max_members,
-                     "; ".join(numbers_text([m.number for m in chunk]) for chunk in to_submit))
+                     self.max_members, "; ".join(numbers_text([m.number for m in chunk]) for chunk in to_submit))
             tasks = submit(executor, self, arguments)
             if self.executor == "submitit_slurm":
                 with stops_reported(Path(str(self.config.hydra.sweep.dir)), tasks):

@@ -9,8 +9,7 @@ precision), so they reproduce its numbers; the figures are drawn from the same e
 
 `--calibrate` also fits one temperature T on the validation split by NLL and reports the test metrics before and
 after dividing the logits by it (losslab.evaluation.calibration), into `<run dir>/eval/calibration.json`. Every loss
-has a
-temperature-scaled form: softmax(z/T) for ce, min_ent and mix_ent, (1 - σ(s/T), σ(s/T)) for bce (Platt scaling
+has a temperature-scaled form: softmax(z/T) for ce, min_ent and mix_ent, (1 - σ(s/T), σ(s/T)) for bce (Platt scaling
 with slope 1/T, no bias), σ(z/T) / Σ_k σ(z_k/T) for mbce. A run whose validation split is taken from the test set
 (dataset.val_from=test) is refused: its temperature would be fitted on test images.
 """

@@ -2,8 +2,7 @@
 
 conf/train.yaml's `hydra.sweep.subdir` names them with `job_dir_name` from Hydra's `hydra.job.override_dirname`,
 which `losslab.sweeps.sweep.name_job_dirs` restricts to the keys the sweep varies. The job number comes first, so the
-dirs
-sort in job order and stay unique, and a relaunch of the same command finds the same dirs. Sweep dirs written
+dirs sort in job order and stay unique, and a relaunch of the same command finds the same dirs. Sweep dirs written
 before the names were added hold plain `<job number>` dirs; both are job dirs.
 """
 

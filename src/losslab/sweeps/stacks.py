@@ -1,4 +1,4 @@
-"""The jobs of a stacked sweep, set up and grouped: each job's losslab.training.loop.Job from its set-up pass, and the
+"""The jobs of a stacked sweep, set up and grouped: each job's losslab.training.runs.Job from its set-up pass, and the
 stacks they train in (hydra_plugins.losslab_launcher.stacked_launcher)."""
 
 from __future__ import annotations
@@ -37,9 +37,8 @@ def numbers_text(numbers: list[int]) -> str:
 
 @dataclass
 class Member:
-    """A job of the sweep, set up: its number, overrides, composed config, run dir, its losslab.training.loop.Job, and
-    its
-    JobReturn (the set-up pass's until it has trained)."""
+    """A job of the sweep, set up: its number, overrides, composed config, run dir, its losslab.training.runs.Job,
+    and its JobReturn (the set-up pass's until it has trained)."""
 
     number: int
     overrides: list
@@ -53,8 +52,7 @@ class Member:
 
 def chunks(members: list[Member], max_members: int) -> list[list[Member]]:
     """The stacks to train: members grouped by losslab.stacking.steppers.group_key and whether they resume, in chunks
-    of at
-    most `max_members` by job number, each ordered by seed (members of one seed draw one data order, so
+    of at most `max_members` by job number, each ordered by seed (members of one seed draw one data order, so
     consecutive ones share their batches); a member with a finished result alone (its own run skips it)."""
     from losslab.records.summary import can_resume, previous_result
     from losslab.stacking.steppers import group_key
@@ -72,7 +70,7 @@ def chunks(members: list[Member], max_members: int) -> list[list[Member]]:
 
 
 def finished(chunk: list[Member]) -> bool:
-    """Whether the chunk is one job with a finished result (losslab.sweeps.sweep.previous_result)."""
+    """Whether the chunk is one job with a finished result (losslab.records.summary.previous_result)."""
     from losslab.records.summary import previous_result
 
     return len(chunk) == 1 and previous_result(chunk[0].run_dir, chunk[0].overrides) is not None

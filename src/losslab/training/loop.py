@@ -54,8 +54,7 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, resume: boo
 
 def fit_group(jobs: list[Job], conv_on_cpu: bool = False) -> list[dict]:
     """Train `jobs` (one, or several whose configs differ only in losslab.stacking.steppers.STACKABLE_KEYS, as one
-    stack);
-    each writes events, metrics.csv, checkpoints, predictions_test.npz and summary.json in its run dir.
+    stack); each writes events, metrics.csv, checkpoints, predictions_test.npz and summary.json in its run dir.
 
     A job with `resume` continues from its checkpoints/last.pt (model, loss, optimizer, scheduler, early-stopping
     state, RNG states, data order, mid-epoch), so the result equals an uninterrupted run's; a stack resumes as a
