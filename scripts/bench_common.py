@@ -67,8 +67,8 @@ def warn_if_busy(at_end: bool = True) -> Iterator[None]:
     started, cpu = time.perf_counter(), cpu_seconds()
     print_warning(busy_warning("at the start", os.getloadavg()[0]))
     yield
-    own = (cpu_seconds() - cpu) / (time.perf_counter() - started)
     if at_end:
+        own = (cpu_seconds() - cpu) / (time.perf_counter() - started)
         print_warning(busy_warning("at the end", os.getloadavg()[0], own))
 
 

@@ -49,8 +49,7 @@ def build_runs(model: str, members: int, own_batches: bool, device: torch.device
     runs, data = [], None
     for m in range(members):
         overrides = [f"model={model}", f"trainer.device={device}", f"trainer.precision={precision}",
-                     f"optimizer.lr={LRS[m % 4]}",
-                     f"trainer.l2={L2S[(m // 4) % 4]}", f"seed={m if own_batches else 0}"]
+                     f"optimizer.lr={LRS[m % 4]}", f"trainer.l2={L2S[(m // 4) % 4]}", f"seed={m if own_batches else 0}"]
         run, data = build_run(Job(compose(overrides), run_dir / str(m)), device, data)
         runs.append(run)
     return runs, data

@@ -77,7 +77,7 @@ def test_the_quick_sizes_by_default_the_full_ones_with_full_and_the_command_line
 
 def cpu_seconds_of(pid: int) -> float:
     """User + system CPU seconds of a running process, from /proc/<pid>/stat."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

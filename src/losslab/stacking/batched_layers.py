@@ -128,10 +128,10 @@ def batch_by_batch(module: nn.Conv2d, h: Tensor, weight: Tensor, bias: Tensor | 
     """(G, N, C, H, W) -> (N, M·O, H, W): each batch convolved with its M/G members' filters as one ordinary
     convolution, the G outputs side by side in the channels. On the CPU a grouped convolution over the batches
     computes its weight gradient many times slower than G ordinary ones (scripts/profile_layers.py)."""
-    per = len(weight) // len(h)
-    return torch.cat([F.conv2d(batch, weight[g * per:(g + 1) * per].flatten(0, 1),
-                               None if bias is None else bias[g * per:(g + 1) * per].flatten(),
-                               module.stride, module.padding, module.dilation) for g, batch in enumerate(h)], dim=1)
+    weights = weight.flatten(0, 1).chunk(len(h))  # batch g's members' filters, (M/G·O, C, kH, kW)
+    biases = [None] * len(h) if bias is None else bias.flatten().chunk(len(h))
+    return torch.cat([F.conv2d(batch, batch_weight, batch_bias, module.stride, module.padding, module.dilation)
+                      for batch, batch_weight, batch_bias in zip(h, weights, biases)], dim=1)
 
 
 def flatten(tensor: Tensor, layout: str, members: int) -> tuple[Tensor, str]:
